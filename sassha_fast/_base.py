@@ -1,0 +1,256 @@
+"""What SASSHA and M-SASSHA share: hyper-parameters, per-parameter state, the lazy Hessian
+schedule, backend dispatch and checkpointing. The update rules live in the subclasses."""
+import warnings
+from collections import OrderedDict
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import backends
+from ._validation import (check_dense, check_hessian_power, check_hyperparameters,
+                          check_parameters, check_positive_int)
+from .hessian import RademacherSource, hutchinson
+
+# State kept in fp32 whatever the parameter's dtype (PyTorch's loader would cast it).
+FP32_STATE_KEYS = ("exp_avg", "exp_hessian_diag")
+_GROUP_HYPERPARAMETERS = ("lr", "betas", "weight_decay", "rho", "eps", "hessian_power")
+_CREATE_GRAPH_WARNING = r"Using backward\(\) with create_graph=True"
+
+
+class Entry(NamedTuple):
+    """A parameter that takes part in this step."""
+    param: Tensor
+    state: dict
+    hessian_now: bool  # a Hessian estimate was computed for it in this step
+
+
+class Plan(NamedTuple):
+    """The work of one step, decided before anything is modified."""
+    groups: List[Tuple[dict, List[Entry]]]
+    hessians: Dict[Tensor, Tensor]
+
+
+def buckets(items: Iterable, key: Callable) -> "OrderedDict":
+    """Items grouped by ``key(item)``, in first-seen order (each bucket is one op call)."""
+    grouped: "OrderedDict" = OrderedDict()
+    for item in items:
+        grouped.setdefault(key(item), []).append(item)
+    return grouped
+
+
+class HessianOptimizer(torch.optim.Optimizer):
+    """Base class; subclasses define ``_apply_update(plan, hessian_power)``."""
+
+    def __init__(self, params, defaults: dict, *, lazy_hessian: int, n_samples: int, seed: int,
+                 hessian_power_scheduler, backend: str):
+        check_positive_int("lazy_hessian", lazy_hessian)
+        check_positive_int("n_samples", n_samples)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"Invalid seed value: {seed} (expected an integer)")
+        if not isinstance(backend, str):
+            raise ValueError(f"Invalid backend: {backend!r}")
+        backends.check_name(backend)
+        self.lazy_hessian = lazy_hessian
+        self.n_samples = n_samples
+        self.seed = seed
+        self.hessian_power_scheduler = hessian_power_scheduler
+        self.hessian_power_t: Optional[float] = None
+        self.backend = backend
+        self._rademacher = RademacherSource(seed)
+        self._ops_by_device: Dict[torch.device, backends.Ops] = {}
+        self._plan: Optional[Plan] = None
+        super().__init__(params, defaults)
+
+    # -- parameter groups -------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            check_hyperparameters(**{k: group[k] for k in _GROUP_HYPERPARAMETERS},
+                                  perturb_eps=group.get("perturb_eps", 0.0))
+            check_parameters(type(self).__name__, group["params"])
+        except (ValueError, TypeError):
+            self.param_groups.pop()
+            raise
+
+    def get_params(self):
+        """Every parameter that requires a gradient, across all groups."""
+        return (p for group in self.param_groups for p in group["params"] if p.requires_grad)
+
+    def _params_with_grad(self, group: dict) -> List[Tensor]:
+        params = [p for p in group["params"] if p.requires_grad and p.grad is not None]
+        for p in params:
+            check_dense(type(self).__name__, p.grad)
+        return params
+
+    # -- backends ---------------------------------------------------------------------
+
+    def ops(self, device: torch.device) -> backends.Ops:
+        """The backend ops used for tensors on ``device`` (resolved once per device)."""
+        ops = self._ops_by_device.get(device)
+        if ops is None:
+            ops = self._ops_by_device[device] = backends.resolve(self.backend, device)
+        return ops
+
+    @property
+    def backends_in_use(self) -> Dict[str, str]:
+        """``{device: backend name}`` for every device this optimizer has stepped on."""
+        return {str(device): ops.name for device, ops in self._ops_by_device.items()}
+
+    def _global_norm(self, params: List[Tensor], tensors: List[Tensor],
+                     weighted: bool) -> Tensor:
+        """||(|p| if weighted else 1) * t|| over all the tensors, whatever their device/dtype."""
+        if not params:
+            return torch.zeros((), dtype=torch.float32)
+        squares = []
+        for (device, _), indices in buckets(range(len(params)),
+                                            lambda i: (params[i].device, params[i].dtype)).items():
+            norm = self.ops(device).global_norm([tensors[i] for i in indices],
+                                                [params[i] for i in indices] if weighted else None)
+            squares.append(norm.square())
+        return sqrt_of_sum(squares)
+
+    # -- state ------------------------------------------------------------------------
+
+    def _state_of(self, p: Tensor) -> dict:
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = 0
+            state.setdefault("hessian_step", 0)
+            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32,
+                                                memory_format=torch.preserve_format)
+            state["exp_hessian_diag"] = torch.zeros_like(p, dtype=torch.float32,
+                                                         memory_format=torch.preserve_format)
+            state["bias_correction2"] = 0.0
+        return state
+
+    @property
+    def hessian_due(self) -> bool:
+        """Whether the next step estimates a Hessian for some parameter, i.e. whether the
+        backward pass that precedes it needs ``create_graph=True``."""
+        return any(self.state.get(p, {}).get("hessian_step", 0) % self.lazy_hessian == 0
+                   for p in self.get_params())
+
+    def zero_hessian(self) -> None:
+        """Kept for the authors' API. Estimates are not accumulated across steps here (no
+        per-parameter Hessian buffer is kept), so there is nothing to zero."""
+
+    def _before_hessian(self) -> None:
+        """Hook run before the Hessian-vector product (SASSHA leaves the perturbed point)."""
+
+    @torch.no_grad()
+    def set_hessian(self) -> None:
+        """Estimate the Hessian diagonal for the parameters whose lazy interval is over and
+        advance every Hessian counter. ``step()`` calls it when the caller has not."""
+        if self._plan is not None:
+            return
+        groups = []
+        due_params: List[Tensor] = []
+        for group in self.param_groups:
+            entries = []
+            for p in self._params_with_grad(group):
+                hessian_step = self.state[p].get("hessian_step", 0)
+                now = hessian_step % self.lazy_hessian == 0
+                if now:
+                    due_params.append(p)
+                entries.append(Entry(p, self.state[p], now))
+            groups.append((group, entries))
+        hessians: Dict[Tensor, Tensor] = {}
+        if due_params:
+            self._before_hessian()
+            with torch.enable_grad():
+                estimate = hutchinson([p.grad for p in due_params], due_params,
+                                      self._rademacher, self.n_samples)
+            hessians = dict(zip(due_params, estimate))
+        # Counters move only once the estimate has succeeded, so a failure leaves no trace.
+        for _, entries in groups:
+            for entry in entries:
+                self._state_of(entry.param)["hessian_step"] += 1
+        self._plan = Plan([(g, [e._replace(state=self._state_of(e.param)) for e in entries])
+                           for g, entries in groups], hessians)
+
+    def _next_hessian_power(self) -> Optional[float]:
+        """The scheduler's power for this step, or None to use each group's constant."""
+        if self.hessian_power_scheduler is None:
+            self.hessian_power_t = None
+            return None
+        power = self.hessian_power_scheduler.step()
+        check_hessian_power(power)
+        self.hessian_power_t = float(power)
+        return self.hessian_power_t
+
+    @torch.no_grad()
+    def _step_from_gradients(self) -> None:
+        power = self._next_hessian_power()
+        self.set_hessian()
+        plan, self._plan = self._plan, None
+        self._apply_update(plan, power)
+        # The gradients of a create_graph backward hold the whole double-backward graph.
+        for p in self.get_params():
+            if p.grad is not None and p.grad.grad_fn is not None:
+                p.grad = p.grad.detach()
+
+    def _apply_update(self, plan: Plan, hessian_power: Optional[float]) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _backward(loss: Tensor, create_graph: bool) -> None:
+        with torch.enable_grad(), warnings.catch_warnings():
+            # The reference cycle PyTorch warns about is broken by the step, which
+            # detaches the gradients once the Hessian-vector product is done.
+            warnings.filterwarnings("ignore", message=_CREATE_GRAPH_WARNING)
+            loss.backward(create_graph=create_graph)
+
+    def _evaluate(self, closure: Callable[[], Tensor]) -> Tensor:
+        with torch.enable_grad():
+            loss = closure()
+        if not isinstance(loss, Tensor) or not loss.requires_grad:
+            raise ValueError("the closure must return the loss as a tensor that requires grad "
+                             "(compute it; do not call backward: the optimizer does)")
+        if any(p.grad is not None for p in self.get_params()):
+            raise ValueError("the closure must not call backward(): it returns the loss and "
+                             "the optimizer runs the backward passes itself")
+        return loss
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def _extra_state(self) -> dict:
+        return {"rademacher": self._rademacher.state_dict()}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        self._rademacher.load_state_dict(extra.get("rademacher", {}))
+
+    def state_dict(self) -> dict:
+        state_dict = super().state_dict()
+        state_dict["sassha_fast"] = self._extra_state()
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("sassha_fast", {})
+        super().load_state_dict(state_dict)
+        # PyTorch casts floating state to the parameter's dtype; ours stays fp32.
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params):
+            saved = state_dict["state"].get(saved_id, {})
+            for key in FP32_STATE_KEYS:
+                if key in saved:
+                    self.state[p][key] = saved[key].to(device=p.device, dtype=torch.float32,
+                                                       copy=True)
+        self._load_extra_state(extra)
+        self._plan = None
+
+
+def group_scalars(group: dict, hessian_power: Optional[float]) -> Tuple[float, float, float]:
+    """(beta1, beta2, power) of a group for this step."""
+    beta1, beta2 = group["betas"]
+    return beta1, beta2, group["hessian_power"] if hessian_power is None else hessian_power
+
+
+def sqrt_of_sum(squares: List[Tensor]) -> Tensor:
+    """sqrt of a sum of 0-d tensors that may live on different devices."""
+    device = squares[0].device
+    return torch.stack([s.to(device) for s in squares]).sum().sqrt()

@@ -1,0 +1,57 @@
+"""Checks of hyper-parameters and parameters, with errors that name the offending value."""
+import math
+import numbers
+
+import torch
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_hyperparameters(*, lr, betas, weight_decay, rho, eps, hessian_power,
+                          perturb_eps=0.0) -> None:
+    if not (_real(lr) and lr >= 0.0):
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not (_real(eps) and eps >= 0.0):
+        raise ValueError(f"Invalid eps value: {eps}")
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"Invalid betas value: {betas} (expected a pair of floats)")
+    for index, beta in enumerate(betas):
+        if not (_real(beta) and 0.0 <= beta < 1.0):
+            raise ValueError(f"Invalid betas value at index {index}: {beta}")
+    if not (_real(weight_decay) and weight_decay >= 0.0):
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    if not (_real(rho) and rho >= 0.0):
+        raise ValueError(f"Invalid rho value: {rho}")
+    if not (_real(perturb_eps) and perturb_eps >= 0.0):
+        raise ValueError(f"Invalid perturb_eps value: {perturb_eps}")
+    check_hessian_power(hessian_power)
+
+
+def check_hessian_power(hessian_power) -> None:
+    if not (_real(hessian_power) and 0.0 <= hessian_power <= 1.0):
+        raise ValueError(f"Invalid hessian_power value: {hessian_power} (expected 0 <= p <= 1)")
+
+
+def check_positive_int(name: str, value) -> None:
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
+        raise ValueError(f"Invalid {name} value: {value} (expected an integer >= 1)")
+
+
+def check_parameters(optimizer_name: str, params) -> None:
+    for p in params:
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"{optimizer_name} can only optimize Tensors, got {type(p).__name__}")
+        if p.is_complex():
+            raise ValueError(f"{optimizer_name} does not support complex parameters "
+                             f"(got a {p.dtype} parameter of shape {tuple(p.shape)}); "
+                             "optimize torch.view_as_real(p) instead")
+        if p.is_floating_point() and p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"{optimizer_name} supports float32, bfloat16 and float16 "
+                             f"parameters, got {p.dtype}")
+
+
+def check_dense(optimizer_name: str, grad: torch.Tensor) -> None:
+    if grad.is_sparse:
+        raise RuntimeError(f"{optimizer_name} does not support sparse gradients")

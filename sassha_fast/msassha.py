@@ -1,0 +1,145 @@
+"""M-SASSHA: SASSHA whose perturbation reuses the momentum, one backward per iteration
+(spec section 2)."""
+import contextlib
+from typing import Callable, List, Optional
+
+import torch
+from torch import Tensor
+
+from ._base import HessianOptimizer, Plan, buckets, group_scalars, sqrt_of_sum
+
+NORM_EPS = 1e-12
+
+
+class MSASSHA(HessianOptimizer):
+    """M-SASSHA. Parameters live at the perturbed point w - nf * m during training; every
+    step leaves it, updates, and moves to the next one. Evaluate at the clean point with::
+
+        with opt.evaluation():
+            validate(model)
+
+    (``move_back_from_momentumAscent()`` / ``move_up_to_momentumAscent()``, the authors'
+    names, do the same two moves; both are idempotent, and a step taken at the clean point
+    is correct too). ``loss = opt.step(closure)`` runs one whole iteration, with
+    ``create_graph`` only when the Hessian is due. Several parameter groups share one
+    momentum norm, each with its own ``rho``.
+    """
+
+    def __init__(self, params, lr: float = 0.15, betas=(0.9, 0.999), weight_decay: float = 1e-2,
+                 lazy_hessian: int = 10, rho: float = 0.3, n_samples: int = 1,
+                 eps: float = 1e-4, hessian_power: float = 0.5, seed: int = 0,
+                 maximize: bool = False, hessian_power_scheduler=None, backend: str = "auto"):
+        if maximize:
+            raise ValueError("Invalid maximize value: True (MSASSHA only minimizes)")
+        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
+                        weight_decay=weight_decay, rho=rho, eps=eps,
+                        hessian_power=hessian_power, norm_factor=0.0)
+        self._at_perturbed_point = True  # nf = 0 at the start: both points coincide
+        super().__init__(params, defaults, lazy_hessian=lazy_hessian, n_samples=n_samples,
+                         seed=seed, hessian_power_scheduler=hessian_power_scheduler,
+                         backend=backend)
+
+    def _momentum_params(self, group: dict) -> List[Tensor]:
+        return [p for p in group["params"] if "exp_avg" in self.state.get(p, {})]
+
+    @torch.no_grad()
+    def _move(self, to_perturbed: bool) -> None:
+        if self._at_perturbed_point == to_perturbed:
+            return
+        for group in self.param_groups:
+            alpha = -group["norm_factor"] if to_perturbed else group["norm_factor"]
+            self._add_momentum(self._momentum_params(group), alpha)
+        self._at_perturbed_point = to_perturbed
+
+    def _add_momentum(self, params: List[Tensor], alpha: float) -> None:
+        for (device, _), ps in buckets(params, lambda p: (p.device, p.dtype)).items():
+            self.ops(device).add_scaled(ps, [self.state[p]["exp_avg"] for p in ps], alpha)
+
+    def move_up_to_momentumAscent(self) -> None:
+        """Move to the perturbed point w - nf * m (no-op when already there)."""
+        self._move(to_perturbed=True)
+
+    def move_back_from_momentumAscent(self) -> None:
+        """Move to the clean point w (no-op when already there)."""
+        self._move(to_perturbed=False)
+
+    @property
+    def at_perturbed_point(self) -> bool:
+        return self._at_perturbed_point
+
+    @contextlib.contextmanager
+    def evaluation(self):
+        """Parameters at the clean point inside the block, back where they were after it."""
+        was_perturbed = self._at_perturbed_point
+        self._move(to_perturbed=False)
+        try:
+            yield self
+        finally:
+            self._move(to_perturbed=was_perturbed)
+
+    def _apply_update(self, plan: Plan, hessian_power: Optional[float]) -> None:
+        leaving = [group["norm_factor"] if self._at_perturbed_point else 0.0
+                   for group in self.param_groups]
+        squares = []
+        stale = []  # parameters with momentum but no gradient now: they move with the norm
+        for (group, entries), norm_factor in zip(plan.groups, leaving):
+            beta1, beta2, power = group_scalars(group, hessian_power)
+            for entry in entries:
+                entry.state["step"] += 1
+                if entry.hessian_now:
+                    entry.state["bias_correction2"] = 1 - beta2 ** entry.state["step"]
+
+            def key(entry):
+                p, state = entry.param, entry.state
+                return (p.device, p.dtype, state["step"], entry.hessian_now,
+                        state["bias_correction2"])
+
+            for (device, _, step, hessian_now, bias_correction2), bucket in \
+                    buckets(entries, key).items():
+                ops = self.ops(device)
+                params = [e.param for e in bucket]
+                exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
+                if hessian_now:
+                    ops.hessian_ema(exp_hessians, [plan.hessians[p] for p in params], beta2)
+                squares.append(ops.msassha_update(
+                    params, [p.grad for p in params], [e.state["exp_avg"] for e in bucket],
+                    exp_hessians, norm_factor=norm_factor, lr=group["lr"],
+                    weight_decay=group["weight_decay"], beta1=beta1,
+                    bias_correction1=1 - beta1 ** step,
+                    bias_correction2=bias_correction2 ** power, hessian_power=power,
+                    eps=group["eps"]))
+            stepped = {id(e.param) for e in entries}
+            stale.append([p for p in self._momentum_params(group) if id(p) not in stepped])
+        stale_params = [p for ps in stale for p in ps]
+        if stale_params:
+            squares.append(self._global_norm(
+                stale_params, [self.state[p]["exp_avg"] for p in stale_params], False).square())
+        if not squares:
+            return
+        norm = sqrt_of_sum(squares).item()
+        for (group, entries), norm_factor, stale_in_group in zip(plan.groups, leaving, stale):
+            group["norm_factor"] = group["rho"] / (norm + NORM_EPS)
+            self._add_momentum([e.param for e in entries], -group["norm_factor"])
+            self._add_momentum(stale_in_group, norm_factor - group["norm_factor"])
+        self._at_perturbed_point = True
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+        """One M-SASSHA step from the gradients present (computed at the perturbed point
+        with ``create_graph=opt.hessian_due``), or, given ``closure`` (which returns the loss
+        without calling backward), a whole iteration. Returns the loss, or None."""
+        if closure is None:
+            self._step_from_gradients()
+            return None
+        self.zero_grad(set_to_none=True)
+        loss = self._evaluate(closure)
+        self._backward(loss, create_graph=self.hessian_due)
+        self._step_from_gradients()
+        return loss.detach()
+
+    def _extra_state(self) -> dict:
+        return {**super()._extra_state(), "at_perturbed_point": self._at_perturbed_point}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        super()._load_extra_state(extra)
+        self._at_perturbed_point = extra.get("at_perturbed_point", True)

@@ -1,0 +1,137 @@
+"""SASSHA: sharpness-aware adaptive second-order optimization with a lazily updated,
+square-rooted diagonal Hessian (spec section 1)."""
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ._base import HessianOptimizer, Plan, buckets, group_scalars
+from .batchnorm import frozen_batchnorm_stats
+
+
+class SASSHA(HessianOptimizer):
+    """Drop-in replacement for the authors' ``SASSHA`` optimizer.
+
+    Two ways to run an iteration:
+
+    * the authors' loop, unchanged::
+
+          loss_fn(model(x), y).backward()
+          opt.perturb_weights(zero_grad=True)
+          loss_fn(model(x), y).backward(create_graph=opt.hessian_due)
+          opt.unperturb()
+          opt.step()
+          opt.zero_grad()
+
+    * one call, ``loss = opt.step(closure)``, where ``closure()`` returns the loss without
+      calling backward. The optimizer runs both passes, asks for ``create_graph`` only when
+      the Hessian is due, freezes BatchNorm running statistics in the perturbed pass, fuses
+      leaving the perturbed point into the update, and returns the first pass's loss.
+
+    ``step()`` without a preceding ``perturb_weights()`` is SASSHA with ``rho = 0``.
+    ``hessian_power`` is the constant power of the Hessian; a ``hessian_power_scheduler``
+    (an object whose ``step()`` returns the power) overrides it and is stepped once per
+    ``step()``. ``backend`` picks the implementation of the fused ops ("auto", "reference",
+    "foreach", "cpu", "triton", "cuda"; see ``sassha_fast.available_backends()``).
+    """
+
+    def __init__(self, params, hessian_power_scheduler=None, lr: float = 0.15,
+                 betas=(0.9, 0.999), weight_decay: float = 0.0, rho: float = 0.05,
+                 lazy_hessian: int = 10, n_samples: int = 1, perturb_eps: float = 1e-12,
+                 eps: float = 1e-4, adaptive: bool = False, seed: int = 0,
+                 hessian_power: float = 0.5, backend: str = "auto"):
+        defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
+                        weight_decay=weight_decay, rho=rho, perturb_eps=perturb_eps, eps=eps,
+                        hessian_power=hessian_power)
+        self.adaptive = bool(adaptive)
+        # Perturbations e, each held in the buffer of the first pass's gradient.
+        self._perturbation = {}
+        super().__init__(params, defaults, lazy_hessian=lazy_hessian, n_samples=n_samples,
+                         seed=seed, hessian_power_scheduler=hessian_power_scheduler,
+                         backend=backend)
+
+    @torch.no_grad()
+    def perturb_weights(self, zero_grad: bool = True) -> None:
+        """Climb to w + e with e = rho * g / (||g|| + perturb_eps) (adaptive: scaled by w^2).
+
+        With ``zero_grad`` the gradients are cleared and e reuses their memory."""
+        if self._perturbation:
+            raise RuntimeError("perturb_weights() called twice: call unperturb() or step() "
+                               "before perturbing again")
+        per_group = [(group, self._params_with_grad(group)) for group in self.param_groups]
+        params = [p for _, ps in per_group for p in ps]
+        norm = self._global_norm(params, [p.grad for p in params], self.adaptive)
+        for group, group_params in per_group:
+            scale = group["rho"] / (norm + group["perturb_eps"])
+            for (device, _), ps in buckets(group_params, lambda p: (p.device, p.dtype)).items():
+                es = [p.grad if zero_grad else p.grad.clone() for p in ps]
+                self.ops(device).perturb(ps, es, scale.to(device), self.adaptive)
+                self._perturbation.update(zip(ps, es))
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def unperturb(self) -> None:
+        """Return to w (through ``.data``, as the authors do: the second pass's graph then
+        sees the restored weights when the Hessian-vector product runs)."""
+        pending, self._perturbation = list(self._perturbation.items()), {}
+        for (device, _), items in buckets(pending, lambda kv: (kv[0].device, kv[0].dtype)).items():
+            self.ops(device).add_scaled([p.data for p, _ in items], [e for _, e in items], -1.0)
+
+    def _before_hessian(self) -> None:
+        self.unperturb()
+
+    def _apply_update(self, plan: Plan, hessian_power: Optional[float]) -> None:
+        for group, entries in plan.groups:
+            beta1, beta2, power = group_scalars(group, hessian_power)
+            for entry in entries:
+                entry.state["step"] += 1
+                if entry.hessian_now:
+                    entry.state["bias_correction2"] = (1 - beta2 ** entry.state["step"]) ** power
+
+            def key(entry):
+                p, state = entry.param, entry.state
+                return (p.device, p.dtype, state["step"], entry.hessian_now,
+                        state["bias_correction2"], p in self._perturbation)
+
+            for (device, _, step, hessian_now, bias_correction2, perturbed), bucket in \
+                    buckets(entries, key).items():
+                ops = self.ops(device)
+                params = [e.param for e in bucket]
+                exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
+                if hessian_now:
+                    ops.hessian_ema(exp_hessians, [plan.hessians[p] for p in params], beta2)
+                ops.sassha_update(
+                    params, [p.grad for p in params], [e.state["exp_avg"] for e in bucket],
+                    exp_hessians,
+                    [self._perturbation.pop(p) for p in params] if perturbed else None,
+                    lr=group["lr"], weight_decay=group["weight_decay"], beta1=beta1,
+                    bias_correction1=1 - beta1 ** step, bias_correction2=bias_correction2,
+                    hessian_power=power, eps=group["eps"])
+        # Perturbed parameters that got no gradient in the second pass.
+        self.unperturb()
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+        """One SASSHA step from the gradients present, or, given ``closure``, a whole
+        iteration (see the class docstring). Returns the first pass's loss, or None."""
+        if closure is None:
+            self._step_from_gradients()
+            return None
+        self.zero_grad(set_to_none=True)
+        loss = self._evaluate(closure)
+        due = self.hessian_due
+        if any(group["rho"] != 0 for group in self.param_groups):
+            self._backward(loss, create_graph=False)
+            self.perturb_weights(zero_grad=True)
+            try:
+                with frozen_batchnorm_stats():
+                    self._backward(self._evaluate(closure), create_graph=due)
+            except BaseException:
+                self.unperturb()
+                self.zero_grad(set_to_none=True)
+                raise
+        else:
+            self._backward(loss, create_graph=due)
+        self._step_from_gradients()
+        return loss.detach()

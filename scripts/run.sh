@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: creates .venv (torch 2.14.1 and the dev tools),
+# builds sassha_fast in editable mode, then runs the named job.
+#   bash scripts/run.sh bench [bench options]   the benchmark suite (python -m bench)
+#   bash scripts/run.sh test  [pytest options]  the test suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+job="${1:-}"; shift || true
+case "$job" in
+  bench|test) ;;
+  *) echo "usage: bash scripts/run.sh {bench|test} [options]" >&2; exit 2 ;;
+esac
+
+PY=.venv/bin/python
+if [ ! -x "$PY" ]; then
+  python3 -m venv .venv
+fi
+if ! "$PY" -c "import torch, numpy, ninja, pytest, pytest_timeout, matplotlib" 2>/dev/null; then
+  "$PY" -m pip install -q "torch==${SASSHA_TORCH_VERSION:-2.14.1}"
+  "$PY" -m pip install -q -r requirements-dev.txt
+fi
+
+# pip builds an editable install from scratch every time, so rebuild only when the compiled
+# sources changed; the Python sources are picked up live.
+stamp=.venv/.sassha_build_stamp
+sources_hash=$(cat setup.py $(find csrc triton_kernels -type f \( -name '*.cpp' -o -name '*.cu' \
+  -o -name '*.h' -o -name '*.cuh' \) -not -path 'csrc/generated/*' | sort) | sha256sum | cut -c1-64)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$sources_hash" ] || ! "$PY" -c "import sassha_fast._C" 2>/dev/null; then
+  echo "building sassha_fast (log: .venv/build.log)"
+  if ! MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install -v --no-build-isolation -e . \
+      > .venv/build.log 2>&1; then
+    tail -n 60 .venv/build.log >&2
+    echo "sassha_fast failed to build" >&2
+    exit 1
+  fi
+  grep "sassha_fast build:" .venv/build.log || true
+  echo "$sources_hash" > "$stamp"
+fi
+"$PY" -c "import sassha_fast; print('sassha_fast backends:'); [print(f'  {k}: {v}') for k, v in sassha_fast.available_backends().items()]"
+
+case "$job" in
+  bench) exec "$PY" -m bench "$@" ;;
+  test)  exec "$PY" -m pytest tests "$@" ;;
+esac

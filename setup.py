@@ -1,0 +1,149 @@
+"""Builds sassha_fast and its extension sassha_fast._C.
+
+The C++ CPU part of _C is always built. Its CUDA part is added when this torch is a CUDA
+build and a CUDA toolkit (nvcc) is found; if that part fails to compile, _C is rebuilt
+without it and the reason is reported, so the install never fails because of CUDA.
+Environment: TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX"), SASSHA_FAST_NO_CUDA=1 to skip
+the CUDA part, MAX_JOBS for parallel compilation, CUDA_HOME to pick a toolkit.
+"""
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+from typing import List, Optional
+
+from setuptools import setup
+
+
+def find_cuda_home() -> Optional[str]:
+    """The toolkit's root: $CUDA_HOME / $CUDA_PATH, else asked of the nvcc on PATH (which
+    may be a wrapper script outside the toolkit, so its own path proves nothing)."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        dryrun = subprocess.run([nvcc, "--dryrun", "-c", "x.cu"], capture_output=True,
+                                text=True, timeout=60).stderr
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"^#\$ TOP=(.+)$", dryrun, re.MULTILINE)
+    return os.path.realpath(match.group(1).strip()) if match else None
+
+
+# torch reads CUDA_HOME once, when cpp_extension is imported.
+if find_cuda_home() and not os.environ.get("CUDA_HOME"):
+    os.environ["CUDA_HOME"] = find_cuda_home()
+
+import torch  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
+
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+CPU_SOURCES = ["csrc/module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
+CXX_FLAGS = ["-O3", "-fopenmp"]
+NVCC_FLAGS = ["-O3", "-lineinfo"]
+GENERATED_DIR = os.path.join("csrc", "generated")
+
+
+def log(message: str) -> None:
+    print(f"sassha_fast build: {message}", file=sys.stderr, flush=True)
+
+
+def cuda_problem() -> Optional[str]:
+    """Why the CUDA part cannot be built here, or None."""
+    if os.environ.get("SASSHA_FAST_NO_CUDA") == "1":
+        return "skipped: SASSHA_FAST_NO_CUDA=1"
+    if torch.version.cuda is None:
+        return f"skipped: torch {torch.__version__} is not a CUDA build"
+    if cpp_extension.CUDA_HOME is None:
+        return "skipped: no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)"
+    if not os.path.exists(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")):
+        return f"skipped: no nvcc under CUDA_HOME={cpp_extension.CUDA_HOME}"
+    if not CUDA_SOURCES:
+        return "skipped: no CUDA sources in csrc/cuda"
+    return None
+
+
+def cuda_wheel_include_dirs() -> List[str]:
+    """Headers of the CUDA libraries that PyTorch's wheels bring (cuBLAS, cuSPARSE...),
+    which a minimal toolkit lacks and ATen's CUDA headers include."""
+    try:
+        import nvidia  # namespace package of NVIDIA's wheels
+    except ImportError:
+        return []
+    return sorted({os.path.dirname(header)
+                   for root in nvidia.__path__
+                   for header in glob.glob(os.path.join(root, "*", "include", "cublas_v2.h"))
+                   + glob.glob(os.path.join(root, "*", "include", "cusparse.h"))})
+
+
+def cpu_extension():
+    return cpp_extension.CppExtension(
+        "sassha_fast._C", CPU_SOURCES, include_dirs=[GENERATED_DIR],
+        extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=["-fopenmp"])
+
+
+def cuda_extension():
+    return cpp_extension.CUDAExtension(
+        "sassha_fast._C", CPU_SOURCES + CUDA_SOURCES,
+        include_dirs=[GENERATED_DIR] + cuda_wheel_include_dirs(),
+        define_macros=[("SASSHA_WITH_CUDA", None)],
+        extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
+        extra_link_args=["-fopenmp"])
+
+
+def write_build_status(cuda_status: str) -> None:
+    """Compiles the CUDA part's status into _C (``sassha_fast._C.cuda_status``), so that
+    ``available_backends()`` can say why the cuda backend is missing."""
+    os.makedirs(GENERATED_DIR, exist_ok=True)
+    text = cuda_status.replace("\\", "/").replace('"', "'").replace("\n", " ")[:500]
+    with open(os.path.join(GENERATED_DIR, "build_status.h"), "w") as f:
+        f.write(f'#pragma once\n#define SASSHA_CUDA_STATUS "{text}"\n')
+
+
+class BuildWithOptionalCuda(cpp_extension.BuildExtension):
+    def build_extension(self, ext):
+        if not getattr(ext, "with_cuda", False):
+            log(f"CUDA part {cuda_problem()}; building the CPU part only")
+            write_build_status(cuda_problem())
+            return super().build_extension(ext)
+        archs = os.environ["TORCH_CUDA_ARCH_LIST"]
+        write_build_status(f"built for {archs}")
+        try:
+            super().build_extension(ext)
+            log(f"CUDA part built for {archs}")
+        except Exception as exc:  # the CPU part must still install
+            log(f"CUDA part FAILED to compile ({exc}); building the CPU part only")
+            write_build_status(f"failed to compile: {exc}")
+            # Same Extension object (setuptools has annotated it), CPU-only contents.
+            for attr, value in vars(cpu_extension()).items():
+                if not attr.startswith("_"):
+                    setattr(ext, attr, value)
+            super().build_extension(ext)
+
+
+def extensions():
+    if cuda_problem() is None:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+        ext = cuda_extension()
+        ext.with_cuda = True
+        return [ext]
+    return [cpu_extension()]
+
+
+setup(
+    name="sassha_fast",
+    version="0.1.0",
+    description="SASSHA and M-SASSHA optimizers with fused multi-tensor kernels",
+    packages=["sassha_fast", "sassha_fast.backends", "sassha_fast.triton_kernels"],
+    package_dir={"sassha_fast.triton_kernels": "triton_kernels"},
+    python_requires=">=3.9",
+    install_requires=["torch>=2.4"],
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildWithOptionalCuda.with_options(use_ninja=True)},
+)

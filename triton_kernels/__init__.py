@@ -1,0 +1,1 @@
+"""Triton kernels of the "triton" backend (installed as sassha_fast.triton_kernels)."""
