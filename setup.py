@@ -47,7 +47,7 @@ CPU_SOURCES = ["csrc/module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
 CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
 CXX_FLAGS = ["-O3", "-fopenmp"]
 NVCC_FLAGS = ["-O3", "-lineinfo"]
-GENERATED_DIR = os.path.join("csrc", "generated")
+GENERATED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "generated")
 
 
 def log(message: str) -> None:
