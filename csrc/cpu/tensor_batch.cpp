@@ -1,0 +1,127 @@
+#include "tensor_batch.h"
+
+#include <ATen/Parallel.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include <algorithm>
+
+namespace sassha {
+namespace cpu {
+namespace {
+
+// Below this many elements per thread, starting a parallel region costs more than it saves.
+constexpr int64_t kMinElementsPerThread = 16384;
+// Threads' ranges start on multiples of this many elements (whole cache lines in fp32).
+constexpr int64_t kRangeAlignment = 64;
+
+Dtype kernel_dtype(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat:
+      return Dtype::kF32;
+    case at::kBFloat16:
+      return Dtype::kBF16;
+    default:
+      return Dtype::kF16;
+  }
+}
+
+bool dense(const at::Tensor& t) { return t.is_non_overlapping_and_dense(); }
+
+// Whether element j of a's memory is the same logical element as element j of layout's.
+bool laid_out_like(const at::Tensor& a, const at::Tensor& layout) {
+  if (!dense(a)) return false;
+  for (int64_t dim = 0; dim < a.dim(); ++dim)
+    if (a.size(dim) != 1 && a.stride(dim) != layout.stride(dim)) return false;
+  return true;
+}
+
+double run_range(RangeKernel kernel, const Scalars& scalars, const std::vector<Span>& spans,
+                 const std::vector<int64_t>& offsets, int64_t begin, int64_t end) {
+  double sum = 0.0;
+  // The last span starting at or before begin (empty spans share their successor's offset).
+  size_t s = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
+  for (int64_t pos = begin; pos < end; ++s) {
+    const int64_t stop = std::min(end, offsets[s + 1]);
+    if (stop > pos) sum += kernel(scalars, spans[s], pos - offsets[s], stop - offsets[s]);
+    pos = std::max(pos, stop);
+  }
+  return sum;
+}
+
+}  // namespace
+
+void TensorBatch::add(const char* name, const std::vector<at::Tensor>& tensors, Kind kind,
+                      Access access) {
+  TORCH_CHECK(operands_ < kMaxOperands, op_, ": too many operand lists");
+  TORCH_CHECK(tensors.size() == spans_.size(), op_, ": ", name, " has ", tensors.size(),
+              " tensors, expected ", spans_.size(), " (one per parameter)");
+  const int k = operands_++;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK(t.defined(), op_, ": ", name, "[", i, "] is None");
+    TORCH_CHECK(t.device().is_cpu(), op_, ": ", name, "[", i, "] is on ", t.device(),
+                "; the cpu backend takes CPU tensors only");
+    const at::ScalarType type = t.scalar_type();
+    if (kind == Kind::kState) {
+      TORCH_CHECK(type == at::kFloat, op_, ": ", name, "[", i, "] is ", type,
+                  "; optimizer state must be float32");
+    } else {
+      TORCH_CHECK(type == at::kFloat || type == at::kBFloat16 || type == at::kHalf, op_, ": ",
+                  name, "[", i, "] is ", type, "; expected float32, bfloat16 or float16");
+      TORCH_CHECK(type == tensors[0].scalar_type(), op_, ": ", name, " mixes dtypes (", type,
+                  " at ", i, ", ", tensors[0].scalar_type(), " at 0)");
+    }
+    at::Tensor memory = t;
+    if (k == 0) {
+      if (!dense(t)) memory = t.contiguous();
+      layouts_[i] = memory;
+      spans_[i].numel = t.numel();
+    } else {
+      TORCH_CHECK(t.sizes() == layouts_[i].sizes(), op_, ": ", name, "[", i, "] has shape ",
+                  t.sizes(), ", expected ", layouts_[i].sizes());
+      if (!laid_out_like(t, layouts_[i]))
+        memory = at::empty_strided(layouts_[i].sizes(), layouts_[i].strides(), t.options())
+                     .copy_(t);
+    }
+    if (access == Access::kWrite && !memory.is_same(t)) staged_writes_.emplace_back(t, memory);
+    spans_[i].data[k] = memory.data_ptr();
+    spans_[i].dtype[k] = kernel_dtype(type);
+  }
+}
+
+void TensorBatch::finish() {
+  for (auto& [tensor, copy] : staged_writes_) tensor.copy_(copy);
+  staged_writes_.clear();
+}
+
+double run(RangeKernel kernel, const Scalars& scalars, const std::vector<Span>& spans) {
+  std::vector<int64_t> offsets(spans.size() + 1, 0);
+  for (size_t s = 0; s < spans.size(); ++s) offsets[s + 1] = offsets[s] + spans[s].numel;
+  const int64_t total = offsets.back();
+  if (total == 0) return 0.0;
+  int64_t threads = 1;
+#ifdef _OPENMP
+  if (!omp_in_parallel())
+    threads = std::min<int64_t>(at::get_num_threads(), total / kMinElementsPerThread);
+#endif
+  if (threads <= 1) return run_range(kernel, scalars, spans, offsets, 0, total);
+  std::vector<double> partial(threads, 0.0);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(static_cast<int>(threads))
+  {
+    const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+    const int64_t per_thread = (total + team - 1) / team;
+    const int64_t chunk = (per_thread + kRangeAlignment - 1) / kRangeAlignment * kRangeAlignment;
+    const int64_t begin = std::min(total, me * chunk), end = std::min(total, begin + chunk);
+    partial[me] = run_range(kernel, scalars, spans, offsets, begin, end);
+  }
+#endif
+  double sum = 0.0;
+  for (double p : partial) sum += p;
+  return sum;
+}
+
+}  // namespace cpu
+}  // namespace sassha

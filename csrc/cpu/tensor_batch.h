@@ -1,0 +1,46 @@
+// Checks the tensor lists of one op call and flattens them into spans for the kernels.
+#pragma once
+#include <torch/extension.h>
+
+#include <utility>
+#include <vector>
+
+#include "kernels.h"
+
+namespace sassha {
+namespace cpu {
+
+enum class Kind { kValues, kState };  // values: fp32, bf16 or fp16; state: fp32 only
+enum class Access { kRead, kWrite };
+
+class TensorBatch {
+ public:
+  TensorBatch(const char* op, size_t count) : op_(op), spans_(count), layouts_(count) {}
+
+  // Adds one operand list (operand k = the k-th list added). Every list holds `count`
+  // CPU tensors of one dtype; tensor i of every list has the shape of tensor i of the first
+  // list. A tensor whose memory is not laid out like that first tensor's (dense, same
+  // strides) is staged through a copy that is, written back by finish() when written.
+  void add(const char* name, const std::vector<at::Tensor>& tensors, Kind kind, Access access);
+
+  const std::vector<Span>& spans() const { return spans_; }
+
+  // Writes the staged copies of written tensors back into them.
+  void finish();
+
+ private:
+  const char* op_;
+  int operands_ = 0;
+  std::vector<Span> spans_;
+  std::vector<at::Tensor> layouts_;  // per index: the tensor whose memory layout all follow
+  std::vector<std::pair<at::Tensor, at::Tensor>> staged_writes_;  // (tensor, its copy)
+};
+
+// Runs kernel over every element of every span. The spans are one index space, cut into
+// one contiguous range per thread (ranges cross tensor boundaries, so one huge tensor and
+// thousands of small ones both use every thread); small totals run on the calling thread.
+// Returns the sum of the kernel's results.
+double run(RangeKernel kernel, const Scalars& scalars, const std::vector<Span>& spans);
+
+}  // namespace cpu
+}  // namespace sassha
