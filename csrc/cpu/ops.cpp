@@ -78,15 +78,23 @@ void sassha_update(const TensorList& params, const TensorList& grads, const Tens
   batch.finish();
 }
 
+// An op that updates its first list in place from itself and a second, read-only list.
+void update_from(const char* op, const char* name, const TensorList& updated, Kind kind,
+                 const char* source_name, const TensorList& source, RangeKernel kernel,
+                 const Scalars& s) {
+  TensorBatch batch(op, updated.size());
+  batch.add(name, updated, kind, Access::kWrite);
+  batch.add(source_name, source, Kind::kValues, Access::kRead);
+  run(kernel, s, batch.spans());
+  batch.finish();
+}
+
 void hessian_ema(const TensorList& exp_hessians, const TensorList& hessians, double beta2) {
-  TensorBatch batch("hessian_ema", exp_hessians.size());
-  batch.add("exp_hessians", exp_hessians, Kind::kState, Access::kWrite);
-  batch.add("hessians", hessians, Kind::kValues, Access::kRead);
   Scalars s;
   s.beta2 = static_cast<float>(beta2);
   s.one_minus_beta2 = static_cast<float>(1.0 - beta2);
-  run(active_kernels().hessian_ema, s, batch.spans());
-  batch.finish();
+  update_from("hessian_ema", "exp_hessians", exp_hessians, Kind::kState, "hessians", hessians,
+              active_kernels().hessian_ema, s);
 }
 
 at::Tensor msassha_update(const TensorList& params, const TensorList& grads,
@@ -105,13 +113,10 @@ at::Tensor msassha_update(const TensorList& params, const TensorList& grads,
 }
 
 void add_scaled(const TensorList& params, const TensorList& tensors, double alpha) {
-  TensorBatch batch("add_scaled", params.size());
-  batch.add("params", params, Kind::kValues, Access::kWrite);
-  batch.add("tensors", tensors, Kind::kValues, Access::kRead);
   Scalars s;
   s.alpha = static_cast<float>(alpha);
-  run(active_kernels().add_scaled, s, batch.spans());
-  batch.finish();
+  update_from("add_scaled", "params", params, Kind::kValues, "tensors", tensors,
+              active_kernels().add_scaled, s);
 }
 
 }  // namespace

@@ -60,7 +60,6 @@ void TensorBatch::add(const char* name, const std::vector<at::Tensor>& tensors, 
   const int k = operands_++;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
-    TORCH_CHECK(t.defined(), op_, ": ", name, "[", i, "] is None");
     TORCH_CHECK(t.device().is_cpu(), op_, ": ", name, "[", i, "] is on ", t.device(),
                 "; the cpu backend takes CPU tensors only");
     const at::ScalarType type = t.scalar_type();
@@ -85,15 +84,16 @@ void TensorBatch::add(const char* name, const std::vector<at::Tensor>& tensors, 
         memory = at::empty_strided(layouts_[i].sizes(), layouts_[i].strides(), t.options())
                      .copy_(t);
     }
-    if (access == Access::kWrite && !memory.is_same(t)) staged_writes_.emplace_back(t, memory);
+    if (!memory.is_same(t)) staged_.push_back({t, memory, access == Access::kWrite});
     spans_[i].data[k] = memory.data_ptr();
     spans_[i].dtype[k] = kernel_dtype(type);
   }
 }
 
 void TensorBatch::finish() {
-  for (auto& [tensor, copy] : staged_writes_) tensor.copy_(copy);
-  staged_writes_.clear();
+  for (const Staged& s : staged_)
+    if (s.written) s.tensor.copy_(s.copy);
+  staged_.clear();
 }
 
 double run(RangeKernel kernel, const Scalars& scalars, const std::vector<Span>& spans) {

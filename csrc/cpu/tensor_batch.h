@@ -2,7 +2,6 @@
 #pragma once
 #include <torch/extension.h>
 
-#include <utility>
 #include <vector>
 
 #include "kernels.h"
@@ -33,7 +32,11 @@ class TensorBatch {
   int operands_ = 0;
   std::vector<Span> spans_;
   std::vector<at::Tensor> layouts_;  // per index: the tensor whose memory layout all follow
-  std::vector<std::pair<at::Tensor, at::Tensor>> staged_writes_;  // (tensor, its copy)
+  struct Staged {
+    at::Tensor tensor, copy;  // the copy is what the spans point into
+    bool written;
+  };
+  std::vector<Staged> staged_;
 };
 
 // Runs kernel over every element of every span. The spans are one index space, cut into

@@ -1,0 +1,261 @@
+"""What only the cpu backend (the C++ kernels in csrc/cpu) has: work split across threads
+by ranges of the whole flattened list, huge and numerous tensors, the AVX-512 / AVX2 /
+generic builds, staged non-contiguous tensors, input checks and the released GIL. The
+op-by-op and optimizer-level comparisons with the reference that every backend passes are
+in test_backend_ops.py, test_backend_optimizer.py and test_golden.py."""
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from sassha_fast import SASSHA, available_backends
+from sassha_fast.backends import reference, resolve
+
+pytestmark = pytest.mark.skipif(not available_backends()["cpu"].available,
+                                reason=f"cpu backend unavailable: {available_backends()['cpu']}")
+
+if available_backends()["cpu"].available:
+    from sassha_fast.backends import cpu
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+STORED_TOLERANCE = {
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.bfloat16: dict(rtol=2 ** -7, atol=1e-5),
+    torch.float16: dict(rtol=2 ** -10, atol=1e-5),
+}
+STATE_TOLERANCE = dict(rtol=1e-5, atol=1e-6)
+HYPER = dict(lr=0.05, weight_decay=1e-2, beta1=0.9, bias_correction1=0.271, eps=1e-4)
+# Sizes around the per-thread minimum (16384 elements), so that with 2-4 threads the
+# threads' ranges start and end inside tensors and some threads cover several tensors.
+SPANNING_SHAPES = [(17,), (40_000,), (3,), (0,), (70_001,), (1,), (5, 5_000), (9_999,)]
+
+
+def inputs(shapes, dtype):
+    def make(dt, positive=False, scale=1.0):
+        out = []
+        for shape in shapes:
+            t = torch.randn(shape) * scale
+            out.append((t.abs() if positive else t).to(dt))
+        return out
+    return dict(params=make(dtype), grads=make(dtype), perturbations=make(dtype, scale=0.01),
+                exp_avgs=make(torch.float32, scale=0.1),
+                exp_hessians=make(torch.float32, positive=True), hessians=make(dtype))
+
+
+def clone(ts):
+    return [t.clone() for t in ts]
+
+
+def run_every_op(ops, x, hessian_power=0.5):
+    """Every op on fresh copies of ``x``; returns what each op wrote or returned."""
+    out = {"norm": ops.global_norm(x["grads"]),
+           "weighted_norm": ops.global_norm(x["grads"], x["params"])}
+    for adaptive in (False, True):
+        p, g = clone(x["params"]), clone(x["grads"])
+        ops.perturb(p, g, torch.tensor(0.037), adaptive)
+        out[f"perturb_p_{adaptive}"], out[f"perturb_e_{adaptive}"] = p, g
+    hyper = dict(HYPER, hessian_power=hessian_power, bias_correction2=0.3)
+    p, m, d = clone(x["params"]), clone(x["exp_avgs"]), clone(x["exp_hessians"])
+    ops.hessian_ema(d, x["hessians"], 0.999)
+    out["ema"] = d
+    ops.sassha_update(p, x["grads"], m, d, x["perturbations"], **hyper)
+    out["sassha_p"], out["sassha_m"] = p, m
+    p, m = clone(x["params"]), clone(x["exp_avgs"])
+    out["msassha_sq"] = ops.msassha_update(p, x["grads"], m, x["exp_hessians"],
+                                           norm_factor=0.3, **hyper)
+    out["msassha_p"], out["msassha_m"] = p, m
+    p = clone(x["params"])
+    ops.add_scaled(p, x["exp_avgs"], -0.25)
+    out["add_scaled"] = p
+    return out
+
+
+def assert_close_to_reference(got, want, dtype):
+    for key, value in want.items():
+        tolerance = STATE_TOLERANCE if key.endswith(("_m", "ema")) else STORED_TOLERANCE[dtype]
+        if isinstance(value, list):
+            for a, b in zip(got[key], value):
+                torch.testing.assert_close(a, b, **tolerance, msg=lambda m: f"{key}: {m}")
+        else:
+            assert got[key].dim() == 0 and got[key].dtype == torch.float32
+            torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def threads():
+    """Sets torch's (and so the kernels') thread count for one test."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_thread_ranges_across_tensor_boundaries(dtype, threads):
+    x = inputs(SPANNING_SHAPES, dtype)
+    want = run_every_op(reference, x)
+    results = []
+    for count in (1, 2, 3, 4):
+        threads(count)
+        results.append(run_every_op(cpu, x))
+        assert_close_to_reference(results[-1], want, dtype)
+    # Element-wise results do not depend on how the list was split.
+    for other in results[1:]:
+        for key, value in results[0].items():
+            if isinstance(value, list):
+                assert all(torch.equal(a, b) for a, b in zip(value, other[key])), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_many_small_tensors_and_one_huge(dtype):
+    shapes = [(1 + (i * 7) % 50,) for i in range(1000)] + [(1_200_001,)]
+    x = inputs(shapes, dtype)
+    want = run_every_op(reference, x, hessian_power=0.7)
+    # The reference's fp32 norm of a 1.2M-element tensor is off by ~1e-5; compare with fp64.
+    grads = torch.cat([g.double() for g in x["grads"]])
+    want["norm"] = grads.norm().float()
+    want["weighted_norm"] = (torch.cat([p.double() for p in x["params"]]).abs() * grads).norm().float()
+    assert_close_to_reference(run_every_op(cpu, x, hessian_power=0.7), want, dtype)
+
+
+def test_norm_of_a_huge_list_matches_float64():
+    ts = [torch.randn(3_000_000) * 100, torch.randn(1000) * 1e-3] + [torch.randn(7)] * 500
+    want = torch.cat([t.double().flatten() for t in ts]).norm().item()
+    assert cpu.global_norm(ts).item() == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_perturb_moves_p_by_the_stored_perturbation(dtype, adaptive):
+    p = torch.randn(10_001).to(dtype)
+    g = torch.randn(10_001).to(dtype)
+    before = p.clone()
+    cpu.perturb([p], [g], 0.013, adaptive)
+    assert torch.equal(p, (before.float() + g.float()).to(dtype))
+
+
+def test_auto_picks_the_cpu_backend():
+    assert resolve("auto", torch.device("cpu")).name == "cpu"
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    opt = SASSHA([w], lazy_hessian=1)
+    opt.step(lambda: (w ** 2).sum())
+    assert opt.backends_in_use == {"cpu": "cpu"}
+
+
+def test_non_contiguous_and_channels_last_tensors():
+    """Tensors whose memory order differs from the first list's are staged through copies,
+    and the results are written back into them."""
+    params = [torch.randn(2, 3, 5, 7).to(memory_format=torch.channels_last),
+              torch.randn(6, 4).t(), torch.randn(8, 6)[:, ::2]]
+    grads = [torch.randn(2, 3, 5, 7), torch.randn(4, 6), torch.randn(8, 3)]
+    exp_avgs = [torch.randn_like(p) for p in params]  # channels_last like its parameter
+    exp_hessians = [torch.rand(p.shape) for p in params]
+    perturbations = [torch.randn(p.shape).t().contiguous().t() if p.dim() == 2 else
+                     torch.randn_like(p) for p in params]
+    hyper = dict(HYPER, hessian_power=0.5, bias_correction2=0.3)
+    want = [clone(params), clone(exp_avgs)]
+    reference.sassha_update(want[0], grads, want[1], exp_hessians, perturbations, **hyper)
+    cpu.sassha_update(params, grads, exp_avgs, exp_hessians, perturbations, **hyper)
+    for got, expected in zip(params + exp_avgs, want[0] + want[1]):
+        torch.testing.assert_close(got, expected, **STATE_TOLERANCE)
+    assert params[0].is_contiguous(memory_format=torch.channels_last)
+    want_g, want_p = clone(grads), clone(params)
+    reference.perturb(want_p, want_g, 0.5, True)
+    cpu.perturb(params, grads, 0.5, True)
+    for got, expected in zip(params + grads, want_p + want_g):
+        torch.testing.assert_close(got, expected, **STATE_TOLERANCE)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: cpu.add_scaled([torch.zeros(3)], [torch.zeros(3), torch.zeros(3)], 1.0),
+     "tensors has 2 tensors, expected 1"),
+    (lambda: cpu.global_norm([torch.zeros(3), torch.zeros(3, dtype=torch.bfloat16)]),
+     "tensors mixes dtypes"),
+    (lambda: cpu.hessian_ema([torch.zeros(3, dtype=torch.float16)], [torch.zeros(3)], 0.9),
+     r"exp_hessians\[0\] is Half; optimizer state must be float32"),
+    (lambda: cpu.add_scaled([torch.zeros(3, dtype=torch.float64)], [torch.zeros(3)], 1.0),
+     "expected float32, bfloat16 or float16"),
+    (lambda: cpu.add_scaled([torch.zeros(3)], [torch.zeros(4)], 1.0),
+     r"tensors\[0\] has shape \[4\], expected \[3\]"),
+    (lambda: cpu.perturb([torch.zeros(3, device="meta")], [torch.zeros(3)], 1.0, False),
+     r"params\[0\] is on meta; the cpu backend takes CPU tensors only"),
+])
+def test_bad_inputs_are_refused_clearly(call, message):
+    with pytest.raises(RuntimeError, match=message):
+        call()
+
+
+def test_a_missing_tensor_is_refused():
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        cpu.perturb([torch.zeros(3)], [None], 1.0, False)
+
+
+def test_gil_is_released_while_a_kernel_runs(threads):
+    threads(1)
+    big = [torch.rand(4_000_000)]
+    hyper = dict(HYPER, hessian_power=0.7, bias_correction2=0.3)  # powf: a slow pass
+    span = {}
+
+    def worker():
+        span["start"] = time.perf_counter()
+        cpu.sassha_update(clone(big), big, clone(big), big, None, **hyper)
+        span["end"] = time.perf_counter()
+
+    ticks = []
+    thread = threading.Thread(target=worker)
+    thread.start()
+    while thread.is_alive():
+        ticks.append(time.perf_counter())
+    thread.join()
+    margin = (span["end"] - span["start"]) / 4
+    inside = [t for t in ticks if span["start"] + margin < t < span["end"] - margin]
+    assert inside, "no Python code ran while the kernel did: the GIL was held"
+
+
+ISA_SCRIPT = """
+import json, sys, torch
+from sassha_fast.backends import cpu
+sys.path.insert(0, {tests!r})
+from test_backend_cpu import inputs, run_every_op
+torch.manual_seed(0)
+out = run_every_op(cpu, inputs({shapes!r}, getattr(torch, {dtype!r})), hessian_power=0.5)
+flat = {{k: [t.float().tolist() for t in v] if isinstance(v, list) else v.item()
+        for k, v in out.items()}}
+print(json.dumps(dict(isa=cpu.isa(), out=flat)))
+"""
+
+
+def run_with_isa(isa: str, dtype: str) -> dict:
+    script = ISA_SCRIPT.format(tests=os.path.dirname(__file__), dtype=dtype,
+                               shapes=[(5,), (67,), (1000,), (0,), (3, 11)])
+    env = dict(os.environ, SASSHA_FAST_CPU_ISA=isa)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, check=True)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                    reason="only x86-64 builds carry AVX2 / AVX-512 kernels")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_instruction_set_builds_agree(dtype):
+    order = ["avx512", "avx2", "generic"]
+    runs = {isa: run_with_isa(isa, dtype) for isa in order}
+    for requested, run in runs.items():  # the requested build, or the best one below it
+        assert order.index(run["isa"]) >= order.index(requested)
+    ran = {run["isa"]: run["out"] for run in runs.values()}
+    generic = ran.pop("generic")
+    # The vector builds are the same arithmetic; the generic build differs only by the
+    # multiply-adds that the vector builds fuse, as PyTorch's vector kernels do.
+    if len(ran) == 2:
+        assert ran["avx512"] == ran["avx2"]
+    tolerance = STORED_TOLERANCE[getattr(torch, dtype)]
+    for out in ran.values():
+        for key, value in out.items():
+            pairs = zip(value, generic[key]) if isinstance(value, list) else [(value, generic[key])]
+            for a, b in pairs:
+                torch.testing.assert_close(torch.tensor(a), torch.tensor(b), **tolerance)
