@@ -14,8 +14,9 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-# Which table list holds which operand of each kernel.
-P, G, M, D, E = 0, 1, 2, 3, 4  # param, gradient, exp_avg, exp_hessian_diag, perturbation
+# Which table list holds which operand of the update kernels: param, gradient, exp_avg,
+# exp_hessian_diag, perturbation.
+P, G, M, D, E = (tl.constexpr(i) for i in range(5))
 
 
 # -- shared device helpers -------------------------------------------------------------
