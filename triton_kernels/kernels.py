@@ -19,9 +19,30 @@ from triton.runtime.interpreter import InterpretedFunction
 P, G, M, D, E = (tl.constexpr(i) for i in range(5))
 
 
+
+
+def _probe():
+    pass
+
+
+# Whether these kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 when triton was
+# first imported) rather than compiled for a GPU.
+INTERPRETED = tl.constexpr(isinstance(triton.jit(_probe), InterpretedFunction))
+if not INTERPRETED:
+    from triton.language.extra import libdevice
+
+
+def _helper(fn):
+    """Decorator of the device functions that kernels call. The interpreter re-patches
+    triton.language on every call of a jitted function (about a millisecond each, dozens
+    per block); called from a kernel of this module, a helper already runs inside the
+    kernel's patched scope, so under the interpreter it stays a plain Python function."""
+    return fn if INTERPRETED else triton.jit(fn)
+
+
 # -- shared device helpers -------------------------------------------------------------
 
-@triton.jit
+@_helper
 def _block(table, n_blocks, BLOCK: tl.constexpr):
     """(tensor index, element offsets, numel of that tensor, whether the block is full) of
     this program's block. A full block runs without a mask: with the alignment hint, the
@@ -33,7 +54,7 @@ def _block(table, n_blocks, BLOCK: tl.constexpr):
     return tensor, index * BLOCK + tl.arange(0, BLOCK), numel, (index + 1) * BLOCK <= numel
 
 
-@triton.jit
+@_helper
 def _base(table, n_blocks, n_tensors, tensor, which: tl.constexpr, DTYPE: tl.constexpr,
           ALIGNED: tl.constexpr):
     """Typed pointer to the first element of tensor ``tensor`` of list ``which``."""
@@ -44,7 +65,7 @@ def _base(table, n_blocks, n_tensors, tensor, which: tl.constexpr, DTYPE: tl.con
     return pointer
 
 
-@triton.jit
+@_helper
 def _load(pointer, offs, mask):
     """fp32 values; masked-off lanes read 0, which every sum below relies on."""
     if mask is None:
@@ -53,7 +74,7 @@ def _load(pointer, offs, mask):
         return tl.load(pointer + offs, mask=mask, other=0.0).to(tl.float32)
 
 
-@triton.jit
+@_helper
 def _round(x, DTYPE: tl.constexpr):
     """x rounded to nearest-even in DTYPE. bf16 is rounded by hand because the interpreter
     truncates fp32 -> bf16; doing it the same way on the GPU keeps one tested code path."""
@@ -66,12 +87,12 @@ def _round(x, DTYPE: tl.constexpr):
         return x.to(DTYPE)
 
 
-@triton.jit
+@_helper
 def _store(pointer, offs, x, mask, DTYPE: tl.constexpr):
     tl.store(pointer + offs, _round(x, DTYPE), mask=mask)
 
 
-@triton.jit
+@_helper
 def _scalar(value, IS_PTR: tl.constexpr):
     if IS_PTR:
         return tl.load(value).to(tl.float32)
@@ -79,7 +100,7 @@ def _scalar(value, IS_PTR: tl.constexpr):
         return value
 
 
-@triton.jit
+@_helper
 def _power(d, hessian_power, POWER: tl.constexpr):
     """d ** hessian_power. POWER is "sqrt" (0.5) or "one" (1.0), the common cases, exact
     as in torch, or "pow" for any other power."""
@@ -95,7 +116,7 @@ def _power(d, hessian_power, POWER: tl.constexpr):
         return libdevice.pow(d, hessian_power)
 
 
-@triton.jit
+@_helper
 def _adaptive_step(x, g, m, d, decay, beta1, one_minus_beta1, step_size, bias_correction2,
                    hessian_power, eps, POWER: tl.constexpr):
     """Decay, momentum and preconditioned step (both updates after leaving their perturbed
@@ -108,7 +129,7 @@ def _adaptive_step(x, g, m, d, decay, beta1, one_minus_beta1, step_size, bias_co
 
 # -- reductions ------------------------------------------------------------------------
 
-@triton.jit
+@_helper
 def _sum_squares_block(table, n_blocks, n_tensors, tensor, offs, mask, WEIGHTED: tl.constexpr,
                        X_DTYPE: tl.constexpr, W_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
     x = _load(_base(table, n_blocks, n_tensors, tensor, 0, X_DTYPE, ALIGNED), offs, mask)
@@ -148,7 +169,7 @@ def finish_sum_kernel(partials, n, out, SQRT: tl.constexpr, BLOCK: tl.constexpr)
 
 # -- perturbation ----------------------------------------------------------------------
 
-@triton.jit
+@_helper
 def _perturb_block(table, n_blocks, n_tensors, tensor, offs, mask, scale,
                    ADAPTIVE: tl.constexpr, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
                    ALIGNED: tl.constexpr):
@@ -181,7 +202,7 @@ def perturb_kernel(table, n_blocks, n_tensors, scale, SCALE_IS_PTR: tl.constexpr
 
 # -- SASSHA update ---------------------------------------------------------------------
 
-@triton.jit
+@_helper
 def _sassha_block(table, n_blocks, n_tensors, tensor, offs, mask, decay, beta1,
                   one_minus_beta1, step_size, bias_correction2, hessian_power, eps,
                   POWER: tl.constexpr, UNPERTURB: tl.constexpr, P_DTYPE: tl.constexpr,
@@ -219,7 +240,7 @@ def sassha_update_kernel(table, n_blocks, n_tensors, decay, beta1, one_minus_bet
 
 # -- Hessian EMA -----------------------------------------------------------------------
 
-@triton.jit
+@_helper
 def _hessian_ema_block(table, n_blocks, n_tensors, tensor, offs, mask, beta2, one_minus_beta2,
                        H_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
     d_ptr = _base(table, n_blocks, n_tensors, tensor, 0, tl.float32, ALIGNED)
@@ -243,7 +264,7 @@ def hessian_ema_kernel(table, n_blocks, n_tensors, beta2, one_minus_beta2,
 
 # -- M-SASSHA update -------------------------------------------------------------------
 
-@triton.jit
+@_helper
 def _msassha_block(table, n_blocks, n_tensors, tensor, offs, mask, norm_factor, decay, beta1,
                    one_minus_beta1, step_size, bias_correction2, hessian_power, eps,
                    POWER: tl.constexpr, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
@@ -282,7 +303,7 @@ def msassha_update_kernel(table, n_blocks, n_tensors, partials, norm_factor, dec
 
 # -- p += alpha * t --------------------------------------------------------------------
 
-@triton.jit
+@_helper
 def _add_scaled_block(table, n_blocks, n_tensors, tensor, offs, mask, alpha,
                       P_DTYPE: tl.constexpr, T_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
     p_ptr = _base(table, n_blocks, n_tensors, tensor, 0, P_DTYPE, ALIGNED)
@@ -303,10 +324,3 @@ def add_scaled_kernel(table, n_blocks, n_tensors, alpha, ALPHA_IS_PTR: tl.conste
     else:
         _add_scaled_block(table, n_blocks, n_tensors, tensor, offs, offs < numel, a, P_DTYPE,
                           T_DTYPE, ALIGNED)
-
-
-# Whether these kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 when triton was
-# first imported) rather than compiled for a GPU.
-INTERPRETED = tl.constexpr(isinstance(add_scaled_kernel, InterpretedFunction))
-if not INTERPRETED:
-    from triton.language.extra import libdevice

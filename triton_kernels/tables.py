@@ -69,20 +69,22 @@ def table_for(lists: Sequence[Sequence[Tensor]], interpreted: bool) -> Table:
 def _build(device: torch.device, addresses: List[int], numels: List[int],
            interpreted: bool) -> Table:
     block = block_size(max(numels), interpreted)
-    n_tensors = len(numels)
-    numel = torch.tensor(numels, dtype=torch.int64)
-    counts = (numel + block - 1) // block
-    tensor_of_block = torch.repeat_interleave(torch.arange(n_tensors), counts)
-    first_block = torch.cumsum(counts, 0) - counts
-    index_in_tensor = torch.arange(len(tensor_of_block)) - first_block[tensor_of_block]
-    host = torch.cat([tensor_of_block, index_in_tensor, numel[tensor_of_block],
-                      torch.tensor(addresses, dtype=torch.int64)])
+    tensor_of_block: List[int] = []
+    index_in_tensor: List[int] = []
+    numel_of_block: List[int] = []
+    for i, numel in enumerate(numels):
+        count = -(-numel // block)
+        tensor_of_block += [i] * count
+        index_in_tensor += range(count)
+        numel_of_block += [numel] * count
+    host = torch.tensor(tensor_of_block + index_in_tensor + numel_of_block + addresses,
+                        dtype=torch.int64)
     if device.type == "cuda":
         # Pinned memory makes the copy asynchronous: building a table never waits for the GPU.
         data = host.pin_memory().to(device, non_blocking=True)
     else:
         data = host.to(device)
-    return Table(data, len(tensor_of_block), n_tensors, block, num_warps(block),
+    return Table(data, len(tensor_of_block), len(numels), block, num_warps(block),
                  all(address % 16 == 0 for address in addresses))
 
 
