@@ -27,26 +27,30 @@ class Operand:
 
 def check(operands: Sequence[Operand]) -> torch.device:
     """The operands' common device; ValueError/TypeError for anything a kernel would read
-    out of bounds or misinterpret."""
+    out of bounds or misinterpret. (Set and list comparisons: this runs on every call.)"""
     first = operands[0]
     device = first.tensors[0].device
+    shapes = [t.shape for t in first.tensors]
     for op in operands:
-        if len(op.tensors) != len(first.tensors):
+        if len(op.tensors) != len(shapes):
             raise ValueError(f"{op.name}: {len(op.tensors)} tensors, but {first.name} has "
-                             f"{len(first.tensors)}")
-        dtype = op.tensors[0].dtype
+                             f"{len(shapes)}")
+        dtypes = {t.dtype for t in op.tensors}
+        if len(dtypes) > 1:
+            raise TypeError(f"{op.name}: mixed dtypes in one call ({sorted(map(str, dtypes))})")
+        dtype = dtypes.pop()
         if dtype not in TL_DTYPES or (op.fp32 and dtype != torch.float32):
             allowed = "float32" if op.fp32 else "float32, bfloat16 or float16"
             raise TypeError(f"{op.name}: the triton backend takes {allowed} tensors, "
                             f"got {dtype}")
-        for i, (t, ref) in enumerate(zip(op.tensors, first.tensors)):
-            if t.dtype != dtype:
-                raise TypeError(f"{op.name}: mixed dtypes in one call ({dtype} and {t.dtype})")
-            if t.device != device:
-                raise ValueError(f"{op.name}[{i}] is on {t.device}, expected {device}")
-            if t.shape != ref.shape:
-                raise ValueError(f"{op.name}[{i}] has shape {tuple(t.shape)}, but "
-                                 f"{first.name}[{i}] has {tuple(ref.shape)}")
+        devices = {t.device for t in op.tensors}
+        if devices != {device}:
+            raise ValueError(f"{op.name}: tensors on {sorted(map(str, devices))}, expected "
+                             f"all on {device}")
+        if op is not first and [t.shape for t in op.tensors] != shapes:
+            i = next(i for i, t in enumerate(op.tensors) if t.shape != shapes[i])
+            raise ValueError(f"{op.name}[{i}] has shape {tuple(op.tensors[i].shape)}, but "
+                             f"{first.name}[{i}] has {tuple(shapes[i])}")
     return device
 
 
@@ -67,6 +71,8 @@ def _in_memory_order(operands: Sequence[Operand]) -> List[Tuple[Tensor, Tensor]]
     not (a transposed gradient, a strided view) go through contiguous copies; returns the
     (original, copy) pairs to write back after the launch."""
     write_back = []
+    if all(t.is_contiguous() for op in operands for t in op.tensors):
+        return write_back
     for i in range(len(operands[0].tensors)):
         at_i = [op.tensors[i] for op in operands]
         if all(t.is_contiguous() for t in at_i):
