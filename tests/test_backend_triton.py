@@ -341,6 +341,20 @@ def test_compiled_mode_without_a_gpu_says_why():
     assert "no CUDA device" in out and "TRITON_INTERPRET=1" in out
 
 
+def test_without_triton_the_reason_is_given_and_auto_falls_back():
+    out = run_python(
+        "import sys; sys.modules['triton'] = None\n"  # what a missing package looks like
+        "import torch, sassha_fast\n"
+        "from sassha_fast.backends import resolve, triton\n"
+        "print(sassha_fast.available_backends()['triton'])\n"
+        "print(triton.supports(torch.device('cuda')), triton.supports(torch.device('cpu')))\n"
+        "print(resolve('auto', torch.device('cpu')).name)\n"
+        "print(resolve('auto', torch.device('cuda')).name)\n", {}).splitlines()
+    assert out[0] == "triton is not installed"
+    assert out[1] == "False False"
+    assert out[2] != "triton" and out[3] != "triton"
+
+
 def test_kernels_compile_for_a_gpu():
     """The interpreter accepts code the GPU compiler rejects: compile every kernel for sm_90
     (no GPU needed) and check that full blocks use 16-byte vector loads and stores."""

@@ -32,6 +32,8 @@ def unavailable_reason() -> Optional[str]:
 
 
 def supports(device: torch.device) -> bool:
+    if _IMPORT_ERROR is not None:
+        return False
     return device.type == ("cpu" if kernels.INTERPRETED else "cuda")
 
 
