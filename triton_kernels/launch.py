@@ -8,7 +8,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import kernels
-from .tables import table_for
+from .tables import protect, table_for
 
 TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 FINISH_BLOCK = 1024
@@ -119,6 +119,7 @@ def launch(kernel, operands: Sequence[Operand], *args, partials: bool = False,
         sums = torch.empty(table.n_blocks, dtype=torch.float32, device=device) \
             if partials else None
         if table.n_blocks:
+            protect(table)
             kernel[(table.n_blocks,)](
                 table.data, table.n_blocks, table.n_tensors, *((sums,) if partials else ()),
                 *args, **constexprs, **dtypes, BLOCK=table.block, ALIGNED=table.aligned,

@@ -7,7 +7,7 @@ sizes alone, so a table cached under exactly those is always valid, whoever owns
 now: a training loop that reuses its buffers builds its tables once.
 """
 from collections import OrderedDict
-from typing import List, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -47,6 +47,9 @@ def num_warps(block: int) -> int:
 
 
 _cache: "OrderedDict[tuple, Table]" = OrderedDict()
+# Tables that a CUDA graph captured: every replay reads them, so they live as long as the
+# process, whatever the cache drops.
+_captured: Dict[int, Table] = {}
 
 
 def table_for(lists: Sequence[Sequence[Tensor]], interpreted: bool) -> Table:
@@ -88,5 +91,19 @@ def _build(device: torch.device, addresses: List[int], numels: List[int],
                  all(address % 16 == 0 for address in addresses))
 
 
+def protect(table: Table) -> None:
+    """Keep ``table`` valid for the kernel about to read it on the current CUDA stream: if
+    that launch is being captured into a CUDA graph, for good; otherwise until the stream
+    has run it, even if the cache drops the table meanwhile and it was built on another
+    stream (the allocator reuses memory in the order of the stream it was made on)."""
+    if table.data.device.type != "cuda":
+        return
+    if torch.cuda.is_current_stream_capturing():
+        _captured[table.data.data_ptr()] = table
+    else:
+        table.data.record_stream(torch.cuda.current_stream(table.data.device))
+
+
 def clear_cache() -> None:
+    """Forget the cached tables (not those a CUDA graph captured)."""
     _cache.clear()
