@@ -19,8 +19,6 @@ from triton.runtime.interpreter import InterpretedFunction
 P, G, M, D, E = (tl.constexpr(i) for i in range(5))
 
 
-
-
 def _probe():
     pass
 

@@ -93,7 +93,8 @@ def _device_guard(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def scalar(value: Union[float, Tensor], device: torch.device) -> Tuple[Union[float, Tensor], bool]:
+def scalar(value: Union[float, Tensor],
+           device: torch.device) -> Tuple[Union[float, Tensor], bool]:
     """A kernel argument for a scalar that may be a 0-d tensor (read on the device, no
     synchronisation) or a number; and whether it is a pointer."""
     if isinstance(value, Tensor):
