@@ -66,7 +66,7 @@ struct Perturb {
     for (int k = 0; k < W; ++k) {
       e[k] *= s;
       if (adaptive) e[k] *= p[k] * p[k];
-      // p moves by the rounded perturbation that is kept, so that undoing it is exact.
+      // p moves by e as stored, so that leaving the perturbed point subtracts what was added.
       e[k] = rounded<P>(e[k]);
       p[k] += e[k];
     }
