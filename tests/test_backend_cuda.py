@@ -79,7 +79,8 @@ def assert_lists_close(actual, expected, **tolerance):
 def scalar(value: float, kind: str):
     if kind == "float":
         return value
-    return torch.tensor(value, dtype=torch.float32, device="cuda" if kind == "cuda-tensor" else "cpu")
+    device = "cuda" if kind == "cuda-tensor" else "cpu"
+    return torch.tensor(value, dtype=torch.float32, device=device)
 
 
 def update_inputs(make: ListMaker, dtype):
