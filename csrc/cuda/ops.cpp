@@ -80,7 +80,8 @@ TensorList in_layout_of(const TensorList& lead, const TensorList& tensors) {
         !lead[i].is_non_overlapping_and_dense()) {
       matched.push_back(t);
     } else {
-      matched.push_back(at::empty_strided(lead[i].sizes(), lead[i].strides(), t.options()).copy_(t));
+      at::Tensor copy = at::empty_strided(lead[i].sizes(), lead[i].strides(), t.options());
+      matched.push_back(copy.copy_(t));
     }
   }
   return matched;
@@ -196,7 +197,8 @@ void sassha_update_op(const TensorList& params, const TensorList& grads,
       perturbations ? OptionalList(in_layout_of(params, *perturbations)) : std::nullopt;
   if (perturbations_in_layout) {
     check_lists(op, {{"params", params}, {"perturbations", *perturbations_in_layout}});
-    check_dtype(op, {"perturbations", *perturbations_in_layout}, float_dtype(op, {"params", params}));
+    check_dtype(op, {"perturbations", *perturbations_in_layout},
+                float_dtype(op, {"params", params}));
   }
   cuda::sassha_update(params, grads_in_layout, exp_avgs, exp_hessians,
                       perturbations_in_layout ? &*perturbations_in_layout : nullptr,
