@@ -1,5 +1,5 @@
-// The kernels for any CPU, in the build's baseline instruction set (the fallback when the
-// CPU lacks AVX2, and the reference that the vector builds must agree with bit for bit).
+// The kernels for any CPU, in the build's baseline instruction set: the fallback when the
+// CPU lacks AVX2 (or is not x86).
 #include <c10/util/Half.h>
 
 #include <cmath>

@@ -2,8 +2,10 @@
 vectorized pass over a whole tensor list per op.
 
 Parameters, gradients, perturbations and Hessian estimates may be fp32, bf16 or fp16 (one
-dtype per list); optimizer state is fp32; every tensor is on the CPU. The C++ side checks
-this and raises ValueError / RuntimeError saying which tensor is wrong. Scalars given as 0-d
+dtype per list); optimizer state is fp32; every tensor is on the CPU, and tensor i of every
+list has the shape of parameter i. The C++ side checks this and raises RuntimeError naming
+the op, the list and the index of the tensor at fault. Any memory layout works: tensors laid
+out like their parameter are used in place, others through a copy. Scalars given as 0-d
 tensors are read on the host (a CPU tensor: no synchronisation).
 """
 from typing import List, Optional
