@@ -193,7 +193,7 @@ class HessianOptimizer(torch.optim.Optimizer):
                                           self._rademacher, self.n_samples)
             except RuntimeError as exc:
                 self._rademacher.load_state_dict(rademacher_before)
-                clearer = errors.hessian_product_error(exc)
+                clearer = errors.compiled_double_backward_error(exc)
                 if clearer is None:
                     raise
                 raise clearer from exc
@@ -296,8 +296,8 @@ class HessianOptimizer(torch.optim.Optimizer):
             try:
                 amp.scale_loss(scaler, loss).backward(create_graph=create_graph)
             except RuntimeError as exc:
-                clearer = errors.create_graph_backward_error(
-                    exc, create_graph and self._averager.active)
+                clearer = errors.create_graph_backward_error(exc, self._averager.active) \
+                    if create_graph else None
                 if clearer is None:
                     raise
                 raise clearer from exc
