@@ -4,10 +4,13 @@ The optimizer does not know the model, so the freeze is a global forward pre-hoo
 sets the momentum of every batch-norm module it meets to 0 for the duration (the authors'
 training scripts do the same module by module) and restores it afterwards."""
 import contextlib
+import warnings
 from typing import Dict
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
+
+_COMPILED_MODULE_HOOK_WARNING = r"Using `torch.compile\(module\)` when there are global hooks"
 
 
 @contextlib.contextmanager
@@ -21,7 +24,10 @@ def frozen_batchnorm_stats():
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(freeze)
     try:
-        yield
+        with warnings.catch_warnings():
+            # A torch.compile'd module fires global hooks twice; this one is idempotent.
+            warnings.filterwarnings("ignore", message=_COMPILED_MODULE_HOOK_WARNING)
+            yield
     finally:
         handle.remove()
         for module, momentum in saved.items():
