@@ -24,7 +24,10 @@ def enabled(scaler) -> bool:
 
 
 def scale_loss(scaler, loss: Tensor) -> Tensor:
-    return scaler.scale(loss) if enabled(scaler) else loss
+    if not enabled(scaler):
+        return loss
+    with torch.enable_grad():  # the optimizer's step runs under no_grad
+        return scaler.scale(loss)
 
 
 @torch.no_grad()

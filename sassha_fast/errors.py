@@ -1,6 +1,8 @@
 """Errors from autograd that the optimizer can explain better than autograd can."""
 from typing import Optional
 
+import torch.distributed as dist
+
 # torch.compile's AOTAutograd backward cannot be differentiated again (torch 2.x): a
 # create_graph backward through a region compiled without one fails on its donated buffers,
 # and a Hessian-vector product through it fails outright.
@@ -22,9 +24,10 @@ def compiled_double_backward_error(exc: RuntimeError) -> Optional[RuntimeError]:
         "backend='eager'. Original error: " + str(exc))
 
 
-def create_graph_backward_error(exc: RuntimeError, distributed: bool) -> Optional[RuntimeError]:
+def create_graph_backward_error(exc: RuntimeError) -> Optional[RuntimeError]:
     """A clearer error for a failed ``create_graph`` backward, or None to re-raise ``exc``."""
     compiled = compiled_double_backward_error(exc)
+    distributed = dist.is_available() and dist.is_initialized()
     if compiled is not None or not (distributed and LEAF_IN_PLACE in str(exc)):
         return compiled
     return RuntimeError(
