@@ -6,6 +6,8 @@ import warnings
 import pytest
 import torch
 
+from torch import nn
+
 from sassha_fast import MSASSHA, SASSHA
 from tiny import LOSS, assert_identical, make_model, snapshot, whole_batch
 
@@ -57,3 +59,22 @@ def test_the_uncompiled_module_on_hessian_steps_trains_like_eager(optimizer):
 
     for p, q in zip(train(True), train(False)):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_statistics_stay_frozen_in_a_compiled_perturbed_pass():
+    """Inside a compiled graph the freeze's momentum is not seen: the statistics are
+    restored after the pass instead, so they match the eager run's."""
+    def train(compile_):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
+        compiled = torch.compile(model, backend="aot_eager") if compile_ else model
+        x, y = whole_batch()
+        opt = SASSHA(model.parameters(), lazy_hessian=10)
+        for _ in range(3):
+            runner = model if opt.hessian_due else compiled
+            opt.step(lambda: LOSS(runner(x), y))
+        return dict(model[1].named_buffers())
+
+    compiled, eager = train(True), train(False)
+    for name in eager:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-5, atol=1e-6)
