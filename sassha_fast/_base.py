@@ -268,7 +268,10 @@ class HessianOptimizer(torch.optim.Optimizer):
         norm = self._global_norm(params, [p.grad for p in params], False)
         hessian_norm = self._global_norm(list(plan.hessians), list(plan.hessians.values()),
                                          False)
-        found_inf = (~torch.isfinite(norm + hessian_norm.to(norm.device))).float()
+        # On a parameter's device: NCCL reduces no CPU tensor, and the norms of no tensors
+        # (a skipped second pass) are CPU zeros.
+        device = self.param_groups[0]["params"][0].device
+        found_inf = (~torch.isfinite(norm.to(device) + hessian_norm.to(device))).float()
         if first_pass_nonfinite:
             found_inf.fill_(1.0)
         found_inf = self._averager.any(found_inf)

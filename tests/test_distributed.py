@@ -102,6 +102,17 @@ def _counting(all_reduce):
     return counted
 
 
+def create_graph_through_ddp(x, y) -> str:
+    """The message of a closure step whose create_graph pass DDP itself runs."""
+    model = DistributedDataParallel(make_model())
+    opt = MSASSHA(model.parameters())
+    try:
+        opt.step(lambda: LOSS(model(x), y))
+    except RuntimeError as exc:
+        return str(exc)
+    return ""
+
+
 def worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD)
@@ -112,6 +123,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         half = len(x) // WORLD
         mine = slice(rank * half, (rank + 1) * half)
         results = {name: train(name, x[mine], y[mine], distributed=True) for name in CONFIGS}
+        results["ddp_create_graph_error"] = create_graph_through_ddp(x[mine], y[mine])
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -152,6 +164,11 @@ def test_two_ranks_match_one_process_on_the_whole_batch(ranks, name):
 def test_every_rank_ends_with_the_same_parameters(ranks):
     for name in CONFIGS:
         assert_close_lists(ranks[1][name]["params"], ranks[0][name]["params"], **TOLERANCE)
+
+
+def test_a_create_graph_pass_through_ddp_says_to_use_no_sync(ranks):
+    for rank in ranks:
+        assert "run that pass under model.no_sync()" in rank["ddp_create_graph_error"]
 
 
 def test_local_perturbation_differs_from_the_global_one(ranks):
