@@ -84,3 +84,25 @@ def test_clipping_leaves_the_hessian_estimate_alone(optimizer):
     for p, q in zip(model.parameters(), unclipped_model.parameters()):
         torch.testing.assert_close(opt.state[p]["exp_hessian_diag"],
                                    unclipped_opt.state[q]["exp_hessian_diag"])
+
+
+def test_with_a_grad_scaler_clip_to_max_norm_times_the_scale():
+    """Before step(scaler=...) the gradients are still scaled: clipping them to
+    max_norm * scale clips the unscaled ones to max_norm."""
+    max_norm = 1e-3
+    clipped_model, clipped_opt = train(SASSHA, 1, max_norm=max_norm, steps=2)
+    model = make_model()
+    x, y = whole_batch()
+    opt = SASSHA(model.parameters(), lazy_hessian=2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    for _ in range(2):
+        scaler.scale(LOSS(model(x), y)).backward()
+        opt.perturb_weights(zero_grad=True, scaler=scaler)
+        scaler.scale(LOSS(model(x), y)).backward(create_graph=opt.hessian_due)
+        opt.unperturb()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm * scaler.get_scale())
+        opt.step(scaler=scaler)
+        scaler.update()
+        opt.zero_grad()
+    for p, q in zip(model.parameters(), clipped_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
