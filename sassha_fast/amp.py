@@ -36,7 +36,7 @@ def unscale_(scaler, tensors: List[Tensor]) -> None:
     if not enabled(scaler) or not tensors:
         return
     # The reciprocal in fp64, as GradScaler.unscale_ does, so both agree bit for bit.
-    inv_scale = scaler._get_scale_async().double().reciprocal().float()
+    inv_scale = _scale(scaler).double().reciprocal().float()
     by_device: Dict[torch.device, List[Tensor]] = {}
     for t in tensors:
         by_device.setdefault(t.device, []).append(t)
@@ -49,11 +49,20 @@ def record_found_inf(scaler, optimizer, found_inf: Tensor) -> None:
     that it lowers the scale, or counts a good step towards raising it."""
     if not enabled(scaler):
         return
-    scale = scaler._get_scale_async()
+    scale = _scale(scaler)
     state = scaler._per_optimizer_states[id(optimizer)]
     state["found_inf_per_device"] = {scale.device: found_inf.to(scale.device,
                                                                 dtype=torch.float32)}
     state["stage"] = OptState.STEPPED
+
+
+def _scale(scaler) -> Tensor:
+    scale = scaler._get_scale_async()
+    if scale is None:
+        raise RuntimeError("the GradScaler has not scaled a loss yet: back-propagate "
+                           "scaler.scale(loss), or pass the scaler to optimizer.step(closure, "
+                           "scaler=scaler), which scales it")
+    return scale
 
 
 def refuse_scaler_step(optimizer) -> None:

@@ -186,3 +186,12 @@ def test_autocast_bf16_forward_with_fp32_parameters(optimizer):
         opt.step(closure)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert relative_update_error(model, reference["params"], torch.float32) < 0.1
+
+
+def test_a_scaler_that_scaled_nothing_is_reported():
+    model = make_model()
+    x, y = whole_batch()
+    opt = SASSHA(model.parameters())
+    LOSS(model(x), y).backward()
+    with pytest.raises(RuntimeError, match="has not scaled a loss yet"):
+        opt.perturb_weights(scaler=scaler())
