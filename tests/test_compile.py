@@ -78,3 +78,17 @@ def test_batchnorm_statistics_stay_frozen_in_a_compiled_perturbed_pass():
     compiled, eager = train(True), train(False)
     for name in eager:
         torch.testing.assert_close(compiled[name], eager[name], rtol=1e-5, atol=1e-6)
+
+
+def test_backend_eager_runs_hessian_steps():
+    def train(compile_):
+        model = make_model()
+        runner = torch.compile(model, backend="eager") if compile_ else model
+        x, y = whole_batch()
+        opt = SASSHA(model.parameters(), lazy_hessian=2)
+        for _ in range(3):
+            opt.step(lambda: LOSS(runner(x), y))
+        return list(model.parameters())
+
+    for p, q in zip(train(True), train(False)):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

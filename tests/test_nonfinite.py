@@ -165,3 +165,21 @@ def test_ignore_checks_nothing_and_lets_the_nan_in():
 def test_an_invalid_policy_is_refused():
     with pytest.raises(ValueError, match="nonfinite"):
         SASSHA(make_model().parameters(), nonfinite="warn")
+
+
+def test_a_skipped_step_does_not_step_the_hessian_power_scheduler():
+    class Counting:
+        calls = 0
+
+        def step(self):
+            self.calls += 1
+            return 0.5
+
+    scheduler = Counting()
+    model, x, y, opt = setup(SASSHA, hessian_power_scheduler=scheduler)
+    handle = poison_gradient(model)
+    opt.step(lambda: LOSS(model(x), y))
+    handle.remove()
+    assert scheduler.calls == 0 and opt.skipped_steps == 1
+    opt.step(lambda: LOSS(model(x), y))
+    assert scheduler.calls == 1
