@@ -71,8 +71,12 @@ def test_a_resumed_run_matches_the_uninterrupted_one_bit_for_bit(optimizer):
     assert_identical(snapshot(new_model, new_opt), snapshot(model, opt))
 
 
-@pytest.mark.parametrize("saved_with", CPU_BACKENDS)
-@pytest.mark.parametrize("loaded_with", CPU_BACKENDS)
+# The state does not depend on the backend: every backend to and from the reference one.
+BACKEND_PAIRS = sorted({(a, b) for a in CPU_BACKENDS for b in CPU_BACKENDS
+                        if a != b and "reference" in (a, b)})
+
+
+@pytest.mark.parametrize("saved_with,loaded_with", BACKEND_PAIRS)
 @pytest.mark.parametrize("optimizer", [SASSHA, MSASSHA])
 def test_a_checkpoint_moves_between_backends(optimizer, saved_with, loaded_with):
     model, x, y, opt = start(optimizer, saved_with)
