@@ -5,6 +5,8 @@ build and a CUDA toolkit (nvcc) is found; if that part fails to compile, _C is r
 without it and the reason is reported, so the install never fails because of CUDA.
 Environment: TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX"), SASSHA_FAST_NO_CUDA=1 to skip
 the CUDA part, MAX_JOBS for parallel compilation, CUDA_HOME to pick a toolkit.
+The build log's lines starting with "sassha_fast build:" say what was built, naming the
+GPU targets passed to nvcc (e.g. "CUDA part built for sm_80, sm_90 (+PTX compute_90)").
 """
 import glob
 import os
@@ -48,10 +50,26 @@ CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda
 CXX_FLAGS = ["-O3", "-fopenmp"]
 NVCC_FLAGS = ["-O3", "-lineinfo"]
 GENERATED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "generated")
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
 
 
 def log(message: str) -> None:
     print(f"sassha_fast build: {message}", file=sys.stderr, flush=True)
+
+
+def cuda_arch_flags() -> List[str]:
+    """nvcc's -gencode flags for TORCH_CUDA_ARCH_LIST, derived as torch derives them. They
+    are passed to nvcc explicitly (torch then adds none), so the log names what was built."""
+    return cpp_extension._get_cuda_arch_flags()
+
+
+def describe_arch_flags(flags: List[str]) -> str:
+    """"sm_80, sm_90 (+PTX compute_90)" for the matching -gencode flags."""
+    codes = sorted((flag.rsplit("code=", 1)[-1] for flag in flags),
+                   key=lambda code: int(re.sub(r"\D", "", code)))
+    machine = [code for code in codes if code.startswith("sm_")]
+    ptx = [code for code in codes if code.startswith("compute_")]
+    return (", ".join(machine) or "no machine code") + (f" (+PTX {', '.join(ptx)})" if ptx else "")
 
 
 def cuda_problem() -> Optional[str]:
@@ -66,6 +84,10 @@ def cuda_problem() -> Optional[str]:
         return f"skipped: no nvcc under CUDA_HOME={cpp_extension.CUDA_HOME}"
     if not CUDA_SOURCES:
         return "skipped: no CUDA sources in csrc/cuda"
+    try:
+        cuda_arch_flags()
+    except ValueError as exc:
+        return f"skipped: TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']!r}: {exc}"
     return None
 
 
@@ -93,7 +115,7 @@ def cuda_extension():
         "sassha_fast._C", CPU_SOURCES + CUDA_SOURCES,
         include_dirs=[GENERATED_DIR] + cuda_wheel_include_dirs(),
         define_macros=[("SASSHA_WITH_CUDA", None)],
-        extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
+        extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS + cuda_arch_flags()},
         extra_link_args=["-fopenmp"])
 
 
@@ -112,7 +134,7 @@ class BuildWithOptionalCuda(cpp_extension.BuildExtension):
             log(f"CUDA part {cuda_problem()}; building the CPU part only")
             write_build_status(cuda_problem())
             return super().build_extension(ext)
-        archs = os.environ["TORCH_CUDA_ARCH_LIST"]
+        archs = describe_arch_flags(cuda_arch_flags())
         write_build_status(f"built for {archs}")
         try:
             super().build_extension(ext)
@@ -129,21 +151,21 @@ class BuildWithOptionalCuda(cpp_extension.BuildExtension):
 
 def extensions():
     if cuda_problem() is None:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         ext = cuda_extension()
         ext.with_cuda = True
         return [ext]
     return [cpu_extension()]
 
 
-setup(
-    name="sassha_fast",
-    version="0.1.0",
-    description="SASSHA and M-SASSHA optimizers with fused multi-tensor kernels",
-    packages=["sassha_fast", "sassha_fast.backends", "sassha_fast.triton_kernels"],
-    package_dir={"sassha_fast.triton_kernels": "triton_kernels"},
-    python_requires=">=3.9",
-    install_requires=["torch>=2.4"],
-    ext_modules=extensions(),
-    cmdclass={"build_ext": BuildWithOptionalCuda.with_options(use_ninja=True)},
-)
+if __name__ == "__main__":  # tests import this file to check the CUDA fallback
+    setup(
+        name="sassha_fast",
+        version="0.1.0",
+        description="SASSHA and M-SASSHA optimizers with fused multi-tensor kernels",
+        packages=["sassha_fast", "sassha_fast.backends", "sassha_fast.triton_kernels"],
+        package_dir={"sassha_fast.triton_kernels": "triton_kernels"},
+        python_requires=">=3.9",
+        install_requires=["torch>=2.4"],
+        ext_modules=extensions(),
+        cmdclass={"build_ext": BuildWithOptionalCuda.with_options(use_ninja=True)},
+    )

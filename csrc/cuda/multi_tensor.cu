@@ -1,0 +1,25 @@
+// The second stage of the launcher's reductions (the first is in multi_tensor_kernel).
+#include "multi_tensor.cuh"
+
+namespace sassha {
+namespace cuda {
+namespace {
+
+__global__ void __launch_bounds__(kThreads)
+    finish_sum_kernel(const float* partial_sums, int64_t count, bool take_sqrt, float* result) {
+  float sum = 0.f;
+  for (int64_t i = threadIdx.x; i < count; i += kThreads) sum += partial_sums[i];
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) *result = take_sqrt ? sqrtf(sum) : sum;
+}
+
+}  // namespace
+
+void finish_sum(const float* partial_sums, int64_t count, bool take_sqrt, float* result) {
+  finish_sum_kernel<<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(partial_sums, count,
+                                                                          take_sqrt, result);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace cuda
+}  // namespace sassha

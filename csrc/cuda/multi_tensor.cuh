@@ -1,0 +1,180 @@
+// The multi-tensor launcher that every fused op runs on (launch_plan.h says how lists are cut
+// into launches). An op is a functor:
+//   using Lists = cuda::Lists<T0, T1, ...>;  the element type of each tensor list
+//   static constexpr bool kReduces;          whether it sums a value over all elements
+//   auto coeffs() const;                     its scalars, read once per thread (some may
+//                                            live in device memory)
+//   template <int W> void apply(coeffs, void* const* ptrs, int64_t i, float& sum) const;
+//                                            elements [i, i + W) of the lists at ptrs
+// The kernel gives apply() kVec elements at a time (one 16-byte fp32 access, 8 bytes for
+// bf16/fp16) when every list of the tensor is aligned for it, and single elements for the
+// rest of a chunk and for misaligned tensors (e.g. a slice starting at an odd element).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "device_scalar.h"
+#include "launch_plan.h"
+
+namespace sassha {
+namespace cuda {
+
+constexpr int kThreads = 512;
+constexpr int kVec = 4;
+static_assert(kChunk % kVec == 0, "a chunk must start where its tensor's alignment holds");
+static_assert(kThreads % 32 == 0 && kThreads / 32 <= 32, "block_sum reduces whole warps");
+
+template <typename... Ts>
+struct Lists {
+  static constexpr int kDepth = sizeof...(Ts);
+};
+
+// The coeffs() of an op without scalars.
+struct NoCoeffs {};
+
+template <int Depth>
+using ListRefs = std::array<const std::vector<at::Tensor>*, Depth>;
+
+__device__ __forceinline__ float value_of(const DeviceScalar& s) {
+  return s.ptr != nullptr ? *s.ptr : s.value;
+}
+
+template <typename T, int W>
+struct alignas(sizeof(T) * W) Pack {
+  T v[W];
+};
+
+template <typename T, int W>
+__device__ __forceinline__ void load(const void* base, int64_t i, float (&out)[W]) {
+  const Pack<T, W> pack = *reinterpret_cast<const Pack<T, W>*>(static_cast<const T*>(base) + i);
+#pragma unroll
+  for (int k = 0; k < W; ++k) out[k] = static_cast<float>(pack.v[k]);
+}
+
+template <typename T, int W>
+__device__ __forceinline__ void store(void* base, int64_t i, const float (&in)[W]) {
+  Pack<T, W> pack;
+#pragma unroll
+  for (int k = 0; k < W; ++k) pack.v[k] = static_cast<T>(in[k]);
+  *reinterpret_cast<Pack<T, W>*>(static_cast<T*>(base) + i) = pack;
+}
+
+// The value that storing x into a T tensor keeps.
+template <typename T>
+__device__ __forceinline__ float rounded(float x) {
+  return static_cast<float>(static_cast<T>(x));
+}
+
+template <typename T>
+__device__ __forceinline__ bool vector_aligned(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % (kVec * sizeof(T)) == 0;
+}
+
+template <typename... Ts>
+__device__ __forceinline__ bool all_vector_aligned(Lists<Ts...>, void* const* ptrs) {
+  int d = 0;
+  return (vector_aligned<Ts>(ptrs[d++]) && ...);
+}
+
+// The sum of v over the block (blockDim.x == kThreads), valid in thread 0.
+__device__ __forceinline__ float block_sum(float v) {
+  constexpr int kWarps = kThreads / 32;
+  __shared__ float warp_sums[kWarps];
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    v = threadIdx.x < kWarps ? warp_sums[threadIdx.x] : 0.f;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  }
+  return v;
+}
+
+template <int Depth, typename Op>
+__global__ void __launch_bounds__(kThreads)
+    multi_tensor_kernel(const __grid_constant__ LaunchArgs<Depth> args, const Op op,
+                        float* partial_sums) {
+  static_assert(Op::Lists::kDepth == Depth, "the op's lists and the launch disagree");
+  const int slot = args.block_tensor[blockIdx.x];
+  const int64_t begin = static_cast<int64_t>(args.block_chunk[blockIdx.x]) * kChunk;
+  const int64_t end = args.numel[slot] < begin + kChunk ? args.numel[slot] : begin + kChunk;
+  void* ptrs[Depth];
+#pragma unroll
+  for (int d = 0; d < Depth; ++d) ptrs[d] = args.address[d][slot];
+  const auto coeffs = op.coeffs();
+  float sum = 0.f;
+  int64_t singles_begin = begin;
+  if (all_vector_aligned(typename Op::Lists{}, ptrs)) {
+    singles_begin = end - (end - begin) % kVec;
+    for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kVec; i < singles_begin;
+         i += static_cast<int64_t>(kThreads) * kVec) {
+      op.template apply<kVec>(coeffs, ptrs, i, sum);
+    }
+  }
+  for (int64_t i = singles_begin + threadIdx.x; i < end; i += kThreads) {
+    op.template apply<1>(coeffs, ptrs, i, sum);
+  }
+  if constexpr (Op::kReduces) {
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) partial_sums[args.first_block + blockIdx.x] = sum;
+  }
+}
+
+// Writes the sum of partial_sums[0, count) (its square root when take_sqrt) to *result, on
+// the current stream (multi_tensor.cu).
+void finish_sum(const float* partial_sums, int64_t count, bool take_sqrt, float* result);
+
+// Runs op over the lists on the current stream of their device. A reducing op writes one
+// partial sum per block to partial_sums.
+template <int Depth, typename Op>
+void launch_multi_tensor(const ListRefs<Depth>& lists, const Op& op,
+                         float* partial_sums = nullptr) {
+  static_assert(sizeof(LaunchArgs<Depth>) + sizeof(Op) + sizeof(float*) <= kKernelArgBytes,
+                "kernel arguments over 4 KiB: lower max_tensors_per_launch or the op's size");
+  static_assert(sizeof(Op) + sizeof(float*) <= kOpBytes, "the op outgrew its share of arguments");
+  const std::vector<at::Tensor>& first = *lists[0];
+  if (first.empty()) return;
+  std::vector<std::array<void*, Depth>> addresses(first.size());
+  std::vector<int64_t> numels(first.size());
+  for (size_t t = 0; t < first.size(); ++t) {
+    numels[t] = first[t].numel();
+    for (int d = 0; d < Depth; ++d) addresses[t][d] = (*lists[d])[t].data_ptr();
+  }
+  const c10::cuda::CUDAGuard guard(first[0].device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  plan_launches<Depth>(addresses, numels, [&](const LaunchArgs<Depth>& args, int blocks) {
+    multi_tensor_kernel<Depth, Op><<<blocks, kThreads, 0, stream>>>(args, op, partial_sums);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// Runs a reducing op and returns the sum over all elements (its square root when take_sqrt)
+// as a 0-d fp32 tensor on the lists' device, without synchronising: the blocks' partial sums
+// are added up by a second kernel. The lists must not be empty.
+template <int Depth, typename Op>
+at::Tensor launch_multi_tensor_sum(const ListRefs<Depth>& lists, const Op& op, bool take_sqrt) {
+  static_assert(Op::kReduces, "the op computes no sum");
+  const std::vector<at::Tensor>& first = *lists[0];
+  const c10::cuda::CUDAGuard guard(first.at(0).device());
+  std::vector<int64_t> numels;
+  for (const at::Tensor& t : first) numels.push_back(t.numel());
+  const int64_t blocks = total_blocks(numels);
+  const auto options = at::TensorOptions().dtype(at::kFloat).device(first[0].device());
+  at::Tensor partial_sums = at::empty({blocks > 0 ? blocks : 1}, options);
+  at::Tensor result = at::empty({}, options);
+  launch_multi_tensor<Depth>(lists, op, partial_sums.data_ptr<float>());
+  finish_sum(partial_sums.data_ptr<float>(), blocks, take_sqrt, result.data_ptr<float>());
+  return result;
+}
+
+}  // namespace cuda
+}  // namespace sassha

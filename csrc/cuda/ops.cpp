@@ -1,0 +1,324 @@
+// The Python face of the CUDA ops: checks arguments (a clear error instead of a wrong memory
+// access), turns Python scalars into DeviceScalars, runs the fused op (fused_ops.cu) and
+// registers everything in sassha_fast._C.
+#include "ops.h"
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <variant>
+#include <vector>
+
+#include "fused_ops.h"
+#include "launch_plan.h"
+
+namespace sassha {
+namespace {
+
+namespace py = pybind11;
+using cuda::DeviceScalar;
+using cuda::StepHyper;
+using cuda::TensorList;
+using OptionalList = std::optional<TensorList>;
+// A number, or a one-element fp32 tensor on the tensors' device that the kernel reads.
+using ScalarArg = std::variant<at::Tensor, double>;
+
+struct NamedList {
+  const char* name;
+  const TensorList& tensors;
+};
+
+// Same element order in memory: equal sizes, and equal strides wherever a size is above 1.
+bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t dim = 0; dim < a.dim(); ++dim) {
+    if (a.size(dim) > 1 && a.stride(dim) != b.stride(dim)) return false;
+  }
+  return true;
+}
+
+// What the kernels rely on: every list as long as the first; tensor i of every list on the
+// first tensor's CUDA device, dense, and laid out like tensor i of the first list (a kernel
+// walks them all in memory order).
+void check_lists(const char* op, std::initializer_list<NamedList> lists) {
+  const NamedList& lead = *lists.begin();
+  for (const NamedList& list : lists) {
+    TORCH_CHECK(list.tensors.size() == lead.tensors.size(), op, ": ", list.name, " holds ",
+                list.tensors.size(), " tensors but ", lead.name, " holds ", lead.tensors.size());
+  }
+  if (lead.tensors.empty()) return;
+  const at::Device device = lead.tensors[0].device();
+  TORCH_CHECK(device.is_cuda(), op, ": the cuda backend takes CUDA tensors, got ", lead.name,
+              " on ", device);
+  for (size_t i = 0; i < lead.tensors.size(); ++i) {
+    const at::Tensor& first = lead.tensors[i];
+    for (const NamedList& list : lists) {
+      const at::Tensor& t = list.tensors[i];
+      TORCH_CHECK(t.device() == device, op, ": ", list.name, "[", i, "] is on ", t.device(),
+                  " but ", lead.name, "[0] is on ", device);
+      TORCH_CHECK(t.is_non_overlapping_and_dense(), op, ": ", list.name, "[", i,
+                  "] is not dense in memory (a strided or expanded view); the fused kernels "
+                  "update dense tensors only");
+      TORCH_CHECK(same_layout(t, first), op, ": ", list.name, "[", i, "] (sizes ", t.sizes(),
+                  ", strides ", t.strides(), ") is not laid out like ", lead.name, "[", i,
+                  "] (sizes ", first.sizes(), ", strides ", first.strides(), ")");
+    }
+  }
+}
+
+// A read-only input in the layout of lead[i]: the tensor itself, or a copy where it is laid
+// out otherwise (autograd may return a gradient or a Hessian estimate in another layout than
+// its parameter's). Tensors that cannot be matched are left for check_lists to report.
+TensorList in_layout_of(const TensorList& lead, const TensorList& tensors) {
+  if (tensors.size() != lead.size()) return tensors;
+  TensorList matched;
+  matched.reserve(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    const bool fits = t.is_non_overlapping_and_dense() && same_layout(t, lead[i]);
+    if (fits || t.device() != lead[i].device() || t.sizes() != lead[i].sizes() ||
+        !lead[i].is_non_overlapping_and_dense()) {
+      matched.push_back(t);
+    } else {
+      at::Tensor copy = at::empty_strided(lead[i].sizes(), lead[i].strides(), t.options());
+      matched.push_back(copy.copy_(t));
+    }
+  }
+  return matched;
+}
+
+// A read-only input made dense where it is not.
+TensorList dense(const TensorList& tensors) {
+  TensorList out;
+  out.reserve(tensors.size());
+  for (const at::Tensor& t : tensors) {
+    out.push_back(t.is_non_overlapping_and_dense() ? t : t.contiguous());
+  }
+  return out;
+}
+
+void check_dtype(const char* op, const NamedList& list, at::ScalarType dtype) {
+  for (size_t i = 0; i < list.tensors.size(); ++i) {
+    TORCH_CHECK(list.tensors[i].scalar_type() == dtype, op, ": ", list.name, "[", i, "] is ",
+                list.tensors[i].scalar_type(), ", expected ", dtype);
+  }
+}
+
+// The dtype that every tensor of the list has: fp32, bf16 or fp16.
+at::ScalarType float_dtype(const char* op, const NamedList& list) {
+  if (list.tensors.empty()) return at::kFloat;
+  const at::ScalarType dtype = list.tensors[0].scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op, ": ",
+              list.name, " must be fp32, bf16 or fp16 tensors, got ", dtype);
+  check_dtype(op, list, dtype);
+  return dtype;
+}
+
+DeviceScalar device_scalar(const char* op, const char* name, const ScalarArg& arg,
+                           const TensorList& like) {
+  if (const double* value = std::get_if<double>(&arg)) {
+    return {nullptr, static_cast<float>(*value)};
+  }
+  const at::Tensor& t = std::get<at::Tensor>(arg);
+  if (like.empty()) return {nullptr, 0.f};  // nothing will be launched
+  TORCH_CHECK(t.numel() == 1 && t.scalar_type() == at::kFloat && t.device() == like[0].device(),
+              op, ": ", name, " must be a number or a one-element fp32 tensor on ",
+              like[0].device(), ", got a ", t.scalar_type(), " tensor of ", t.numel(),
+              " elements on ", t.device());
+  return {t.data_ptr<float>(), 0.f};
+}
+
+StepHyper step_hyper(const char* op, const TensorList& params, const ScalarArg& lr,
+                     double weight_decay, double beta1, const ScalarArg& bias_correction1,
+                     const ScalarArg& bias_correction2, double hessian_power, double eps) {
+  return {device_scalar(op, "lr", lr, params),
+          device_scalar(op, "bias_correction1", bias_correction1, params),
+          device_scalar(op, "bias_correction2", bias_correction2, params),
+          static_cast<float>(weight_decay),
+          static_cast<float>(beta1),
+          static_cast<float>(1.0 - beta1),
+          static_cast<float>(hessian_power),
+          static_cast<float>(eps)};
+}
+
+// The kernels write through raw pointers; bumping the version counters lets autograd see
+// the in-place change, as it sees the reference backend's.
+void mark_modified(const TensorList& tensors) {
+  for (const at::Tensor& t : tensors) t.unsafeGetTensorImpl()->bump_version();
+}
+
+at::Tensor global_norm_op(const TensorList& tensors, const OptionalList& weights) {
+  constexpr const char* op = "global_norm";
+  const TensorList values = dense(tensors);
+  const OptionalList weights_in_layout =
+      weights ? OptionalList(in_layout_of(values, *weights)) : std::nullopt;
+  if (weights_in_layout) {
+    check_lists(op, {{"tensors", values}, {"weights", *weights_in_layout}});
+    float_dtype(op, {"weights", *weights_in_layout});
+  } else {
+    check_lists(op, {{"tensors", values}});
+  }
+  float_dtype(op, {"tensors", values});
+  if (values.empty()) return at::zeros({}, at::kFloat);
+  return cuda::global_norm(values, weights_in_layout ? &*weights_in_layout : nullptr);
+}
+
+void perturb_op(const TensorList& params, const TensorList& grads, const ScalarArg& scale,
+                bool adaptive) {
+  constexpr const char* op = "perturb";
+  check_lists(op, {{"params", params}, {"grads", grads}});
+  check_dtype(op, {"grads", grads}, float_dtype(op, {"params", params}));
+  cuda::perturb(params, grads, device_scalar(op, "scale", scale, params), adaptive);
+  mark_modified(params);
+  mark_modified(grads);
+}
+
+// Checks the lists of a SASSHA or M-SASSHA update (the grads already in the params' layout).
+void check_update_lists(const char* op, const TensorList& params, const TensorList& grads,
+                        const TensorList& exp_avgs, const TensorList& exp_hessians) {
+  check_lists(op, {{"params", params},
+                   {"grads", grads},
+                   {"exp_avgs", exp_avgs},
+                   {"exp_hessians", exp_hessians}});
+  check_dtype(op, {"grads", grads}, float_dtype(op, {"params", params}));
+  check_dtype(op, {"exp_avgs", exp_avgs}, at::kFloat);
+  check_dtype(op, {"exp_hessians", exp_hessians}, at::kFloat);
+}
+
+void sassha_update_op(const TensorList& params, const TensorList& grads,
+                      const TensorList& exp_avgs, const TensorList& exp_hessians,
+                      const OptionalList& perturbations, const ScalarArg& lr, double weight_decay,
+                      double beta1, const ScalarArg& bias_correction1,
+                      const ScalarArg& bias_correction2, double hessian_power, double eps) {
+  constexpr const char* op = "sassha_update";
+  const TensorList grads_in_layout = in_layout_of(params, grads);
+  check_update_lists(op, params, grads_in_layout, exp_avgs, exp_hessians);
+  const OptionalList perturbations_in_layout =
+      perturbations ? OptionalList(in_layout_of(params, *perturbations)) : std::nullopt;
+  if (perturbations_in_layout) {
+    check_lists(op, {{"params", params}, {"perturbations", *perturbations_in_layout}});
+    check_dtype(op, {"perturbations", *perturbations_in_layout},
+                float_dtype(op, {"params", params}));
+  }
+  cuda::sassha_update(params, grads_in_layout, exp_avgs, exp_hessians,
+                      perturbations_in_layout ? &*perturbations_in_layout : nullptr,
+                      step_hyper(op, params, lr, weight_decay, beta1, bias_correction1,
+                                 bias_correction2, hessian_power, eps));
+  mark_modified(params);
+  mark_modified(exp_avgs);
+}
+
+void hessian_ema_op(const TensorList& exp_hessians, const TensorList& hessians, double beta2) {
+  constexpr const char* op = "hessian_ema";
+  const TensorList hessians_in_layout = in_layout_of(exp_hessians, hessians);
+  check_lists(op, {{"exp_hessians", exp_hessians}, {"hessians", hessians_in_layout}});
+  check_dtype(op, {"exp_hessians", exp_hessians}, at::kFloat);
+  float_dtype(op, {"hessians", hessians_in_layout});
+  cuda::hessian_ema(exp_hessians, hessians_in_layout, static_cast<float>(beta2),
+                    static_cast<float>(1.0 - beta2));
+  mark_modified(exp_hessians);
+}
+
+at::Tensor msassha_update_op(const TensorList& params, const TensorList& grads,
+                             const TensorList& exp_avgs, const TensorList& exp_hessians,
+                             const ScalarArg& norm_factor, const ScalarArg& lr,
+                             double weight_decay, double beta1,
+                             const ScalarArg& bias_correction1,
+                             const ScalarArg& bias_correction2, double hessian_power,
+                             double eps) {
+  constexpr const char* op = "msassha_update";
+  const TensorList grads_in_layout = in_layout_of(params, grads);
+  check_update_lists(op, params, grads_in_layout, exp_avgs, exp_hessians);
+  if (params.empty()) return at::zeros({}, at::kFloat);
+  at::Tensor sum_of_squares = cuda::msassha_update(
+      params, grads_in_layout, exp_avgs, exp_hessians,
+      device_scalar(op, "norm_factor", norm_factor, params),
+      step_hyper(op, params, lr, weight_decay, beta1, bias_correction1, bias_correction2,
+                 hessian_power, eps));
+  mark_modified(params);
+  mark_modified(exp_avgs);
+  return sum_of_squares;
+}
+
+void add_scaled_op(const TensorList& params, const TensorList& tensors, const ScalarArg& alpha) {
+  constexpr const char* op = "add_scaled";
+  const TensorList tensors_in_layout = in_layout_of(params, tensors);
+  check_lists(op, {{"params", params}, {"tensors", tensors_in_layout}});
+  float_dtype(op, {"params", params});
+  float_dtype(op, {"tensors", tensors_in_layout});
+  cuda::add_scaled(params, tensors_in_layout, device_scalar(op, "alpha", alpha, params));
+  mark_modified(params);
+}
+
+// The launcher's plan for tensors of these sizes over Depth lists. Tensor t of list d gets
+// the fake address t * Depth + d + 1, which the plan's address tables are decoded from.
+template <int Depth>
+py::dict launch_plan(const std::vector<int64_t>& numels) {
+  std::vector<std::array<void*, Depth>> addresses(numels.size());
+  for (size_t t = 0; t < numels.size(); ++t) {
+    for (int d = 0; d < Depth; ++d) {
+      addresses[t][d] = reinterpret_cast<void*>(static_cast<uintptr_t>(t * Depth + d + 1));
+    }
+  }
+  py::list launches;
+  cuda::plan_launches<Depth>(
+      addresses, numels, [&](const cuda::LaunchArgs<Depth>& args, int blocks) {
+        py::list block_list;
+        for (int b = 0; b < blocks; ++b) {
+          const int slot = args.block_tensor[b];
+          py::list tensor_of_list;
+          for (int d = 0; d < Depth; ++d) {
+            const auto code = reinterpret_cast<uintptr_t>(args.address[d][slot]);
+            tensor_of_list.append(code == 0 ? -1 : static_cast<int64_t>((code - 1) / Depth));
+          }
+          block_list.append(py::dict(py::arg("slot") = slot, py::arg("tensors") = tensor_of_list,
+                                     py::arg("chunk") = args.block_chunk[b],
+                                     py::arg("numel") = args.numel[slot]));
+        }
+        launches.append(py::dict(py::arg("first_block") = args.first_block,
+                                 py::arg("blocks") = block_list));
+      });
+  return py::dict(py::arg("chunk") = cuda::kChunk,
+                  py::arg("max_blocks") = cuda::kMaxBlocksPerLaunch,
+                  py::arg("max_tensors") = cuda::LaunchArgs<Depth>::kMaxTensors,
+                  py::arg("launches") = launches);
+}
+
+py::dict launch_plan_for_depth(const std::vector<int64_t>& numels, int depth) {
+  switch (depth) {
+    case 1: return launch_plan<1>(numels);
+    case 2: return launch_plan<2>(numels);
+    case 4: return launch_plan<4>(numels);
+    case 5: return launch_plan<5>(numels);
+    default: TORCH_CHECK(false, "cuda_launch_plan: the ops use 1, 2, 4 or 5 lists, not ", depth);
+  }
+}
+
+}  // namespace
+
+void register_cuda_ops(py::module_& m) {
+  using py::arg;
+  const auto no_gil = py::call_guard<py::gil_scoped_release>();
+  m.def("global_norm_cuda", &global_norm_op, no_gil, arg("tensors"), arg("weights"),
+        "sqrt(sum ||(|w| or 1) * t||^2) as a 0-d fp32 tensor on the tensors' device");
+  m.def("perturb_cuda", &perturb_op, no_gil, arg("params"), arg("grads"), arg("scale"),
+        arg("adaptive"), "e = scale * g (* p^2 when adaptive) stored in g; p += e");
+  m.def("sassha_update_cuda", &sassha_update_op, no_gil, arg("params"), arg("grads"),
+        arg("exp_avgs"), arg("exp_hessians"), arg("perturbations"), arg("lr"),
+        arg("weight_decay"), arg("beta1"), arg("bias_correction1"), arg("bias_correction2"),
+        arg("hessian_power"), arg("eps"), "[p -= e;] SASSHA's step");
+  m.def("hessian_ema_cuda", &hessian_ema_op, no_gil, arg("exp_hessians"), arg("hessians"),
+        arg("beta2"), "D = b2*D + (1-b2)*|h|");
+  m.def("msassha_update_cuda", &msassha_update_op, no_gil, arg("params"), arg("grads"),
+        arg("exp_avgs"), arg("exp_hessians"), arg("norm_factor"), arg("lr"),
+        arg("weight_decay"), arg("beta1"), arg("bias_correction1"), arg("bias_correction2"),
+        arg("hessian_power"), arg("eps"),
+        "p += nf * m; SASSHA's step; returns sum ||m_new||^2 as a 0-d fp32 device tensor");
+  m.def("add_scaled_cuda", &add_scaled_op, no_gil, arg("params"), arg("tensors"), arg("alpha"),
+        "p += alpha * t");
+  // The GIL stays held: the plan is built into Python objects.
+  m.def("cuda_launch_plan", &launch_plan_for_depth, arg("numels"), arg("depth"),
+        "How the multi-tensor launcher would cut tensors of these sizes into launches");
+}
+
+}  // namespace sassha
