@@ -1,0 +1,417 @@
+"""The triton backend: its kernels against the reference backend on the cases its launch
+structure makes special (block boundaries, many tensors and large ones in one launch, empty
+tensors between others), and what is particular to it: one launch per op, cached tables,
+memory layouts, rounding, clear errors, kernels that compile for a GPU, and (on a GPU)
+steps without host synchronisation that a CUDA graph can capture.
+
+Without a GPU, conftest.py sets TRITON_INTERPRET=1 and everything runs on CPU tensors in
+Triton's interpreter; with one, on CUDA tensors."""
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sassha_fast.backends import reference
+from sassha_fast.backends import triton as backend
+
+REASON = backend.unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None,
+                                reason=f"triton backend unavailable here: {REASON}")
+
+if REASON is None:
+    from sassha_fast.triton_kernels import kernels, tables
+    INTERPRETED = bool(kernels.INTERPRETED)
+    DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
+    BLOCK_LIMIT = tables.block_size(1 << 40, INTERPRETED)  # the largest block
+else:
+    INTERPRETED, DEVICE, BLOCK_LIMIT = False, torch.device("cpu"), 1024
+ON_GPU = DEVICE.type == "cuda"
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+SHAPES = {
+    "empty-list": [],
+    "empty-tensors-between": [(0,), (5,), (0, 4), (3,)],
+    "one-element": [(1,)],
+    "odd-sizes": [(3,), (5, 7), (129,), (2, 3, 5)],
+    "block-boundaries": [(BLOCK_LIMIT - 1,), (BLOCK_LIMIT,), (BLOCK_LIMIT + 1,)],
+    "large": [(70_001,)],
+    "many": [(1 + (i * 53) % 257,) for i in range(50)],
+    "large-and-small": [(70_001,), (1,), (300,), (0,), (2 * BLOCK_LIMIT + 5,)],
+}
+STORED = {  # one rounding of a stored value may land on either neighbour
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.bfloat16: dict(rtol=2 ** -7, atol=1e-5),
+    torch.float16: dict(rtol=2 ** -10, atol=1e-5),
+}
+STATE = dict(rtol=1e-5, atol=1e-6)
+STEP = dict(lr=0.05, weight_decay=1e-2, beta1=0.9, bias_correction1=1 - 0.9 ** 3, eps=1e-4)
+
+shapes_param = pytest.mark.parametrize("shapes", SHAPES.values(), ids=SHAPES.keys())
+dtype_param = pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
+
+
+def randn(shapes, dtype=torch.float32, scale=1.0, positive=False):
+    out = []
+    for shape in shapes:
+        t = torch.randn(shape) * scale
+        out.append((t.abs() if positive else t).to(device=DEVICE, dtype=dtype))
+    return out
+
+
+def on_cpu(lists):
+    """Copies for the reference backend (which runs on the CPU)."""
+    return [None if ts is None else [t.detach().cpu().clone() for t in ts] for ts in lists]
+
+
+def scalar(value, as_tensor):
+    return torch.tensor(value, device=DEVICE) if as_tensor else value
+
+
+def assert_close(got, want, **tolerance):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        torch.testing.assert_close(g.cpu(), w, **tolerance)
+
+
+def assert_scalar_close(got, want):
+    assert got.dim() == 0 and got.dtype == torch.float32
+    assert math.isclose(got.item(), want.item(), rel_tol=1e-5, abs_tol=1e-6)
+
+
+# -- every op against the reference --------------------------------------------------
+
+@shapes_param
+@dtype_param
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
+def test_global_norm(shapes, dtype, weighted):
+    xs, ws = randn(shapes, dtype), (randn(shapes, dtype) if weighted else None)
+    want = reference.global_norm(*on_cpu([xs, ws]))
+    assert_scalar_close(backend.global_norm(xs, ws), want)
+
+
+@shapes_param
+@dtype_param
+@pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "adaptive"])
+@pytest.mark.parametrize("tensor_scale", [False, True], ids=["float", "tensor"])
+def test_perturb(shapes, dtype, adaptive, tensor_scale):
+    params, grads = randn(shapes, dtype), randn(shapes, dtype)
+    want_p, want_g = on_cpu([params, grads])
+    reference.perturb(want_p, want_g, 0.037, adaptive)
+    backend.perturb(params, grads, scalar(0.037, tensor_scale), adaptive)
+    assert_close(grads, want_g, **STORED[dtype])
+    assert_close(params, want_p, **STORED[dtype])
+
+
+def update_inputs(shapes, dtype):
+    return [randn(shapes, dtype), randn(shapes, dtype), randn(shapes, scale=0.1),
+            randn(shapes, positive=True)]
+
+
+@shapes_param
+@dtype_param
+@pytest.mark.parametrize("perturbed", [False, True], ids=["plain", "unperturbs"])
+def test_sassha_update(shapes, dtype, perturbed):
+    inputs = update_inputs(shapes, dtype) + [randn(shapes, dtype, 0.01) if perturbed else None]
+    want = on_cpu(inputs)
+    hyper = dict(STEP, hessian_power=0.5, bias_correction2=(1 - 0.999 ** 3) ** 0.5)
+    reference.sassha_update(*want, **hyper)
+    backend.sassha_update(*inputs, **hyper)
+    assert_close(inputs[2], want[2], **STATE)
+    assert_close(inputs[0], want[0], **STORED[dtype])
+
+
+@pytest.mark.parametrize("hessian_power", [0.0, 0.3, 0.5, 1.0])
+def test_sassha_update_powers_with_zero_curvature(hessian_power):
+    """Every specialisation of D^power, including D = 0 (and 0^0 = 1). eps = 1 keeps the
+    step where D = 0 small, so that comparing parameters stays well conditioned."""
+    shapes = SHAPES["odd-sizes"] + SHAPES["large"]
+    inputs = update_inputs(shapes, torch.float32) + [None]
+    for d in inputs[3]:
+        d[::3] = 0.0
+    want = on_cpu(inputs)
+    hyper = dict(STEP, hessian_power=hessian_power, eps=1.0,
+                 bias_correction2=(1 - 0.999 ** 3) ** hessian_power)
+    reference.sassha_update(*want, **hyper)
+    backend.sassha_update(*inputs, **hyper)
+    assert_close(inputs[2], want[2], **STATE)
+    assert_close(inputs[0], want[0], **STORED[torch.float32])
+
+
+@shapes_param
+@dtype_param
+def test_hessian_ema(shapes, dtype):
+    exp_hessians, estimates = randn(shapes, positive=True), randn(shapes, dtype)
+    want, _ = on_cpu([exp_hessians, estimates])
+    reference.hessian_ema(want, on_cpu([estimates])[0], 0.99)
+    backend.hessian_ema(exp_hessians, estimates, 0.99)
+    assert_close(exp_hessians, want, **STATE)
+
+
+@shapes_param
+@dtype_param
+@pytest.mark.parametrize("tensor_factor", [False, True], ids=["float", "tensor"])
+def test_msassha_update(shapes, dtype, tensor_factor):
+    inputs = update_inputs(shapes, dtype)
+    want = on_cpu(inputs)
+    hyper = dict(STEP, hessian_power=0.5, bias_correction2=(1 - 0.999 ** 3) ** 0.5)
+    want_sq = reference.msassha_update(*want, norm_factor=0.3, **hyper)
+    got_sq = backend.msassha_update(*inputs, norm_factor=scalar(0.3, tensor_factor), **hyper)
+    assert_close(inputs[2], want[2], **STATE)
+    assert_close(inputs[0], want[0], **STORED[dtype])
+    assert_scalar_close(got_sq, want_sq)
+
+
+@shapes_param
+@dtype_param
+@pytest.mark.parametrize("tensor_alpha", [False, True], ids=["float", "tensor"])
+def test_add_scaled(shapes, dtype, tensor_alpha):
+    params, momenta = randn(shapes, dtype), randn(shapes)
+    want, want_momenta = on_cpu([params, momenta])
+    reference.add_scaled(want, want_momenta, -0.25)
+    backend.add_scaled(params, momenta, scalar(-0.25, tensor_alpha))
+    assert_close(params, want, **STORED[dtype])
+
+
+# -- what is particular to the triton backend ----------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # numpy, fp16
+def test_stores_round_to_nearest_even(dtype):
+    """0 + 1 * t is t exactly in fp32, so the stored value must be t.to(dtype) bit for bit:
+    ties, values that round up to the next binade or overflow, subnormals, inf and NaN."""
+    bits = torch.tensor([0x3F808000, 0x3F818000, 0x3F80FFFF, 0x3FFFFFFF, 0x7F7FFFFF,
+                         0x00012345, 0x80008000, 0x477FF000, 0x33000001], dtype=torch.int64)
+    special = bits.to(torch.int32).view(torch.float32)
+    values = torch.cat([special, torch.tensor([math.inf, -math.inf, math.nan]),
+                        torch.randn(5000), torch.randn(5000) * 1e-6]).to(DEVICE)
+    params = [torch.zeros(values.shape, dtype=dtype, device=DEVICE)]
+    backend.add_scaled(params, [values], 1.0)
+    want = values.to(dtype)
+    assert torch.equal(params[0].isnan(), want.isnan())
+    finite = ~want.isnan()
+    assert torch.equal(params[0][finite].view(torch.int16), want[finite].view(torch.int16))
+
+
+def test_one_launch_per_op(monkeypatch):
+    launches = []
+
+    class Counted:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launches.append(self.name)
+            return self.kernel[grid]
+
+    for name in ("sum_squares_kernel", "finish_sum_kernel", "perturb_kernel",
+                 "sassha_update_kernel", "hessian_ema_kernel", "msassha_update_kernel",
+                 "add_scaled_kernel"):
+        monkeypatch.setattr(kernels, name, Counted(name, getattr(kernels, name)))
+    shapes = SHAPES["many"]
+    params, grads, exp_avgs, exp_hessians = update_inputs(shapes, torch.float32)
+    hyper = dict(STEP, hessian_power=0.5, bias_correction2=0.1)
+    expected = {
+        "global_norm": lambda: backend.global_norm(grads, params),
+        "perturb": lambda: backend.perturb(params, grads, torch.tensor(0.1, device=DEVICE), True),
+        "sassha_update": lambda: backend.sassha_update(params, grads, exp_avgs, exp_hessians,
+                                                       grads, **hyper),
+        "hessian_ema": lambda: backend.hessian_ema(exp_hessians, grads, 0.9),
+        "msassha_update": lambda: backend.msassha_update(
+            params, grads, exp_avgs, exp_hessians, norm_factor=0.1, **hyper),
+        "add_scaled": lambda: backend.add_scaled(params, exp_avgs, -0.1),
+    }
+    for op, call in expected.items():
+        launches.clear()
+        call()
+        reduction = ["finish_sum_kernel"] if op in ("global_norm", "msassha_update") else []
+        first = "sum_squares_kernel" if op == "global_norm" else f"{op}_kernel"
+        assert launches == [first] + reduction, op
+
+
+def test_tables_are_cached_by_address_and_size(monkeypatch):
+    builds = []
+    build = tables._build
+    monkeypatch.setattr(tables, "_build", lambda *a: builds.append(a) or build(*a))
+    tables.clear_cache()
+    params, momenta = randn([(10,), (300,)]), randn([(10,), (300,)])
+    backend.add_scaled(params, momenta, 0.5)
+    backend.add_scaled(params, momenta, 0.5)
+    assert len(builds) == 1
+    # Other tensor objects over the same memory and sizes: the table is still right.
+    backend.add_scaled([params[0].view(2, 5), params[1].view(30, 10)],
+                       [momenta[0].view(2, 5), momenta[1].view(30, 10)], 0.5)
+    assert len(builds) == 1
+    # Same addresses, another size: another table.
+    backend.add_scaled([params[0][:5], params[1]], [momenta[0][:5], momenta[1]], 0.5)
+    assert len(builds) == 2
+
+
+def test_table_cache_is_bounded():
+    tables.clear_cache()
+    momenta = randn([(4,)])
+    kept_alive = [randn([(4,)]) for _ in range(tables.CACHE_SIZE + 5)]  # distinct addresses
+    for params in kept_alive:
+        backend.add_scaled(params, momenta, 1.0)
+    assert len(tables._cache) == tables.CACHE_SIZE
+
+
+@dtype_param
+def test_layouts(dtype):
+    """Tensors of one position in memory orders that differ (a transposed gradient), with
+    gaps (a strided view, which must leave the rest of its base untouched), or shared but
+    not contiguous (channels_last)."""
+    base = torch.randn(6, 10, device=DEVICE).to(dtype)
+    strided = base[:, ::2]
+    transposed = torch.randn(5, 6, device=DEVICE).to(dtype).t()
+    channels_last = torch.randn(2, 3, 4, 5, device=DEVICE).to(dtype).to(
+        memory_format=torch.channels_last)
+    params = [strided, transposed, channels_last]
+    grads = [torch.randn(p.shape, device=DEVICE).to(dtype) for p in params[:2]] + [
+        torch.randn_like(channels_last)]
+    untouched = base[:, 1::2].clone()
+    want_p, want_g = on_cpu([params, grads])
+    reference.perturb(want_p, want_g, 0.5, True)
+    backend.perturb(params, grads, 0.5, True)
+    assert_close(params, want_p, **STORED[dtype])
+    assert_close(grads, want_g, **STORED[dtype])
+    assert torch.equal(base[:, 1::2], untouched)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_unaligned_tensors():
+    """Views that start between 16-byte boundaries take the kernels' unhinted path."""
+    base, other = torch.randn(1001, device=DEVICE), torch.randn(1003, device=DEVICE)
+    params, momenta = [base[1:800], base[803:810]], [other[3:802], other[805:812]]
+    want, want_momenta = on_cpu([params, momenta])
+    tables.clear_cache()
+    backend.add_scaled(params, momenta, 0.75)
+    reference.add_scaled(want, want_momenta, 0.75)
+    assert_close(params, want, **STORED[torch.float32])
+    assert [table.aligned for table in tables._cache.values()] == [False]
+
+
+def test_clear_errors():
+    p, g = randn([(3,), (4,)]), randn([(3,), (5,)])
+    with pytest.raises(ValueError, match="shape"):
+        backend.perturb(p, g, 1.0, False)
+    with pytest.raises(ValueError, match="tensors"):
+        backend.add_scaled(p, p[:1], 1.0)
+    with pytest.raises(TypeError, match="mixed dtypes"):
+        backend.add_scaled([p[0], p[1].half()], p, 1.0)
+    with pytest.raises(TypeError, match="float64"):
+        backend.global_norm([p[0].double()])
+    with pytest.raises(TypeError, match="float32"):  # optimizer state must be fp32
+        backend.hessian_ema([p[0].half()], [p[0]], 0.9)
+    with pytest.raises(ValueError, match="scalar"):
+        backend.add_scaled(p, p, torch.ones(2, device=DEVICE))
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device (tensors on two devices)")
+def test_device_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="cpu"):
+        backend.add_scaled([torch.zeros(3, device=DEVICE)], [torch.zeros(3)], 1.0)
+
+
+def test_availability_follows_the_mode():
+    assert backend.unavailable_reason() is None
+    assert backend.supports(torch.device("cpu")) == INTERPRETED
+    assert backend.supports(torch.device("cuda")) == (not INTERPRETED)
+
+
+def run_python(code_or_script, env_changes):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(env_changes)
+    args = [sys.executable] + ([str(code_or_script)] if isinstance(code_or_script, pathlib.Path)
+                               else ["-c", code_or_script])
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.skipif(ON_GPU, reason="with a GPU the compiled mode is available")
+def test_compiled_mode_without_a_gpu_says_why():
+    out = run_python("import sassha_fast.backends.triton as b; print(b.unavailable_reason())",
+                     {"CUDA_VISIBLE_DEVICES": ""})
+    assert "no CUDA device" in out and "TRITON_INTERPRET=1" in out
+
+
+def test_without_triton_the_reason_is_given_and_auto_falls_back():
+    out = run_python(
+        "import sys; sys.modules['triton'] = None\n"  # what a missing package looks like
+        "import torch, sassha_fast\n"
+        "from sassha_fast.backends import resolve, triton\n"
+        "print(sassha_fast.available_backends()['triton'])\n"
+        "print(triton.supports(torch.device('cuda')), triton.supports(torch.device('cpu')))\n"
+        "print(resolve('auto', torch.device('cpu')).name)\n"
+        "print(resolve('auto', torch.device('cuda')).name)\n", {}).splitlines()
+    assert out[0] == "triton is not installed"
+    assert out[1] == "False False"
+    assert out[2] != "triton" and out[3] != "triton"
+
+
+def test_kernels_compile_for_a_gpu():
+    """The interpreter accepts code the GPU compiler rejects: compile every kernel for sm_90
+    (no GPU needed) and check that full blocks use 16-byte vector loads and stores."""
+    report = json.loads(run_python(pathlib.Path(__file__).with_name("triton_compile_check.py"),
+                                   {}).splitlines()[-1])
+    assert len(report) == 25
+    for variant, instructions in report.items():
+        if variant != "finish_sum":
+            assert "ld.global.v4.b32" in instructions, variant
+        if variant.endswith("fp32") and not variant.startswith("sum_squares"):
+            assert "st.global.v4.b32" in instructions, variant
+
+
+def sassha_iteration(params, grads, exp_avgs, exp_hessians, rho):
+    """perturb_weights + update of SASSHA, as the frontend calls the ops (norm on device)."""
+    norm = backend.global_norm(grads, None)
+    backend.perturb(params, grads, rho / (norm + 1e-12), False)
+    backend.sassha_update(params, grads, exp_avgs, exp_hessians, grads,
+                          **dict(STEP, hessian_power=0.5, bias_correction2=0.03))
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device (synchronisation is a GPU matter)")
+def test_no_host_synchronisation():
+    inputs = update_inputs(SHAPES["large-and-small"], torch.bfloat16)
+    factor = torch.tensor(0.1, device=DEVICE)
+    hyper = dict(STEP, hessian_power=0.7, bias_correction2=0.03)
+    sassha_iteration(*inputs, rho=0.05)  # compiles the kernels and builds the tables
+    backend.msassha_update(*inputs, norm_factor=factor, **hyper)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sassha_iteration(*inputs, rho=0.05)
+        backend.msassha_update(*inputs, norm_factor=factor, **hyper)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device (CUDA graphs)")
+def test_a_step_can_be_captured_in_a_cuda_graph():
+    inputs = update_inputs(SHAPES["large-and-small"], torch.float32)
+    eager = [[t.clone() for t in ts] for ts in inputs]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up: compile the kernels, build the tables
+        sassha_iteration(*[[t.clone() for t in ts] for ts in inputs], rho=0.05)
+        sassha_iteration(*inputs, rho=0.05)
+    torch.cuda.current_stream().wait_stream(side)
+    sassha_iteration(*eager, rho=0.05)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sassha_iteration(*inputs, rho=0.05)
+    tables.clear_cache()  # the graph keeps its tables: reusing their memory changes nothing
+    scratch = [torch.full((1 << 16,), -1, dtype=torch.int64, device=DEVICE) for _ in range(8)]
+    for _ in range(3):
+        graph.replay()
+        sassha_iteration(*eager, rho=0.05)
+    torch.cuda.synchronize()
+    del scratch
+    for got, want in zip(inputs, eager):
+        assert_close(got, [t.cpu() for t in want], **STATE)
