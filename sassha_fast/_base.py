@@ -7,21 +7,23 @@ from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optiona
 import torch
 from torch import Tensor
 
-from . import backends
+from . import amp, backends, checkpoint, errors
 from ._validation import (check_dense, check_hessian_power, check_hyperparameters,
                           check_parameters, check_positive_int)
+from .distributed import Averager, check_process_group
 from .hessian import RademacherSource, hutchinson
 
 # State kept in fp32 whatever the parameter's dtype (PyTorch's loader would cast it).
 FP32_STATE_KEYS = ("exp_avg", "exp_hessian_diag")
 _GROUP_HYPERPARAMETERS = ("lr", "betas", "weight_decay", "rho", "eps", "hessian_power")
 _CREATE_GRAPH_WARNING = r"Using backward\(\) with create_graph=True"
+NONFINITE_POLICIES = ("skip", "raise", "ignore")
 
 
 class Entry(NamedTuple):
     """A parameter that takes part in this step."""
     param: Tensor
-    state: dict
+    state: Optional[dict]  # None until the step is known to be applied
     hessian_now: bool  # a Hessian estimate was computed for it in this step
 
 
@@ -41,6 +43,10 @@ class Plan(NamedTuple):
     """The work of one step, decided before anything is modified."""
     groups: List[Tuple[dict, List[Entry]]]
     hessians: Dict[Tensor, Tensor]
+    rademacher_before: Optional[dict]  # generator states before this step's draws
+
+    def params(self) -> List[Tensor]:
+        return [entry.param for _, entries in self.groups for entry in entries]
 
 
 def buckets(items: Iterable, key: Callable) -> "OrderedDict":
@@ -54,8 +60,13 @@ def buckets(items: Iterable, key: Callable) -> "OrderedDict":
 class HessianOptimizer(torch.optim.Optimizer):
     """Base class; subclasses define ``_apply_update(plan, hessian_power)``."""
 
+    # GradScaler.step(opt) then hands the optimizer its scale instead of unscaling .grad
+    # blindly; the step refuses it and says what to call (see amp.refuse_scaler_step).
+    _step_supports_amp_scaling = True
+
     def __init__(self, params, defaults: dict, *, lazy_hessian: int, n_samples: int, seed: int,
-                 hessian_power_scheduler, backend: str):
+                 hessian_power_scheduler, backend: str, process_group=None,
+                 sync_gradients: bool = False, nonfinite: str = "skip"):
         check_positive_int("lazy_hessian", lazy_hessian)
         check_positive_int("n_samples", n_samples)
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -63,6 +74,17 @@ class HessianOptimizer(torch.optim.Optimizer):
         if not isinstance(backend, str):
             raise ValueError(f"Invalid backend: {backend!r}")
         backends.check_name(backend)
+        check_process_group(process_group)
+        if not isinstance(sync_gradients, bool):
+            raise ValueError(f"Invalid sync_gradients value: {sync_gradients!r} (expected a bool)")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"Invalid nonfinite value: {nonfinite!r} (choose from "
+                             + ", ".join(repr(p) for p in NONFINITE_POLICIES) + ")")
+        self.sync_gradients = sync_gradients
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0  # iterations skipped for inf/NaN gradients or Hessian estimates
+        self._averager = Averager(process_group)
+        self._first_pass_nonfinite = False
         self.lazy_hessian = lazy_hessian
         self.n_samples = n_samples
         self.seed = seed
@@ -152,10 +174,14 @@ class HessianOptimizer(torch.optim.Optimizer):
     def _before_hessian(self) -> None:
         """Hook run before the Hessian-vector product (SASSHA leaves the perturbed point)."""
 
+    def _abandon_step(self) -> None:
+        """Hook run when a step is skipped (SASSHA leaves the perturbed point)."""
+
     @torch.no_grad()
     def set_hessian(self) -> None:
-        """Estimate the Hessian diagonal for the parameters whose lazy interval is over and
-        advance every Hessian counter. ``step()`` calls it when the caller has not."""
+        """Estimate the Hessian diagonal for the parameters whose lazy interval is over.
+        ``step()`` calls it when the caller has not; the Hessian counters advance when the
+        step is applied, so a failed or skipped step leaves no trace."""
         if self._plan is not None:
             return
         groups = []
@@ -163,25 +189,28 @@ class HessianOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             entries = []
             for p in self._params_with_grad(group):
-                hessian_step = self.state[p].get("hessian_step", 0)
-                now = hessian_step % self.lazy_hessian == 0
+                now = self.state.get(p, {}).get("hessian_step", 0) % self.lazy_hessian == 0
                 if now:
                     due_params.append(p)
-                entries.append(Entry(p, self.state[p], now))
+                entries.append(Entry(p, None, now))
             groups.append((group, entries))
         hessians: Dict[Tensor, Tensor] = {}
+        rademacher_before = None
         if due_params:
             self._before_hessian()
-            with torch.enable_grad():
-                estimate = hutchinson([p.grad for p in due_params], due_params,
-                                      self._rademacher, self.n_samples)
+            rademacher_before = self._rademacher.state_dict()
+            try:
+                with torch.enable_grad():
+                    estimate = hutchinson([p.grad for p in due_params], due_params,
+                                          self._rademacher, self.n_samples)
+            except RuntimeError as exc:
+                self._rademacher.load_state_dict(rademacher_before)
+                clearer = errors.compiled_double_backward_error(exc)
+                if clearer is None:
+                    raise
+                raise clearer from exc
             hessians = dict(zip(due_params, estimate))
-        # Counters move only once the estimate has succeeded, so a failure leaves no trace.
-        for _, entries in groups:
-            for entry in entries:
-                self._state_of(entry.param)["hessian_step"] += 1
-        self._plan = Plan([(g, [e._replace(state=self._state_of(e.param)) for e in entries])
-                           for g, entries in groups], hessians)
+        self._plan = Plan(groups, hessians, rademacher_before)
 
     def _next_hessian_power(self) -> Optional[float]:
         """The scheduler's power for this step, or None to use each group's constant."""
@@ -194,15 +223,82 @@ class HessianOptimizer(torch.optim.Optimizer):
         return self.hessian_power_t
 
     @torch.no_grad()
-    def _step_from_gradients(self) -> None:
-        power = self._next_hessian_power()
+    def _step_from_gradients(self, scaler=None) -> bool:
+        """The step from the gradients present: Hessian estimate, averaging across ranks,
+        unscaling, the finite check, then the update. False when the step was skipped."""
+        amp.refuse_scaler_step(self)
         self.set_hessian()
         plan, self._plan = self._plan, None
-        self._apply_update(plan, power)
+        carrying_graph = [p for p in plan.params() if p.grad.grad_fn is not None]
         # The gradients of a create_graph backward hold the whole double-backward graph.
         for p in self.get_params():
             if p.grad is not None and p.grad.grad_fn is not None:
                 p.grad = p.grad.detach()
+        grads = [p.grad for p in plan.params()]
+        hessians = list(plan.hessians.values())
+        # DDP cannot have averaged the gradients of a create_graph backward (it fails on one).
+        to_average = grads if self.sync_gradients else [p.grad for p in carrying_graph]
+        self._averager.average_(to_average + hessians)
+        amp.unscale_(scaler, grads + hessians)
+        if not self._finite(plan, scaler):
+            return False
+        self._apply_update(self._commit(plan), self._next_hessian_power())
+        return True
+
+    def _commit(self, plan: Plan) -> Plan:
+        """The plan with each parameter's state, its Hessian counter advanced."""
+        groups = []
+        for group, entries in plan.groups:
+            committed = []
+            for entry in entries:
+                state = self._state_of(entry.param)
+                state["hessian_step"] += 1
+                committed.append(entry._replace(state=state))
+            groups.append((group, committed))
+        return plan._replace(groups=groups)
+
+    def _finite(self, plan: Plan, scaler) -> bool:
+        """Whether the step's gradients and Hessian estimates (and the first pass's
+        gradients) are finite on every rank. When not, the iteration is undone: the
+        parameters leave the perturbed point, the generator rewinds and no state moves."""
+        first_pass_nonfinite, self._first_pass_nonfinite = self._first_pass_nonfinite, False
+        if self.nonfinite == "ignore" and not amp.enabled(scaler):
+            return True
+        params = plan.params()
+        norm = self._global_norm(params, [p.grad for p in params], False)
+        hessian_norm = self._global_norm(list(plan.hessians), list(plan.hessians.values()),
+                                         False)
+        # On a parameter's device: NCCL reduces no CPU tensor, and the norms of no tensors
+        # (a skipped second pass) are CPU zeros.
+        device = self.param_groups[0]["params"][0].device
+        found_inf = (~torch.isfinite(norm.to(device) + hessian_norm.to(device))).float()
+        if first_pass_nonfinite:
+            found_inf.fill_(1.0)
+        found_inf = self._averager.any(found_inf)
+        amp.record_found_inf(scaler, self, found_inf)
+        if not found_inf.item():
+            return True
+        if plan.rademacher_before is not None:
+            self._rademacher.load_state_dict(plan.rademacher_before)
+        self._abandon_step()
+        if self.nonfinite == "raise" and not amp.enabled(scaler):
+            raise FloatingPointError(self._nonfinite_message(
+                [(p, "gradient", p.grad) for p in params]
+                + [(p, "Hessian estimate", h) for p, h in plan.hessians.items()]))
+        self.skipped_steps += 1
+        return False
+
+    def _nonfinite_message(self, items: List[Tuple[Tensor, str, Tensor]]) -> str:
+        """Names the first (parameter, what, tensor) whose tensor holds inf or NaN."""
+        where = {id(p): (g, i) for g, group in enumerate(self.param_groups)
+                 for i, p in enumerate(group["params"])}
+        for p, what, tensor in items:
+            if not torch.isfinite(tensor).all():
+                group, index = where[id(p)]
+                return (f"the {what} of parameter {index} of group {group} (shape "
+                        f"{tuple(p.shape)}) holds inf or NaN; the step was not applied")
+        return "a gradient or Hessian estimate on another rank holds inf or NaN; the step " \
+               "was not applied"
 
     def _apply_update(self, plan: Plan, hessian_power: Optional[float]) -> None:
         raise NotImplementedError
@@ -231,7 +327,13 @@ class HessianOptimizer(torch.optim.Optimizer):
             # The reference cycle PyTorch warns about is broken by the step, which
             # detaches the gradients once the Hessian-vector product is done.
             warnings.filterwarnings("ignore", message=_CREATE_GRAPH_WARNING)
-            loss.backward(create_graph=create_graph)
+            try:
+                loss.backward(create_graph=create_graph)
+            except RuntimeError as exc:
+                clearer = errors.create_graph_backward_error(exc) if create_graph else None
+                if clearer is None:
+                    raise
+                raise clearer from exc
 
     def _evaluate(self, closure: Callable[[], Tensor]) -> Tensor:
         with torch.enable_grad():
@@ -247,10 +349,22 @@ class HessianOptimizer(torch.optim.Optimizer):
     # -- checkpoints ------------------------------------------------------------------
 
     def _extra_state(self) -> dict:
-        return {"rademacher": self._rademacher.state_dict()}
+        return {"rademacher": self._rademacher.state_dict(),
+                "skipped_steps": self.skipped_steps}
 
     def _load_extra_state(self, extra: dict) -> None:
-        self._rademacher.load_state_dict(extra.get("rademacher", {}))
+        devices = [p.device for p in self.get_params()]
+        self._rademacher.load_state_dict(
+            checkpoint.generator_states_for(extra.get("rademacher", {}), devices))
+        self.skipped_steps = extra.get("skipped_steps", 0)
+
+    def _authors_bias_correction2(self, step: int, group: dict) -> float:
+        """``bias_correction2`` for an authors' checkpoint that lacks it."""
+        raise ValueError("the checkpoint's state has a step but no bias_correction2")
+
+    def _authors_extra_state(self) -> dict:
+        """What this package saves beside the state, for an authors' checkpoint."""
+        return {}
 
     def state_dict(self) -> dict:
         state_dict = super().state_dict()
@@ -258,8 +372,15 @@ class HessianOptimizer(torch.optim.Optimizer):
         return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        extra = state_dict.pop("sassha_fast", {})
+        """Loads this package's checkpoints and the authors' optimizers' (converted, see
+        ``checkpoint.from_authors_format``), from any device and backend."""
+        if checkpoint.is_authors_format(state_dict):
+            state_dict = checkpoint.from_authors_format(state_dict, self,
+                                                        self._authors_bias_correction2)
+            extra = self._authors_extra_state()
+        else:
+            state_dict = dict(state_dict)
+            extra = state_dict.pop("sassha_fast")
         super().load_state_dict(state_dict)
         # PyTorch casts floating state to the parameter's dtype; ours stays fp32.
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
@@ -272,6 +393,7 @@ class HessianOptimizer(torch.optim.Optimizer):
                                                        copy=True)
         self._load_extra_state(extra)
         self._plan = None
+        self._first_pass_nonfinite = False
 
 
 def group_scalars(group: dict, hessian_power: Optional[float]) -> Tuple[float, float, float]:

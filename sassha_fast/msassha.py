@@ -6,7 +6,9 @@ from typing import Callable, List, Optional
 import torch
 from torch import Tensor
 
+from . import amp
 from ._base import HessianOptimizer, Plan, buckets, group_scalars, sqrt_of_sum
+from .checkpoint import last_hessian_step
 
 NORM_EPS = 1e-12
 
@@ -22,13 +24,16 @@ class MSASSHA(HessianOptimizer):
     names, do the same two moves; both are idempotent, and a step taken at the clean point
     is correct too). ``loss = opt.step(closure)`` runs one whole iteration, with
     ``create_graph`` only when the Hessian is due. Several parameter groups share one
-    momentum norm, each with its own ``rho``.
+    momentum norm, each with its own ``rho``. ``process_group`` / ``sync_gradients``,
+    ``step(..., scaler=)`` and ``nonfinite`` work as in ``SASSHA``; a skipped step leaves
+    the parameters at the perturbed point where the iteration found them.
     """
 
     def __init__(self, params, lr: float = 0.15, betas=(0.9, 0.999), weight_decay: float = 1e-2,
                  lazy_hessian: int = 10, rho: float = 0.3, n_samples: int = 1,
                  eps: float = 1e-4, hessian_power: float = 0.5, seed: int = 0,
-                 maximize: bool = False, hessian_power_scheduler=None, backend: str = "auto"):
+                 maximize: bool = False, hessian_power_scheduler=None, backend: str = "auto",
+                 process_group=None, sync_gradients: bool = False, nonfinite: str = "skip"):
         if maximize:
             raise ValueError("Invalid maximize value: True (MSASSHA only minimizes)")
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
@@ -37,7 +42,8 @@ class MSASSHA(HessianOptimizer):
         self._at_perturbed_point = True  # nf = 0 at the start: both points coincide
         super().__init__(params, defaults, lazy_hessian=lazy_hessian, n_samples=n_samples,
                          seed=seed, hessian_power_scheduler=hessian_power_scheduler,
-                         backend=backend)
+                         backend=backend, process_group=process_group,
+                         sync_gradients=sync_gradients, nonfinite=nonfinite)
 
     def _momentum_params(self, group: dict) -> List[Tensor]:
         return [p for p in group["params"] if "exp_avg" in self.state.get(p, {})]
@@ -113,17 +119,19 @@ class MSASSHA(HessianOptimizer):
         self._at_perturbed_point = True
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+    def step(self, closure: Optional[Callable[[], Tensor]] = None,
+             scaler=None) -> Optional[Tensor]:
         """One M-SASSHA step from the gradients present (computed at the perturbed point
         with ``create_graph=opt.hessian_due``), or, given ``closure`` (which returns the loss
-        without calling backward), a whole iteration. Returns the loss, or None."""
+        without calling backward), a whole iteration. Returns the loss, or None.
+        ``scaler``: a ``torch.amp.GradScaler``, as in ``SASSHA.step``."""
         if closure is None:
-            self._step_from_gradients()
+            self._step_from_gradients(scaler)
             return None
         self.zero_grad(set_to_none=True)
         loss = self._evaluate(closure)
-        self._backward(loss, create_graph=self.hessian_due)
-        self._step_from_gradients()
+        self._backward(amp.scale_loss(scaler, loss), create_graph=self.hessian_due)
+        self._step_from_gradients(scaler)
         return loss.detach()
 
     def _extra_state(self) -> dict:
@@ -132,3 +140,11 @@ class MSASSHA(HessianOptimizer):
     def _load_extra_state(self, extra: dict) -> None:
         super()._load_extra_state(extra)
         self._at_perturbed_point = extra.get("at_perturbed_point", True)
+
+    def _authors_bias_correction2(self, step: int, group: dict) -> float:
+        # The authors keep it in a module global, set at each Hessian update.
+        return 1 - group["betas"][1] ** last_hessian_step(step, self.lazy_hessian)
+
+    def _authors_extra_state(self) -> dict:
+        # The authors' training script saves after moving back to the clean point.
+        return {"at_perturbed_point": False}

@@ -5,6 +5,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from . import amp
 from ._base import HessianOptimizer, Plan, buckets, group_scalars
 from .batchnorm import frozen_batchnorm_stats
 
@@ -29,6 +30,9 @@ class SASSHA(HessianOptimizer):
       leaving the perturbed point into the update, and returns the first pass's loss.
 
     ``step()`` without a preceding ``perturb_weights()`` is SASSHA with ``rho = 0``.
+    Production options (see the README): ``process_group`` / ``sync_gradients`` for data
+    parallelism, ``scaler=`` on ``step`` / ``perturb_weights`` for a GradScaler, and
+    ``nonfinite`` ("skip", "raise" or "ignore") for inf/NaN gradients or Hessian estimates.
     ``hessian_power`` is the constant power of the Hessian; a ``hessian_power_scheduler``
     (an object whose ``step()`` returns the power) overrides it and is stepped once per
     ``step()``. ``backend`` picks the implementation of the fused ops ("auto", "reference",
@@ -39,7 +43,8 @@ class SASSHA(HessianOptimizer):
                  betas=(0.9, 0.999), weight_decay: float = 0.0, rho: float = 0.05,
                  lazy_hessian: int = 10, n_samples: int = 1, perturb_eps: float = 1e-12,
                  eps: float = 1e-4, adaptive: bool = False, seed: int = 0,
-                 hessian_power: float = 0.5, backend: str = "auto"):
+                 hessian_power: float = 0.5, backend: str = "auto", process_group=None,
+                 sync_gradients: bool = False, nonfinite: str = "skip"):
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
                         weight_decay=weight_decay, rho=rho, perturb_eps=perturb_eps, eps=eps,
                         hessian_power=hessian_power)
@@ -48,19 +53,34 @@ class SASSHA(HessianOptimizer):
         self._perturbation = {}
         super().__init__(params, defaults, lazy_hessian=lazy_hessian, n_samples=n_samples,
                          seed=seed, hessian_power_scheduler=hessian_power_scheduler,
-                         backend=backend)
+                         backend=backend, process_group=process_group,
+                         sync_gradients=sync_gradients, nonfinite=nonfinite)
 
     @torch.no_grad()
-    def perturb_weights(self, zero_grad: bool = True) -> None:
+    def perturb_weights(self, zero_grad: bool = True, scaler=None) -> None:
         """Climb to w + e with e = rho * g / (||g|| + perturb_eps) (adaptive: scaled by w^2).
 
-        With ``zero_grad`` the gradients are cleared and e reuses their memory."""
+        With ``zero_grad`` the gradients are cleared and e reuses their memory. The
+        gradients are first averaged across ranks (with ``sync_gradients``) and unscaled
+        (given the GradScaler that scaled the loss). When they hold inf or NaN nothing
+        moves and the following ``step()`` is skipped (``nonfinite="raise"``: raises)."""
         if self._perturbation:
             raise RuntimeError("perturb_weights() called twice: call unperturb() or step() "
                                "before perturbing again")
         per_group = [(group, self._params_with_grad(group)) for group in self.param_groups]
         params = [p for _, ps in per_group for p in ps]
+        self._averager.average_([p.grad for p in params
+                                 if self.sync_gradients or p.grad.grad_fn is not None])
+        amp.unscale_(scaler, [p.grad for p in params])
         norm = self._global_norm(params, [p.grad for p in params], self.adaptive)
+        if (self.nonfinite != "ignore" or amp.enabled(scaler)) and not torch.isfinite(norm):
+            if self.nonfinite == "raise" and not amp.enabled(scaler):
+                raise FloatingPointError(self._nonfinite_message(
+                    [(p, "first pass's gradient", p.grad) for p in params]))
+            self._first_pass_nonfinite = True
+            if zero_grad:
+                self.zero_grad(set_to_none=True)
+            return
         for group, group_params in per_group:
             scale = group["rho"] / (norm + group["perturb_eps"])
             for (device, _), ps in buckets(group_params, lambda p: (p.device, p.dtype)).items():
@@ -79,6 +99,9 @@ class SASSHA(HessianOptimizer):
             self.ops(device).add_scaled([p.data for p, _ in items], [e for _, e in items], -1.0)
 
     def _before_hessian(self) -> None:
+        self.unperturb()
+
+    def _abandon_step(self) -> None:
         self.unperturb()
 
     def _apply_update(self, plan: Plan, hessian_power: Optional[float]) -> None:
@@ -103,26 +126,34 @@ class SASSHA(HessianOptimizer):
         self.unperturb()
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+    def step(self, closure: Optional[Callable[[], Tensor]] = None,
+             scaler=None) -> Optional[Tensor]:
         """One SASSHA step from the gradients present, or, given ``closure``, a whole
-        iteration (see the class docstring). Returns the first pass's loss, or None."""
+        iteration (see the class docstring). Returns the first pass's loss, or None.
+
+        ``scaler``: the ``torch.amp.GradScaler`` that scales the loss (with ``closure``
+        the optimizer scales it). The gradients and the Hessian estimate are unscaled, an
+        inf/NaN anywhere skips the iteration and is reported to the scaler, whose
+        ``update()`` the caller then calls."""
         if closure is None:
-            self._step_from_gradients()
+            self._step_from_gradients(scaler)
             return None
         self.zero_grad(set_to_none=True)
         loss = self._evaluate(closure)
         due = self.hessian_due
         if any(group["rho"] != 0 for group in self.param_groups):
-            self._backward(loss, create_graph=False)
-            self.perturb_weights(zero_grad=True)
-            try:
-                with frozen_batchnorm_stats():
-                    self._backward(self._evaluate(closure), create_graph=due)
-            except BaseException:
-                self.unperturb()
-                self.zero_grad(set_to_none=True)
-                raise
+            self._backward(amp.scale_loss(scaler, loss), create_graph=False)
+            self.perturb_weights(zero_grad=True, scaler=scaler)
+            if not self._first_pass_nonfinite:  # else the step is skipped: save the pass
+                try:
+                    with frozen_batchnorm_stats():
+                        self._backward(amp.scale_loss(scaler, self._evaluate(closure)),
+                                       create_graph=due)
+                except BaseException:
+                    self.unperturb()
+                    self.zero_grad(set_to_none=True)
+                    raise
         else:
-            self._backward(loss, create_graph=due)
-        self._step_from_gradients()
+            self._backward(amp.scale_loss(scaler, loss), create_graph=due)
+        self._step_from_gradients(scaler)
         return loss.detach()

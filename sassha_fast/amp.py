@@ -1,0 +1,83 @@
+"""torch.amp.GradScaler support for the two-pass iteration.
+
+``GradScaler.step(opt)`` assumes one backward pass per iteration and unscales only ``.grad``;
+SASSHA needs the first pass unscaled before its norm, the second pass and the Hessian
+estimate (the Hessian-vector product of a scaled gradient is scaled too) unscaled before the
+update, and the scale lowered when any of them overflowed. The optimizer does all of that
+when given the scaler (``opt.step(closure, scaler=scaler)`` or, in the authors' loop,
+``perturb_weights(scaler=scaler)`` and ``step(scaler=scaler)``); the caller then calls
+``scaler.update()`` as usual.
+
+GradScaler has no public way to report an overflow found outside ``.grad``, so
+``record_found_inf`` writes the per-optimizer record that ``scaler.update()`` reads. That
+record is private to PyTorch; the tests pin its behaviour on the supported torch.
+"""
+from typing import Dict, List
+
+import torch
+from torch import Tensor
+from torch.amp.grad_scaler import OptState
+
+
+def enabled(scaler) -> bool:
+    return scaler is not None and scaler.is_enabled()
+
+
+def scale_loss(scaler, loss: Tensor) -> Tensor:
+    if not enabled(scaler):
+        return loss
+    with torch.enable_grad():  # the optimizer's step runs under no_grad
+        return scaler.scale(loss)
+
+
+@torch.no_grad()
+def unscale_(scaler, tensors: List[Tensor]) -> None:
+    """Divide the tensors by the scaler's current scale (no host synchronisation)."""
+    if not enabled(scaler) or not tensors:
+        return
+    # The reciprocal in fp64, as GradScaler.unscale_ does, so both agree bit for bit.
+    inv_scale = _scale(scaler).double().reciprocal().float()
+    by_device: Dict[torch.device, List[Tensor]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t)
+    for device, group in by_device.items():
+        torch._foreach_mul_(group, inv_scale.to(device))
+
+
+def record_found_inf(scaler, optimizer, found_inf: Tensor) -> None:
+    """Tell ``scaler.update()`` whether this iteration overflowed (``found_inf`` nonzero), so
+    that it lowers the scale, or counts a good step towards raising it."""
+    if not enabled(scaler):
+        return
+    scale = _scale(scaler)
+    state = scaler._per_optimizer_states[id(optimizer)]
+    state["found_inf_per_device"] = {scale.device: found_inf.to(scale.device,
+                                                                dtype=torch.float32)}
+    state["stage"] = OptState.STEPPED
+
+
+def _scale(scaler) -> Tensor:
+    scale = scaler._get_scale_async()
+    if scale is None:
+        raise RuntimeError("the GradScaler has not scaled a loss yet: back-propagate "
+                           "scaler.scale(loss), or pass the scaler to optimizer.step(closure, "
+                           "scaler=scaler), which scales it")
+    return scale
+
+
+def refuse_scaler_step(optimizer) -> None:
+    """``scaler.step(opt)`` sets these attributes before calling ``opt.step()`` (the
+    optimizer declares ``_step_supports_amp_scaling``); the scale of the Hessian estimate
+    would then be unknown, so say what to call instead."""
+    if getattr(optimizer, "grad_scale", None) is None and \
+            getattr(optimizer, "found_inf", None) is None:
+        return
+    for name in ("grad_scale", "found_inf"):
+        if hasattr(optimizer, name):
+            delattr(optimizer, name)
+    raise RuntimeError(
+        f"{type(optimizer).__name__} unscales a Hessian-vector product "
+        "besides the gradients, which scaler.step(optimizer) cannot do: call "
+        "optimizer.step(closure, scaler=scaler) (or, after the backward passes, "
+        "optimizer.step(scaler=scaler)) and then scaler.update()")
+

@@ -1,0 +1,37 @@
+"""Errors from autograd that the optimizer can explain better than autograd can."""
+from typing import Optional
+
+import torch.distributed as dist
+
+# torch.compile's AOTAutograd backward cannot be differentiated again (torch 2.x): a
+# create_graph backward through a region compiled without one fails on its donated buffers,
+# and a Hessian-vector product through it fails outright.
+COMPILED_DOUBLE_BACKWARD = ("does not currently support double backward", "donated buffers")
+# DDP's reducer writes into the gradients of a create_graph backward (torch 2.14).
+LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-place operation"
+
+
+def compiled_double_backward_error(exc: RuntimeError) -> Optional[RuntimeError]:
+    """A clearer error for a second backward through a compiled model, or None."""
+    if not any(message in str(exc) for message in COMPILED_DOUBLE_BACKWARD):
+        return None
+    return RuntimeError(
+        "the Hessian-vector product needs a second backward through the model, which a "
+        "torch.compile'd model cannot run (its AOTAutograd backward is not differentiable). "
+        "On iterations where optimizer.hessian_due is True, run the forward pass that feeds "
+        "the create_graph backward through the uncompiled module (torch.compile(model) "
+        "shares model's parameters, so alternate between the two), or compile with "
+        "backend='eager'. Original error: " + str(exc))
+
+
+def create_graph_backward_error(exc: RuntimeError) -> Optional[RuntimeError]:
+    """A clearer error for a failed ``create_graph`` backward, or None to re-raise ``exc``."""
+    compiled = compiled_double_backward_error(exc)
+    distributed = dist.is_available() and dist.is_initialized()
+    if compiled is not None or not (distributed and LEAF_IN_PLACE in str(exc)):
+        return compiled
+    return RuntimeError(
+        "a backward pass with create_graph=True failed inside DistributedDataParallel, which "
+        "cannot run one: run that pass under model.no_sync() (for optimizer.step(closure): "
+        "the closure's forward), and the optimizer averages its gradients and the Hessian "
+        "estimate itself. Original error: " + str(exc))

@@ -1,0 +1,214 @@
+"""Data parallelism: two gloo processes on CPU, each fed half of a batch, reproduce one
+process fed the whole batch (Hessian and non-Hessian steps), with a DDP-wrapped model and
+with a bare model whose gradients the optimizer averages itself."""
+import contextlib
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from sassha_fast import MSASSHA, SASSHA
+from sassha_fast.distributed import Averager
+from tiny import LOSS, make_model, whole_batch
+
+WORLD = 2
+STEPS = 4
+LAZY = 2  # steps 1 and 3 estimate the Hessian, 2 and 4 do not
+
+
+def maybe_no_sync(model, condition: bool):
+    return model.no_sync() if condition else contextlib.nullcontext()
+
+
+def closure_loop(model, opt, x, y):
+    opt.step(lambda: LOSS(model(x), y))
+
+
+def ddp_closure_loop(model, opt, x, y):
+    def closure():
+        with model.no_sync():
+            return LOSS(model(x), y)
+    opt.step(closure)
+
+
+def ddp_sassha_loop(model, opt, x, y, local_perturbation=False):
+    """DDP averages every plain backward; a create_graph one runs under no_sync."""
+    with maybe_no_sync(model, local_perturbation):
+        LOSS(model(x), y).backward()
+    opt.perturb_weights(zero_grad=True)
+    due = opt.hessian_due
+    with maybe_no_sync(model, due):
+        LOSS(model(x), y).backward(create_graph=due)
+    opt.unperturb()
+    opt.step()
+    opt.zero_grad()
+
+
+def ddp_local_loop(model, opt, x, y):
+    ddp_sassha_loop(model, opt, x, y, local_perturbation=True)
+
+
+def ddp_msassha_loop(model, opt, x, y):
+    due = opt.hessian_due
+    with maybe_no_sync(model, due):
+        LOSS(model(x), y).backward(create_graph=due)
+    opt.step()
+    opt.zero_grad()
+
+
+# name: (optimizer, wrap in DDP, sync_gradients, loop)
+CONFIGS = {
+    "sassha-ddp": (SASSHA, True, False, ddp_sassha_loop),
+    "sassha-ddp-closure": (SASSHA, True, True, ddp_closure_loop),
+    "sassha-bare": (SASSHA, False, True, closure_loop),
+    "sassha-ddp-local-perturbation": (SASSHA, True, False, ddp_local_loop),
+    "msassha-ddp": (MSASSHA, True, False, ddp_msassha_loop),
+    "msassha-bare": (MSASSHA, False, True, closure_loop),
+}
+
+
+def train(name: str, x, y, distributed: bool):
+    optimizer, wrap, sync_gradients, loop = CONFIGS[name]
+    model = make_model()
+    opt = optimizer(model.parameters(), lazy_hessian=LAZY, lr=0.05,
+                    sync_gradients=sync_gradients and distributed)
+    runner = DistributedDataParallel(model) if wrap and distributed else model
+    if not distributed:
+        loop = closure_loop
+    calls = []
+    for _ in range(STEPS):
+        before = CALLS[0]
+        loop(runner, opt, x, y)
+        calls.append(CALLS[0] - before)
+    params = list(model.parameters())
+    return {"params": [p.detach().clone() for p in params],
+            "exp_avg": [opt.state[p]["exp_avg"].clone() for p in params],
+            "exp_hessian_diag": [opt.state[p]["exp_hessian_diag"].clone() for p in params],
+            "optimizer_all_reduces": calls}
+
+
+CALLS = [0]
+
+
+def _counting(all_reduce):
+    def counted(*args, **kwargs):
+        CALLS[0] += 1
+        return all_reduce(*args, **kwargs)
+    return counted
+
+
+def create_graph_through_ddp(x, y) -> str:
+    """The message of a closure step whose create_graph pass DDP itself runs."""
+    model = DistributedDataParallel(make_model())
+    opt = MSASSHA(model.parameters())
+    try:
+        opt.step(lambda: LOSS(model(x), y))
+    except RuntimeError as exc:
+        return str(exc)
+    return ""
+
+
+def worker(rank: int, port: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD)
+    try:
+        # DDP's own all-reduces run in C++; this counts the optimizer's only.
+        dist.all_reduce = _counting(dist.all_reduce)
+        x, y = whole_batch()
+        half = len(x) // WORLD
+        mine = slice(rank * half, (rank + 1) * half)
+        results = {name: train(name, x[mine], y[mine], distributed=True) for name in CONFIGS}
+        results["ddp_create_graph_error"] = create_graph_through_ddp(x[mine], y[mine])
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks():
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(worker, args=(free_port(), out_dir), nprocs=WORLD, join=True)
+        yield [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
+
+
+def assert_close_lists(got, want, **tolerance):
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **tolerance)
+
+
+TOLERANCE = dict(rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if "local" not in n])
+def test_two_ranks_match_one_process_on_the_whole_batch(ranks, name):
+    x, y = whole_batch()
+    single = train(name, x, y, distributed=False)
+    for rank in ranks:
+        for key in ("params", "exp_avg", "exp_hessian_diag"):
+            assert_close_lists(rank[name][key], single[key], **TOLERANCE)
+
+
+def test_every_rank_ends_with_the_same_parameters(ranks):
+    for name in CONFIGS:
+        assert_close_lists(ranks[1][name]["params"], ranks[0][name]["params"], **TOLERANCE)
+
+
+def test_a_create_graph_pass_through_ddp_says_to_use_no_sync(ranks):
+    for rank in ranks:
+        assert "run that pass under model.no_sync()" in rank["ddp_create_graph_error"]
+
+
+def test_local_perturbation_differs_from_the_global_one(ranks):
+    """The first pass under no_sync perturbs each rank by its own gradient (the authors'
+    script): the ranks agree with each other but not with the global perturbation."""
+    local = ranks[0]["sassha-ddp-local-perturbation"]["params"]
+    global_ = ranks[0]["sassha-ddp"]["params"]
+    assert max((a - b).abs().max().item() for a, b in zip(local, global_)) > 1e-6
+
+
+def test_the_optimizer_coalesces_its_all_reduces(ranks):
+    """Bare SASSHA: one all-reduce for the first pass's gradients, one for the second
+    pass's gradients with the Hessian estimates, one for the skip flag, whatever the
+    number of tensors (4 parameters, 4 estimates on Hessian steps)."""
+    assert ranks[0]["sassha-bare"]["optimizer_all_reduces"] == [3] * STEPS
+    assert ranks[0]["msassha-bare"]["optimizer_all_reduces"] == [2] * STEPS
+    # With DDP the optimizer averages only what DDP cannot: the create_graph pass's
+    # gradients with the Hessian estimates on Hessian steps, plus the skip flag.
+    assert ranks[0]["sassha-ddp"]["optimizer_all_reduces"] == [2, 1, 2, 1]
+
+
+def test_buckets_group_by_dtype_and_respect_the_size_cap():
+    averager = Averager(bucket_bytes=64)
+    a, b, c = torch.zeros(8), torch.zeros(8), torch.zeros(20)
+    h = torch.zeros(4, dtype=torch.bfloat16)
+    buckets = averager._buckets([a, h, b, c])
+    assert [[id(t) for t in bucket] for bucket in buckets] == \
+        [[id(a), id(b)], [id(h)], [id(c)]]
+
+
+def test_a_single_process_averages_nothing():
+    t = torch.arange(4.0)
+    Averager().average_([t])
+    assert torch.equal(t, torch.arange(4.0))
+    assert not Averager().active
+
+
+def test_invalid_options_are_refused():
+    params = make_model().parameters()
+    with pytest.raises(ValueError, match="sync_gradients"):
+        SASSHA(params, sync_gradients="yes")
+    with pytest.raises(ValueError, match="process_group"):
+        MSASSHA(make_model().parameters(), process_group="world")

@@ -1,0 +1,40 @@
+"""A tiny network and batch shared by the production tests, and exact snapshots of a
+model with its optimizer."""
+import copy
+
+import torch
+from torch import nn
+
+LOSS = nn.CrossEntropyLoss()
+
+
+def make_model(dtype=torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+
+
+def whole_batch(dtype=torch.float32):
+    generator = torch.Generator().manual_seed(1)
+    return (torch.randn(16, 5, generator=generator).to(dtype),
+            torch.randint(0, 3, (16,), generator=generator))
+
+
+def snapshot(model: nn.Module, opt) -> dict:
+    return {"params": [p.detach().clone() for p in model.parameters()],
+            "optimizer": copy.deepcopy(opt.state_dict())}
+
+
+def assert_identical(got, want, path="") -> None:
+    """Bit-for-bit equality of nested dicts / lists of tensors and numbers."""
+    if isinstance(want, dict):
+        assert got.keys() == want.keys(), path
+        for key in want:
+            assert_identical(got[key], want[key], f"{path}/{key}")
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want), path
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert_identical(a, b, f"{path}/{i}")
+    elif isinstance(want, torch.Tensor):
+        assert got.dtype == want.dtype and torch.equal(got, want), path
+    else:
+        assert got == want, path
