@@ -8,24 +8,16 @@ the op, the list and the index of the tensor at fault. Any memory layout works: 
 out like their parameter are used in place, others through a copy. Scalars given as 0-d
 tensors are read on the host (a CPU tensor: no synchronisation).
 """
-from typing import List, Optional
+from typing import Optional
 
 import torch
-from torch import Tensor
 
-from .reference import Scalar
-
-try:
-    from .. import _C
-    _IMPORT_ERROR = None
-except ImportError as exc:  # the extension was not built
-    _C = None
-    _IMPORT_ERROR = exc
+from .extension_ops import IMPORT_ERROR, _C, extension_ops
 
 
 def unavailable_reason() -> Optional[str]:
     if _C is None:
-        return f"cannot import sassha_fast._C ({_IMPORT_ERROR}); reinstall to build it"
+        return IMPORT_ERROR
     if not hasattr(_C, "sassha_update_cpu"):
         return "sassha_fast._C was built without the CPU ops"
     return None
@@ -40,35 +32,6 @@ def isa() -> str:
     return _C.cpu_isa()
 
 
-def global_norm(tensors: List[Tensor], weights: Optional[List[Tensor]] = None) -> Tensor:
-    return _C.global_norm_cpu(tensors, weights)
-
-
-def perturb(params: List[Tensor], grads: List[Tensor], scale: Scalar, adaptive: bool) -> None:
-    _C.perturb_cpu(params, grads, float(scale), bool(adaptive))
-
-
-def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
-                  exp_hessians: List[Tensor], perturbations: Optional[List[Tensor]], *,
-                  lr: float, weight_decay: float, beta1: float, bias_correction1: float,
-                  bias_correction2: float, hessian_power: float, eps: float) -> None:
-    _C.sassha_update_cpu(params, grads, exp_avgs, exp_hessians, perturbations, lr,
-                         weight_decay, beta1, bias_correction1, bias_correction2,
-                         hessian_power, eps)
-
-
-def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float) -> None:
-    _C.hessian_ema_cpu(exp_hessians, hessians, beta2)
-
-
-def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
-                   exp_hessians: List[Tensor], *, norm_factor: Scalar, lr: float,
-                   weight_decay: float, beta1: float, bias_correction1: float,
-                   bias_correction2: float, hessian_power: float, eps: float) -> Tensor:
-    return _C.msassha_update_cpu(params, grads, exp_avgs, exp_hessians, float(norm_factor), lr,
-                                 weight_decay, beta1, bias_correction1, bias_correction2,
-                                 hessian_power, eps)
-
-
-def add_scaled(params: List[Tensor], tensors: List[Tensor], alpha: Scalar) -> None:
-    _C.add_scaled_cpu(params, tensors, float(alpha))
+# A 0-d CPU tensor is read on the host: no synchronisation.
+global_norm, perturb, sassha_update, hessian_ema, msassha_update, add_scaled = \
+    extension_ops("cpu", float)
