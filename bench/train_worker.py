@@ -1,0 +1,164 @@
+"""One training-suite measurement in a fresh process, so that its peak memory is its own:
+``python -m bench.train_worker '<json spec>'`` prints one line ``BENCH_RESULT <json>``.
+
+Iterations are timed one by one; SASSHA's Hessian is due once every ``lazy_hessian``
+iterations, so a window of that many consecutive iterations holds exactly one Hessian
+iteration and its mean is the time per iteration a training run pays."""
+import json
+import resource
+import statistics
+import sys
+import time
+import warnings
+from typing import Callable, Dict
+
+import torch
+from torch.nn import functional as F
+
+from sassha_fast import MSASSHA, SASSHA
+from sassha_fast.batchnorm import frozen_batchnorm_stats
+
+from .models import GPT, CifarResNet, GPTConfig
+from .sam import SAM
+from .timing import synchronize
+
+RESULT_PREFIX = "BENCH_RESULT "
+ADAMW = dict(lr=1e-3, weight_decay=1e-2)
+SASSHA_HP = dict(lr=0.15, weight_decay=5e-4)
+CREATE_GRAPH_WARNING = r"Using backward\(\) with create_graph=True"
+
+
+def build_model(spec: dict, device: torch.device, generator: torch.Generator):
+    """The model, one synthetic batch and the loss function."""
+    batch = spec["batch"]
+    if spec["model"] == "cifar_resnet":
+        model = CifarResNet(**spec["model_kwargs"])
+        x = torch.randn(batch, 3, 32, 32, generator=generator)
+        y = torch.randint(0, 10, (batch,), generator=generator)
+        loss_fn = F.cross_entropy
+    elif spec["model"] == "gpt":
+        config = GPTConfig(**spec["model_kwargs"])
+        model = GPT(config)
+        x = torch.randint(0, config.vocab, (batch, config.context), generator=generator)
+        y = torch.randint(0, config.vocab, (batch, config.context), generator=generator)
+
+        def loss_fn(logits, targets):
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    else:
+        raise ValueError(f"unknown model {spec['model']!r}")
+    return model.to(device).train(), x.to(device), y.to(device), loss_fn
+
+
+def make_iteration(method: str, model, x, y, loss_fn, lazy_hessian: int):
+    """(one training iteration, a callable naming the implementation once it has run)."""
+    params = list(model.parameters())
+
+    def loss():
+        return loss_fn(model(x), y)
+
+    if method == "adamw":
+        opt = torch.optim.AdamW(params, fused=True, **ADAMW)
+
+        def iteration():
+            opt.zero_grad(set_to_none=True)
+            loss().backward()
+            opt.step()
+        return iteration, lambda: "torch fused"
+    if method == "sam-adamw":
+        sam = SAM(params, torch.optim.AdamW, rho=0.05, **ADAMW)
+
+        def iteration():
+            sam.zero_grad(set_to_none=True)
+            loss().backward()
+            sam.perturb(zero_grad=True)
+            with frozen_batchnorm_stats():
+                loss().backward()
+            sam.step()
+        return iteration, lambda: "per-tensor SAM"
+    if method == "sassha-authors-loop":
+        opt = SASSHA(params, lazy_hessian=lazy_hessian, backend="reference", **SASSHA_HP)
+
+        def iteration():
+            # The authors' training loop: create_graph on every iteration.
+            opt.zero_grad(set_to_none=True)
+            loss().backward()
+            opt.perturb_weights(zero_grad=True)
+            with frozen_batchnorm_stats(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=CREATE_GRAPH_WARNING)
+                loss().backward(create_graph=True)
+            opt.unperturb()
+            opt.step()
+        return iteration, lambda: "reference"
+    if method in ("sassha", "msassha"):
+        cls = SASSHA if method == "sassha" else MSASSHA
+        opt = cls(params, lazy_hessian=lazy_hessian, **SASSHA_HP)
+        return (lambda: opt.step(loss)), lambda: ",".join(opt.backends_in_use.values())
+    raise ValueError(f"unknown training method {method!r}")
+
+
+def _rss_now() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+class MemoryProbe:
+    """Peak memory of what runs after ``start()``: torch's allocator on CUDA, the process's
+    peak resident set on CPU (ru_maxrss, which this fresh process has to itself)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
+        else:
+            self.baseline = _rss_now()
+
+    def result(self) -> Dict[str, object]:
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+            measure = "torch.cuda.max_memory_allocated"
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            measure = "peak RSS (ru_maxrss) of a fresh process"
+        return dict(peak_mem_mb=peak / 2**20, mem_delta_mb=(peak - self.baseline) / 2**20,
+                    memory_measure=measure)
+
+
+def timed_iterations(iteration: Callable[[], object], device: torch.device, count: int):
+    times = []
+    for _ in range(count):
+        synchronize(device)
+        start = time.perf_counter()
+        iteration()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run(spec: dict) -> dict:
+    device = torch.device(spec["device"])
+    generator = torch.Generator().manual_seed(spec.get("seed", 0))
+    torch.manual_seed(spec.get("seed", 0))
+    model, x, y, loss_fn = build_model(spec, device, generator)
+    iteration, backend = make_iteration(spec["method"], model, x, y, loss_fn,
+                                        spec["lazy_hessian"])
+    probe = MemoryProbe(device)
+    probe.start()
+    timed_iterations(iteration, device, spec["warmup"])
+    window = spec["lazy_hessian"]
+    times = timed_iterations(iteration, device, window * spec["windows"])
+    means = [statistics.fmean(times[i:i + window]) for i in range(0, len(times), window)]
+    return dict(backend=backend(), window_means_s=means, iteration_s=times,
+                params=sum(p.numel() for p in model.parameters()),
+                tensors=sum(1 for _ in model.parameters()), **probe.result())
+
+
+def main(argv) -> None:
+    result = run(json.loads(argv[0]))
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
