@@ -69,7 +69,7 @@ def profile(name: str, device: torch.device, memory_cap_gib: float) -> Profile:
                        (_resnet(8, 2), _gpt(1, 32, 2, 64, 16, 2)),
                        train_warmup=1, train_windows=1, lazy_hessian=2)
     if name == "quick":
-        named = named_sets(gpt2_layers=12 if gpu else 4)
+        named = tuple(named_sets(gpt2_layers=12 if gpu else 4))
         sweep = tuple(sweep_set(n) for n in ((10**6, 4 * 10**6, 16 * 10**6, 64 * 10**6,
                                                256 * 10**6) if gpu else (10**6, 4 * 10**6)))
         budget = Budget(warmup=3 if gpu else 1, min_reps=5 if gpu else 3, max_reps=50 if gpu else 10,
@@ -80,7 +80,7 @@ def profile(name: str, device: torch.device, memory_cap_gib: float) -> Profile:
                        train_warmup=3 if gpu else 2, train_windows=3 if gpu else 1,
                        lazy_hessian=10)
     if name == "full":
-        named = named_sets(gpt2_layers=12)
+        named = tuple(named_sets(gpt2_layers=12))
         sizes = sweep_sizes(10**6, memory_budget_bytes(device, memory_cap_gib))
         sweep = tuple(sweep_set(n) for n in sizes)
         budget = Budget(warmup=5 if gpu else 2, min_reps=10 if gpu else 5,

@@ -48,6 +48,8 @@ def write_markdown(rows: List[dict], path: pathlib.Path, meta: dict, summary: Li
              f"- date: {meta['date']}, load average before/after: "
              f"{_load(meta['load_average_before'])} / {_load(meta.get('load_average_after'))}",
              f"- command: `{' '.join(['python -m bench'] + meta['argv'])}`",
+             f"- peak memory of the step / ops process: "
+             f"{meta.get('peak_memory_mb_this_process', 0):,.0f} MiB",
              f"- backends: " + "; ".join(f"{k}: {v}" for k, v in meta["backends"].items()), ""]
     if summary:
         lines += ["## Summary", "", "```"] + summary + ["```", ""]

@@ -201,12 +201,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         if suite_rows:
             print("\n" + table.text(suite, suite_rows), flush=True)
     info["load_average_after"] = os.getloadavg()
+    # The step and ops suites run here; the training suite's peaks are in its rows.
+    info["peak_memory_mb_this_process"] = meta.peak_memory_mb(device)
     info["errors"] = errors
     lines = summary.summarize(rows, info["backends"], device.type)
     if lines:
         print("\n" + "\n".join(lines))
     written = output.write_all(rows, out, info, lines)
-    print("\nwrote " + ", ".join(written))
+    print(f"\npeak memory of this process (step and ops suites): "
+          f"{info['peak_memory_mb_this_process']:,.0f} MiB")
+    print("wrote " + ", ".join(written))
     if errors:
         print(f"{len(errors)} measurement(s) failed (see above)", file=sys.stderr)
         return 1

@@ -5,7 +5,6 @@ Iterations are timed one by one; SASSHA's Hessian is due once every ``lazy_hessi
 iterations, so a window of that many consecutive iterations holds exactly one Hessian
 iteration and its mean is the time per iteration a training run pays."""
 import json
-import resource
 import statistics
 import sys
 import time
@@ -18,6 +17,7 @@ from torch.nn import functional as F
 from sassha_fast import MSASSHA, SASSHA
 from sassha_fast.batchnorm import frozen_batchnorm_stats
 
+from .meta import proc_status_bytes
 from .models import GPT, CifarResNet, GPTConfig
 from .sam import SAM
 from .timing import synchronize
@@ -96,14 +96,10 @@ def make_iteration(method: str, model, x, y, loss_fn, lazy_hessian: int):
     raise ValueError(f"unknown training method {method!r}")
 
 
-def _rss_now() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
-
-
 class MemoryProbe:
-    """Peak memory of what runs after ``start()``: torch's allocator on CUDA, the process's
-    peak resident set on CPU (ru_maxrss, which this fresh process has to itself)."""
+    """Peak memory of what runs after ``start()``: torch's allocator on CUDA; on CPU the
+    peak resident set of this fresh process (VmHWM, which starts anew at exec, unlike
+    ru_maxrss, which keeps the parent's resident set at fork time)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -113,15 +109,15 @@ class MemoryProbe:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.baseline = torch.cuda.memory_allocated(self.device)
         else:
-            self.baseline = _rss_now()
+            self.baseline = proc_status_bytes("VmRSS")
 
     def result(self) -> Dict[str, object]:
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device)
             measure = "torch.cuda.max_memory_allocated"
         else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            measure = "peak RSS (ru_maxrss) of a fresh process"
+            peak = proc_status_bytes("VmHWM")
+            measure = "peak RSS (VmHWM) of a fresh process"
         return dict(peak_mem_mb=peak / 2**20, mem_delta_mb=(peak - self.baseline) / 2**20,
                     memory_measure=measure)
 

@@ -232,3 +232,12 @@ def test_training_suite_measures_in_a_fresh_process():
     assert row["workload"] == f"{model.label} batch {model.batch}"
     assert row["iter_min_ms"] <= row["median_ms"] <= row["iter_max_ms"]
     assert row["memory_measure"].startswith("peak RSS") and row["peak_mem_mb"] > row["mem_delta_mb"]
+
+
+def test_quick_profile_holds_the_sets_issues_2_and_3_ask_for():
+    quick = profile("quick", CPU, 1.0)
+    assert any(s.tensors >= 150 and s.numel >= 20_000_000 for s in quick.step_sets)
+    assert any(s.tensors >= 160 and s.numel >= 50_000_000 for s in quick.step_sets)
+    full = profile("full", CPU, 1.0)  # a 1 GiB cap bounds the sweep
+    sweep = [s.numel for s in full.step_sets if s.name.startswith("sweep")]
+    assert sweep and max(sweep) * 48 <= 2**30
