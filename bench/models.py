@@ -105,6 +105,9 @@ class GPT(nn.Module):
         self.positions = nn.Embedding(config.context, config.width)
         self.blocks = nn.Sequential(*(TransformerBlock(config) for _ in range(config.layers)))
         self.ln = nn.LayerNorm(config.width)
+        # Small embeddings (GPT-2's 0.02) keep the tied head's first logits near zero.
+        for embedding in (self.tokens, self.positions):
+            nn.init.normal_(embedding.weight, std=0.02)
 
     def forward(self, idx: Tensor) -> Tensor:
         positions = torch.arange(idx.shape[1], device=idx.device)

@@ -167,6 +167,8 @@ def run_jobs(jobs: List[Job], progress: Progress, errors: List[str]) -> List[dic
             errors.append(message)
             print(f"FAILED {message}", file=sys.stderr)
             traceback.print_exc(limit=3)
+        # Optimizer state and temporaries of one measurement must not weigh on the next.
+        release_memory()
         progress.advance()
     progress.clear()
     return rows
@@ -191,6 +193,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     jobs = {suite: planned[suite]() for suite in SUITES if suite in args.suites}
     print(f"sassha_fast benchmarks ({args.profile}) on {info['device_name']} [{device}], "
           f"torch {info['torch']}, backends: {', '.join(names)}", flush=True)
+    load = info["load_average_before"][0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average {load:.1f} on {os.cpu_count()} CPUs: other work shares "
+              "the machine, timings will be noisy (compare ratios within one run)",
+              file=sys.stderr)
     progress = Progress(sum(len(j) for j in jobs.values()))
     rows: List[dict] = []
     errors: List[str] = []

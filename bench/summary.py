@@ -54,7 +54,9 @@ def issue3(rows: List[dict], backend_report: dict) -> List[str]:
     for backend in ("reference", "foreach", "cpu"):
         row = find(rows, suite="step", workload=set_name, method="sassha", backend=backend)
         if row is None:
-            lines.append(f"  SASSHA {backend}: not measured ({backend_report.get(backend, '?')})")
+            why = backend_report.get(backend, "")
+            lines.append(f"  SASSHA {backend}: not measured in this run"
+                         + ("" if why.startswith("runs on") else f" ({why})"))
             continue
         line = f"  SASSHA {backend}: {row['median_ms']:.1f} ms, {row['gbps']:.2f} GB/s"
         if adamw:

@@ -146,6 +146,10 @@ def run(spec: dict) -> dict:
     window = spec["lazy_hessian"]
     times = timed_iterations(iteration, device, window * spec["windows"])
     means = [statistics.fmean(times[i:i + window]) for i in range(0, len(times), window)]
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        # NaN arithmetic can run at another speed: such a run measures nothing useful.
+        raise RuntimeError(f"{spec['method']} diverged on {spec['model']} (non-finite "
+                           "parameters): its timings would not be representative")
     return dict(backend=backend(), window_means_s=means, iteration_s=times,
                 params=sum(p.numel() for p in model.parameters()),
                 tensors=sum(1 for _ in model.parameters()), **probe.result())

@@ -165,7 +165,7 @@ def test_issue3_summary_says_why_a_backend_is_missing():
     rows = [_step_row("torch", "adamw-fused", 100.0, 20.0),
             _step_row("reference", "sassha", 1000.0, 3.0)]
     lines = summary.issue3(rows, {"cpu": "cannot import sassha_fast.backends.cpu"})
-    assert any("cpu: not measured (cannot import" in line for line in lines)
+    assert any("cpu: not measured in this run (cannot import" in line for line in lines)
 
 
 # -- whole runs -------------------------------------------------------------------------
@@ -241,3 +241,14 @@ def test_quick_profile_holds_the_sets_issues_2_and_3_ask_for():
     full = profile("full", CPU, 1.0)  # a 1 GiB cap bounds the sweep
     sweep = [s.numel for s in full.step_sets if s.name.startswith("sweep")]
     assert sweep and max(sweep) * 48 <= 2**30
+
+
+def test_a_diverged_training_run_is_refused(monkeypatch):
+    def diverging(method, model, *args):
+        def iteration():
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return iteration, lambda: "none"
+    monkeypatch.setattr(train_worker, "make_iteration", diverging)
+    with pytest.raises(RuntimeError, match="diverged"):
+        train_worker.run(dict(TINY_GPT, method="adamw"))
