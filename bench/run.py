@@ -59,6 +59,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                              "(default: both)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="parameter dtype of the step and ops suites (default float32)")
+    parser.add_argument("--list", action="store_true",
+                        help="print the planned measurements and exit")
     parser.add_argument("--memory-cap-gib", type=float, default=16.0,
                         help="--full's sweep stops before this much memory (or half of what "
                              "is free) would be needed (default 16)")
@@ -191,6 +193,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                "ops": lambda: ops_jobs(prof, args, device, dtype, names),
                "train": lambda: train_jobs(prof, args, device)}
     jobs = {suite: planned[suite]() for suite in SUITES if suite in args.suites}
+    if args.list:
+        for suite_jobs in jobs.values():
+            print("\n".join(f"{job.suite} {job.label}" for job in suite_jobs))
+        return 0
     print(f"sassha_fast benchmarks ({args.profile}) on {info['device_name']} [{device}], "
           f"torch {info['torch']}, backends: {', '.join(names)}", flush=True)
     load = info["load_average_before"][0]
