@@ -115,7 +115,7 @@ def step_jobs(prof: Profile, args, device, dtype, names: List[str]) -> List[Job]
     cache = Materialized(lambda s: step_suite.materialize(s, device, dtype))
     jobs = []
     for param_set in _selected(prof, args.sets, prof.step_sets):
-        for case in step_suite.cases(device, names):
+        for case in step_suite.cases(names):
             def run(case=case, param_set=param_set):
                 return [step_suite.run_case(case, param_set, cache.get(param_set), device,
                                             prof.step_budget)]

@@ -106,7 +106,7 @@ def _hessian_ema(backend: str) -> Callable[[Tensors, torch.device], Iteration]:
     return build
 
 
-def cases(device: torch.device, backends: List[str]) -> List[Case]:
+def cases(backends: List[str]) -> List[Case]:
     out = [Case("adamw-forloop", "torch", "adamw", _adamw(dict(foreach=False))),
            Case("adamw-foreach", "torch", "adamw", _adamw(dict(foreach=True))),
            Case("adamw-fused", "torch", "adamw", _adamw(dict(fused=True))),
