@@ -2,7 +2,7 @@
 schedule, backend dispatch and checkpointing. The update rules live in the subclasses."""
 import warnings
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -23,6 +23,18 @@ class Entry(NamedTuple):
     param: Tensor
     state: dict
     hessian_now: bool  # a Hessian estimate was computed for it in this step
+
+
+class Bucket(NamedTuple):
+    """Parameters of one group that one op call updates: same device, dtype, step count,
+    Hessian refresh, second bias correction and subclass-specific ``extra``."""
+    ops: "backends.Ops"
+    params: List[Tensor]
+    exp_avgs: List[Tensor]
+    exp_hessians: List[Tensor]
+    step: int
+    bias_correction2: float
+    extra: object
 
 
 class Plan(NamedTuple):
@@ -194,6 +206,24 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     def _apply_update(self, plan: Plan, hessian_power: Optional[float]) -> None:
         raise NotImplementedError
+
+    def _update_buckets(self, plan: Plan, entries: List[Entry], beta2: float,
+                        extra: Callable[[Tensor], object] = lambda p: None) -> Iterator[Bucket]:
+        """A group's entries split into op calls, each with its fresh Hessian estimates
+        already folded into D (the EMA), ready for the subclass's update op."""
+        def key(entry):
+            return (entry.param.device, entry.param.dtype, entry.state["step"],
+                    entry.hessian_now, entry.state["bias_correction2"], extra(entry.param))
+
+        for (device, _, step, hessian_now, bias_correction2, extra_value), bucket in \
+                buckets(entries, key).items():
+            ops = self.ops(device)
+            params = [e.param for e in bucket]
+            exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
+            if hessian_now:
+                ops.hessian_ema(exp_hessians, [plan.hessians[p] for p in params], beta2)
+            yield Bucket(ops, params, [e.state["exp_avg"] for e in bucket], exp_hessians,
+                         step, bias_correction2, extra_value)
 
     @staticmethod
     def _backward(loss: Tensor, create_graph: bool) -> None:

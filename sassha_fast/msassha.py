@@ -89,24 +89,13 @@ class MSASSHA(HessianOptimizer):
                 if entry.hessian_now:
                     entry.state["bias_correction2"] = 1 - beta2 ** entry.state["step"]
 
-            def key(entry):
-                p, state = entry.param, entry.state
-                return (p.device, p.dtype, state["step"], entry.hessian_now,
-                        state["bias_correction2"])
-
-            for (device, _, step, hessian_now, bias_correction2), bucket in \
-                    buckets(entries, key).items():
-                ops = self.ops(device)
-                params = [e.param for e in bucket]
-                exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
-                if hessian_now:
-                    ops.hessian_ema(exp_hessians, [plan.hessians[p] for p in params], beta2)
-                squares.append(ops.msassha_update(
-                    params, [p.grad for p in params], [e.state["exp_avg"] for e in bucket],
-                    exp_hessians, norm_factor=norm_factor, lr=group["lr"],
+            for bucket in self._update_buckets(plan, entries, beta2):
+                squares.append(bucket.ops.msassha_update(
+                    bucket.params, [p.grad for p in bucket.params], bucket.exp_avgs,
+                    bucket.exp_hessians, norm_factor=norm_factor, lr=group["lr"],
                     weight_decay=group["weight_decay"], beta1=beta1,
-                    bias_correction1=1 - beta1 ** step,
-                    bias_correction2=bias_correction2 ** power, hessian_power=power,
+                    bias_correction1=1 - beta1 ** bucket.step,
+                    bias_correction2=bucket.bias_correction2 ** power, hessian_power=power,
                     eps=group["eps"]))
             stepped = {id(e.param) for e in entries}
             stale.append([p for p in self._momentum_params(group) if id(p) not in stepped])

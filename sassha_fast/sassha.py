@@ -89,25 +89,16 @@ class SASSHA(HessianOptimizer):
                 if entry.hessian_now:
                     entry.state["bias_correction2"] = (1 - beta2 ** entry.state["step"]) ** power
 
-            def key(entry):
-                p, state = entry.param, entry.state
-                return (p.device, p.dtype, state["step"], entry.hessian_now,
-                        state["bias_correction2"], p in self._perturbation)
-
-            for (device, _, step, hessian_now, bias_correction2, perturbed), bucket in \
-                    buckets(entries, key).items():
-                ops = self.ops(device)
-                params = [e.param for e in bucket]
-                exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
-                if hessian_now:
-                    ops.hessian_ema(exp_hessians, [plan.hessians[p] for p in params], beta2)
-                ops.sassha_update(
-                    params, [p.grad for p in params], [e.state["exp_avg"] for e in bucket],
-                    exp_hessians,
-                    [self._perturbation.pop(p) for p in params] if perturbed else None,
+            for bucket in self._update_buckets(plan, entries, beta2,
+                                               extra=lambda p: p in self._perturbation):
+                bucket.ops.sassha_update(
+                    bucket.params, [p.grad for p in bucket.params], bucket.exp_avgs,
+                    bucket.exp_hessians,
+                    [self._perturbation.pop(p) for p in bucket.params] if bucket.extra else None,
                     lr=group["lr"], weight_decay=group["weight_decay"], beta1=beta1,
-                    bias_correction1=1 - beta1 ** step, bias_correction2=bias_correction2,
-                    hessian_power=power, eps=group["eps"])
+                    bias_correction1=1 - beta1 ** bucket.step,
+                    bias_correction2=bucket.bias_correction2, hessian_power=power,
+                    eps=group["eps"])
         # Perturbed parameters that got no gradient in the second pass.
         self.unperturb()
 

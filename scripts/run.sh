@@ -16,8 +16,10 @@ if [ ! -x "$PY" ]; then
   python3 -m venv .venv
 fi
 if ! "$PY" -c "import torch, numpy, ninja, pytest, pytest_timeout, matplotlib" 2>/dev/null; then
-  "$PY" -m pip install -q "torch==${SASSHA_TORCH_VERSION:-2.14.1}"
-  "$PY" -m pip install -q -r requirements-dev.txt
+  # This machine's local package index lists locations it lacks; pip warns for each.
+  quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+  quiet "$PY" -m pip install -q "torch==${SASSHA_TORCH_VERSION:-2.14.1}"
+  quiet "$PY" -m pip install -q -r requirements-dev.txt
 fi
 
 # pip builds an editable install from scratch every time, so rebuild only when the compiled

@@ -129,7 +129,8 @@ def check_name(name: str) -> None:
     """ValueError for an unknown backend name, RuntimeError for one that cannot run here."""
     if name == "auto":
         return
-    _load(name)
+    if name not in BACKEND_MODULES:
+        _load(name)  # raises the ValueError that lists the valid names
     reason = _unavailable_reason(name)
     if reason is not None:
         raise RuntimeError(f"sassha_fast backend {name!r} is unavailable: {reason}")

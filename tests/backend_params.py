@@ -1,0 +1,33 @@
+"""Which (backend, device) pairs the parametrized tests run: every fused backend usable in
+this process, on every device it supports. An unusable backend is one skip whose reason is the backend's
+own explanation."""
+from typing import List
+
+import pytest
+import torch
+
+from sassha_fast import available_backends
+from sassha_fast.backends import BACKEND_MODULES, _load
+
+FUSED_BACKENDS = [name for name in BACKEND_MODULES if name != "reference"]
+
+
+def devices() -> List[torch.device]:
+    found = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        found.append(torch.device("cuda"))
+    return found
+
+
+def backend_device_params(names=None, device_types=None) -> list:
+    report = available_backends()
+    params = []
+    for name in names or FUSED_BACKENDS:
+        if not report[name].available:
+            params.append(pytest.param(name, None, id=name, marks=pytest.mark.skip(
+                reason=f"backend {name!r} unavailable here: {report[name].reason}")))
+            continue
+        params += [pytest.param(name, device, id=f"{name}-{device.type}")
+                   for device in devices() if _load(name).supports(device)
+                   and (device_types is None or device.type in device_types)]
+    return params
