@@ -6,9 +6,11 @@ import torch
 from .shapes import ParamSet, named_sets, sweep_set
 from .timing import Budget
 
-# Bytes per parameter element the heaviest step-suite method holds at once (parameters, two
-# gradients, SAM-AdamW's perturbation and two moments, foreach temporaries), with room.
-SWEEP_BYTES_PER_ELEMENT = 48
+# Bytes per fp32 parameter element the step suite holds at once, all its methods' states
+# living together while they are timed in turns: parameters and two gradients (12), three
+# AdamWs (24), SAM-AdamW (12), SAM-SGD (8), per backend SASSHA's two moments and the
+# Hessian-EMA case's buffer (12, four backends: 48), foreach temporaries (8).
+SWEEP_BYTES_PER_ELEMENT = 112
 
 
 class TrainModel(NamedTuple):

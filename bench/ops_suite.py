@@ -1,6 +1,7 @@
 """Ops suite: each fused op of each usable backend on one parameter set, with its bandwidth
 as a fraction of a plain copy's that moves the same number of bytes (``torch copy_`` of one
-flat buffer into another, on the same device, measured in the same run)."""
+flat buffer into another, on the same device, measured in the same run). All of a set's
+measurements are timed in turns (bench/timing.py)."""
 from typing import Callable, Dict, List, NamedTuple
 
 import torch
@@ -10,7 +11,7 @@ from sassha_fast import backends as sassha_backends
 
 from . import traffic
 from .shapes import ParamSet, format_bytes, random_tensors
-from .timing import Budget, measure
+from .timing import Budget, Timing, measure_all
 
 # Hyper-parameters of a typical step; the values do not change the work.
 UPDATE = dict(lr=1e-3, weight_decay=1e-2, beta1=0.9, bias_correction1=0.5,
@@ -60,30 +61,37 @@ OP_NAMES = ("global_norm", "perturb", "sassha_update", "hessian_ema", "msassha_u
 
 
 def _row(param_set: ParamSet, dtype: torch.dtype, method: str, backend: str, moved: int,
-         seconds, reps: int, extra: dict) -> dict:
-    median_s, min_s, max_s = seconds
+         timing: Timing) -> dict:
     return dict(suite="ops", workload=param_set.name, params=param_set.numel,
                 tensors=param_set.tensors, dtype=str(dtype).replace("torch.", ""), method=method,
-                backend=backend, median_ms=median_s * 1e3, min_ms=min_s * 1e3,
-                max_ms=max_s * 1e3, reps=reps, bytes=moved, gbps=moved / median_s / 1e9,
-                **extra)
+                backend=backend, median_ms=timing.median_s * 1e3, min_ms=timing.min_s * 1e3,
+                max_ms=timing.max_s * 1e3, reps=timing.reps, bytes=moved,
+                gbps=moved / timing.median_s / 1e9)
 
 
-def run_op(backend: str, op: str, param_set: ParamSet, t: OpTensors, device: torch.device,
-           budget: Budget) -> dict:
-    ops = sassha_backends.resolve(backend, device)
-    timing = measure(op_calls(ops, t, device)[op], device, budget)
-    dtype = t.params[0].dtype
-    return _row(param_set, dtype, op, backend, traffic.traffic_bytes(op, param_set.numel, dtype),
-                timing[:3], timing.reps, {})
-
-
-def run_copy(moved: int, param_set: ParamSet, device: torch.device, dtype: torch.dtype,
-             budget: Budget) -> dict:
-    """A copy moving ``moved`` bytes: read ``moved / 2``, write as many."""
-    numel = moved // 2 // torch.empty((), dtype=torch.float32).element_size()
-    src = torch.rand(numel, device=device)
+def copy_calls(sizes: List[int], device: torch.device) -> List[Callable[[], object]]:
+    """For each traffic size (bytes), a copy moving that many: read half, write half, as
+    slices of one pair of fp32 buffers."""
+    numels = [moved // 2 // 4 for moved in sizes]
+    src = torch.rand(max(numels), device=device)
     dst = torch.empty_like(src)
-    timing = measure(lambda: dst.copy_(src), device, budget)
-    return _row(param_set, dtype, f"copy {format_bytes(moved)}", "torch copy_", moved,
-                timing[:3], timing.reps, {})
+    return [lambda n=n: dst[:n].copy_(src[:n]) for n in numels]
+
+
+def run_set(param_set: ParamSet, t: OpTensors, backends: List[str], device: torch.device,
+            budget: Budget) -> List[dict]:
+    """Every op of every backend and the copies, timed in turns."""
+    dtype = t.params[0].dtype
+    labels, calls = [], []
+    for backend in backends:
+        for op, call in op_calls(sassha_backends.resolve(backend, device), t, device).items():
+            labels.append((op, backend, traffic.traffic_bytes(op, param_set.numel, dtype)))
+            calls.append(call)
+    sizes = sorted({moved for _, _, moved in labels})
+    labels += [(f"copy {format_bytes(moved)}", "torch copy_", moved) for moved in sizes]
+    calls += copy_calls(sizes, device)
+    timings = measure_all(calls, device, budget)
+    rows = [_row(param_set, dtype, op, backend, moved, timing)
+            for (op, backend, moved), timing in zip(labels, timings)]
+    copies = rows[len(rows) - len(sizes):]
+    return copies + rows[:len(rows) - len(sizes)]

@@ -14,7 +14,7 @@ from . import backends, meta, ops_suite, output, step_suite, summary, table, tra
 from .config import Profile, profile
 from .progress import Progress
 from .results import add_ratios
-from .shapes import ParamSet, format_bytes
+from .shapes import ParamSet
 
 SUITES = ("step", "ops", "train")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -85,26 +85,6 @@ def _selected(prof: Profile, names: str, default) -> List[ParamSet]:
     return [known[n] for n in wanted]
 
 
-class Materialized:
-    """The tensors of one parameter set at a time (freed when another set is asked for)."""
-
-    def __init__(self, make: Callable[[ParamSet], object]):
-        self.make = make
-        self.name: Optional[str] = None
-        self.tensors = None
-
-    def get(self, param_set: ParamSet):
-        if self.name != param_set.name:
-            self.clear()
-            self.tensors = self.make(param_set)
-            self.name = param_set.name
-        return self.tensors
-
-    def clear(self) -> None:
-        self.name = self.tensors = None
-        release_memory()
-
-
 def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -112,36 +92,23 @@ def release_memory() -> None:
 
 
 def step_jobs(prof: Profile, args, device, dtype, names: List[str]) -> List[Job]:
-    cache = Materialized(lambda s: step_suite.materialize(s, device, dtype))
-    jobs = []
-    for param_set in _selected(prof, args.sets, prof.step_sets):
-        for case in step_suite.cases(names):
-            def run(case=case, param_set=param_set):
-                return [step_suite.run_case(case, param_set, cache.get(param_set), device,
-                                            prof.step_budget)]
-            jobs.append(Job("step", f"{param_set.name}: {case.method} [{case.backend}]", run))
-    jobs.append(Job("step", "(freeing memory)", lambda: cache.clear() or []))
-    return jobs
+    cases = step_suite.cases(names)
+
+    def run(param_set: ParamSet) -> List[dict]:
+        tensors = step_suite.materialize(param_set, device, dtype)
+        return step_suite.run_set(param_set, tensors, cases, device, prof.step_budget)
+    return [Job("step", f"{param_set.name}: {len(cases)} methods in turns",
+                lambda param_set=param_set: run(param_set))
+            for param_set in _selected(prof, args.sets, prof.step_sets)]
 
 
 def ops_jobs(prof: Profile, args, device, dtype, names: List[str]) -> List[Job]:
-    cache = Materialized(lambda s: ops_suite.materialize(s, device, dtype))
-    jobs = []
-    for param_set in _selected(prof, args.sets, prof.ops_sets):
-        sizes = sorted({traffic.traffic_bytes(op, param_set.numel, dtype)
-                        for op in ops_suite.OP_NAMES})
-        for moved in sizes:
-            def copy(moved=moved, param_set=param_set):
-                return [ops_suite.run_copy(moved, param_set, device, dtype, prof.ops_budget)]
-            jobs.append(Job("ops", f"{param_set.name}: copy {format_bytes(moved)}", copy))
-        for name in names:
-            for op in ops_suite.OP_NAMES:
-                def run(name=name, op=op, param_set=param_set):
-                    return [ops_suite.run_op(name, op, param_set, cache.get(param_set), device,
-                                             prof.ops_budget)]
-                jobs.append(Job("ops", f"{param_set.name}: {op} [{name}]", run))
-    jobs.append(Job("ops", "(freeing memory)", lambda: cache.clear() or []))
-    return jobs
+    def run(param_set: ParamSet) -> List[dict]:
+        tensors = ops_suite.materialize(param_set, device, dtype)
+        return ops_suite.run_set(param_set, tensors, names, device, prof.ops_budget)
+    return [Job("ops", f"{param_set.name}: {len(ops_suite.OP_NAMES)} ops x {len(names)} "
+                       "backends and copies in turns", lambda param_set=param_set: run(param_set))
+            for param_set in _selected(prof, args.sets, prof.ops_sets)]
 
 
 def train_jobs(prof: Profile, args, device) -> List[Job]:

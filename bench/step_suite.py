@@ -1,6 +1,7 @@
 """Optimizer-step suite: the optimizer's own work per iteration, no model.
 
-Every method runs on the same parameter set with gradients already present:
+Every method runs on the same parameter set with gradients already present, all methods of
+a set timed in turns (bench/timing.py):
   AdamW (for-loop, foreach, fused): ``step()``;
   SAM with AdamW / SGD as base (bench/sam.py): perturb with g1, then leave x + e and take
   the base step with g2;
@@ -19,7 +20,7 @@ from sassha_fast import backends as sassha_backends
 from . import traffic
 from .sam import SAM
 from .shapes import ParamSet, random_tensors
-from .timing import Budget, measure
+from .timing import Budget, measure_all
 
 Iteration = Callable[[], object]
 # A Hessian interval no benchmark reaches: every timed SASSHA step is a non-Hessian one.
@@ -58,8 +59,13 @@ def set_grads(params: List[Tensor], grads: List[Tensor]) -> None:
 
 def _adamw(impl: dict) -> Callable[[Tensors, torch.device], Iteration]:
     def build(t: Tensors, device: torch.device) -> Iteration:
-        set_grads(t.params, t.g2)
-        return torch.optim.AdamW(t.params, **ADAMW, **impl).step
+        opt = torch.optim.AdamW(t.params, **ADAMW, **impl)
+
+        def iteration():
+            # The other methods, timed in turns with this one, leave other gradients.
+            set_grads(t.params, t.g2)
+            opt.step()
+        return iteration
     return build
 
 
@@ -118,15 +124,19 @@ def cases(backends: List[str]) -> List[Case]:
     return out
 
 
-def run_case(case: Case, param_set: ParamSet, tensors: Tensors, device: torch.device,
-             budget: Budget) -> dict:
-    iteration = case.build(tensors, device)
-    timing = measure(iteration, device, budget)
+def run_set(param_set: ParamSet, tensors: Tensors, cases_: List[Case], device: torch.device,
+            budget: Budget) -> List[dict]:
+    """Every case on one set, timed in turns (all their optimizer states live at once)."""
+    iterations = [case.build(tensors, device) for case in cases_]
+    timings = measure_all(iterations, device, budget)
     dtype = tensors.params[0].dtype
-    moved = traffic.traffic_bytes(case.traffic, param_set.numel, dtype)
-    return dict(suite="step", workload=param_set.name, params=param_set.numel,
-                tensors=param_set.tensors, dtype=str(dtype).replace("torch.", ""),
-                method=case.method, backend=case.backend,
-                median_ms=timing.median_s * 1e3, min_ms=timing.min_s * 1e3,
-                max_ms=timing.max_s * 1e3, reps=timing.reps, bytes=moved,
-                gbps=moved / timing.median_s / 1e9)
+    rows = []
+    for case, timing in zip(cases_, timings):
+        moved = traffic.traffic_bytes(case.traffic, param_set.numel, dtype)
+        rows.append(dict(suite="step", workload=param_set.name, params=param_set.numel,
+                         tensors=param_set.tensors, dtype=str(dtype).replace("torch.", ""),
+                         method=case.method, backend=case.backend,
+                         median_ms=timing.median_s * 1e3, min_ms=timing.min_s * 1e3,
+                         max_ms=timing.max_s * 1e3, reps=timing.reps, bytes=moved,
+                         gbps=moved / timing.median_s / 1e9))
+    return rows
