@@ -118,10 +118,9 @@ def train_jobs(prof: Profile, args, device) -> List[Job]:
     if prefixes and not models:
         raise SystemExit(f"--models {args.models} matches none of "
                          f"{', '.join(m.label for m in prof.train_models)}")
-    return [Job("train", f"{model.label}: {method}",
-                lambda model=model, method=method: [train_suite.run_method(model, method, device,
-                                                                           prof)])
-            for model in models for method in train_suite.METHODS]
+    return [Job("train", f"{model.label}: {len(train_suite.METHODS)} methods in turns",
+                lambda model=model: train_suite.run_model(model, device, prof))
+            for model in models]
 
 
 def run_jobs(jobs: List[Job], progress: Progress, errors: List[str]) -> List[dict]:

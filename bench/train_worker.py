@@ -1,5 +1,6 @@
-"""One training-suite measurement in a fresh process, so that its peak memory is its own:
-``python -m bench.train_worker '<json spec>'`` prints one line ``BENCH_RESULT <json>``.
+"""One training-suite method in a fresh process, so that its peak memory is its own:
+``python -m bench.train_worker '<json spec>'`` builds it, then times it window by window on
+the parent's command (see ``serve``), so that the parent can time methods in turns.
 
 Iterations are timed one by one; SASSHA's Hessian is due once every ``lazy_hessian``
 iterations, so a window of that many consecutive iterations holds exactly one Hessian
@@ -9,7 +10,7 @@ import statistics
 import sys
 import time
 import warnings
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import torch
 from torch.nn import functional as F
@@ -23,6 +24,7 @@ from .sam import SAM
 from .timing import synchronize
 
 RESULT_PREFIX = "BENCH_RESULT "
+DONE = "BENCH_DONE"
 ADAMW = dict(lr=1e-3, weight_decay=1e-2)
 SASSHA_HP = dict(lr=0.15, weight_decay=5e-4)
 CREATE_GRAPH_WARNING = r"Using backward\(\) with create_graph=True"
@@ -133,32 +135,69 @@ def timed_iterations(iteration: Callable[[], object], device: torch.device, coun
     return times
 
 
+class Session:
+    """One method on one model, built once; timed window by window (so that a parent can
+    time several methods in turns), then summed up."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.device = torch.device(spec["device"])
+        generator = torch.Generator().manual_seed(spec.get("seed", 0))
+        torch.manual_seed(spec.get("seed", 0))
+        self.model, x, y, loss_fn = build_model(spec, self.device, generator)
+        self.iteration, self.backend = make_iteration(spec["method"], self.model, x, y,
+                                                      loss_fn, spec["lazy_hessian"])
+        self.probe = MemoryProbe(self.device)
+        self.probe.start()
+        self.times: List[float] = []
+
+    def warmup(self) -> None:
+        timed_iterations(self.iteration, self.device, self.spec["warmup"])
+
+    def window(self) -> None:
+        self.times += timed_iterations(self.iteration, self.device, self.spec["lazy_hessian"])
+
+    def finish(self) -> dict:
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            # NaN arithmetic can run at another speed: such a run measures nothing useful.
+            raise RuntimeError(f"{self.spec['method']} diverged on {self.spec['model']} "
+                               "(non-finite parameters): its timings would not be "
+                               "representative")
+        window = self.spec["lazy_hessian"]
+        means = [statistics.fmean(self.times[i:i + window])
+                 for i in range(0, len(self.times), window)]
+        return dict(backend=self.backend(), window_means_s=means, iteration_s=self.times,
+                    params=sum(p.numel() for p in self.model.parameters()),
+                    tensors=sum(1 for _ in self.model.parameters()), **self.probe.result())
+
+
 def run(spec: dict) -> dict:
-    device = torch.device(spec["device"])
-    generator = torch.Generator().manual_seed(spec.get("seed", 0))
-    torch.manual_seed(spec.get("seed", 0))
-    model, x, y, loss_fn = build_model(spec, device, generator)
-    iteration, backend = make_iteration(spec["method"], model, x, y, loss_fn,
-                                        spec["lazy_hessian"])
-    probe = MemoryProbe(device)
-    probe.start()
-    timed_iterations(iteration, device, spec["warmup"])
-    window = spec["lazy_hessian"]
-    times = timed_iterations(iteration, device, window * spec["windows"])
-    means = [statistics.fmean(times[i:i + window]) for i in range(0, len(times), window)]
-    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        # NaN arithmetic can run at another speed: such a run measures nothing useful.
-        raise RuntimeError(f"{spec['method']} diverged on {spec['model']} (non-finite "
-                           "parameters): its timings would not be representative")
-    return dict(backend=backend(), window_means_s=means, iteration_s=times,
-                params=sum(p.numel() for p in model.parameters()),
-                tensors=sum(1 for _ in model.parameters()), **probe.result())
+    """All of one method's windows in a row (in this process)."""
+    session = Session(spec)
+    session.warmup()
+    for _ in range(spec["windows"]):
+        session.window()
+    return session.finish()
 
 
-def main(argv) -> None:
-    result = run(json.loads(argv[0]))
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+def serve(spec: dict) -> None:
+    """Answer the parent's commands, one a line on stdin: "warmup" and "window" print
+    ``BENCH_DONE``; "finish" prints ``BENCH_RESULT <json>`` and ends."""
+    session = Session(spec)
+    print(DONE, flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "finish":
+            print(RESULT_PREFIX + json.dumps(session.finish()), flush=True)
+            return
+        if command == "warmup":
+            session.warmup()
+        elif command == "window":
+            session.window()
+        else:
+            raise ValueError(f"unknown command {command!r}")
+        print(DONE, flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    serve(json.loads(sys.argv[1]))

@@ -225,13 +225,22 @@ def test_training_iteration_of_every_method_runs(method):
         assert result["backend"] in run.backends.usable(CPU)
 
 
-def test_training_suite_measures_in_a_fresh_process():
-    prof = profile("smoke", CPU, 1.0)
+def test_training_suite_times_methods_in_fresh_processes():
+    prof = profile("smoke", CPU, 1.0)._replace(train_windows=2)
     model = prof.train_models[0]
-    row = train_suite.run_method(model, "sassha", CPU, prof)
-    assert row["workload"] == f"{model.label} batch {model.batch}"
-    assert row["iter_min_ms"] <= row["median_ms"] <= row["iter_max_ms"]
-    assert row["memory_measure"].startswith("peak RSS") and row["peak_mem_mb"] > row["mem_delta_mb"]
+    rows = train_suite.run_model(model, CPU, prof, methods=("adamw", "sassha"))
+    assert [r["method"] for r in rows] == ["adamw", "sassha"]
+    for row in rows:
+        assert row["workload"] == f"{model.label} batch {model.batch}" and row["reps"] == 2
+        assert row["iter_min_ms"] <= row["median_ms"] <= row["iter_max_ms"]
+        assert row["memory_measure"].startswith("peak RSS")
+        assert row["peak_mem_mb"] > row["mem_delta_mb"] > 0
+
+
+def test_a_failing_training_worker_reports_its_error():
+    prof = profile("smoke", CPU, 1.0)
+    with pytest.raises(RuntimeError, match="unknown training method"):
+        train_suite.run_model(prof.train_models[0], CPU, prof, methods=("lion",))
 
 
 def test_quick_profile_holds_the_sets_issues_2_and_3_ask_for():
