@@ -79,7 +79,7 @@ def profile(name: str, device: torch.device, memory_cap_gib: float) -> Profile:
         models = ((_resnet(32, 128), _gpt(4, 256, 4, 4096, 128, 16)) if gpu else
                   (_resnet(32, 8), _gpt(4, 128, 4, 2048, 64, 4)))
         return Profile(name, named + sweep, named[:1], budget, budget, models,
-                       train_warmup=3 if gpu else 2, train_windows=3 if gpu else 1,
+                       train_warmup=3 if gpu else 2, train_windows=3,
                        lazy_hessian=10)
     if name == "full":
         named = tuple(named_sets(gpt2_layers=12))
