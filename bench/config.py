@@ -1,0 +1,96 @@
+"""What each profile (--smoke, --quick, --full) measures on a CPU and on a GPU."""
+from typing import NamedTuple, Tuple
+
+import torch
+
+from .shapes import ParamSet, named_sets, sweep_set
+from .timing import Budget
+
+# Bytes per fp32 parameter element the step suite holds at once, all its methods' states
+# living together while they are timed in turns: parameters and two gradients (12), three
+# AdamWs (24), SAM-AdamW (12), SAM-SGD (8), per backend SASSHA's two moments and the
+# Hessian-EMA case's buffer (12, four backends: 48), foreach temporaries (8).
+SWEEP_BYTES_PER_ELEMENT = 112
+
+
+class TrainModel(NamedTuple):
+    model: str         # "cifar_resnet" (depth in model_kwargs) or "gpt"
+    label: str
+    model_kwargs: dict
+    batch: int
+
+
+class Profile(NamedTuple):
+    name: str
+    step_sets: Tuple[ParamSet, ...]
+    ops_sets: Tuple[ParamSet, ...]
+    step_budget: Budget
+    ops_budget: Budget
+    train_models: Tuple[TrainModel, ...]
+    train_warmup: int   # untimed iterations
+    train_windows: int  # timed windows of lazy_hessian iterations each
+    lazy_hessian: int
+
+
+def _resnet(depth: int, batch: int) -> TrainModel:
+    return TrainModel("cifar_resnet", f"resnet{depth}", dict(depth=depth), batch)
+
+
+def _gpt(layers: int, width: int, heads: int, vocab: int, context: int, batch: int) -> TrainModel:
+    return TrainModel("gpt", f"gpt-{layers}L-{width}", dict(layers=layers, width=width,
+                                                            heads=heads, vocab=vocab,
+                                                            context=context), batch)
+
+
+def memory_budget_bytes(device: torch.device, cap_gib: float) -> int:
+    """Half of what is free on the device now, at most ``cap_gib``."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        free = int(fields["MemAvailable"].split()[0]) * 1024
+    return int(min(free / 2, cap_gib * 2**30))
+
+
+def sweep_sizes(start: int, stop_bytes: int) -> Tuple[int, ...]:
+    """start, 4*start, 16*start, ... while the heaviest method fits in ``stop_bytes``."""
+    sizes, size = [], start
+    while size * SWEEP_BYTES_PER_ELEMENT <= stop_bytes:
+        sizes.append(size)
+        size *= 4
+    return tuple(sizes)
+
+
+def profile(name: str, device: torch.device, memory_cap_gib: float) -> Profile:
+    gpu = device.type == "cuda"
+    if name == "smoke":
+        sweep = tuple(sweep_set(n) for n in (10_000, 40_000))
+        once = Budget(warmup=1, min_reps=2, max_reps=2, target_s=0.0, min_rep_s=0.0)
+        return Profile(name, sweep, sweep[-1:], once, once,
+                       (_resnet(8, 2), _gpt(1, 32, 2, 64, 16, 2)),
+                       train_warmup=1, train_windows=1, lazy_hessian=2)
+    if name == "quick":
+        named = tuple(named_sets(gpt2_layers=12 if gpu else 4))
+        sweep = tuple(sweep_set(n) for n in ((10**6, 4 * 10**6, 16 * 10**6, 64 * 10**6,
+                                               256 * 10**6) if gpu else (10**6, 4 * 10**6)))
+        budget = Budget(warmup=3 if gpu else 1, min_reps=5 if gpu else 3, max_reps=50 if gpu else 10,
+                        target_s=0.5 if gpu else 1.0, min_rep_s=0.005)
+        models = ((_resnet(32, 128), _gpt(4, 256, 4, 4096, 128, 16)) if gpu else
+                  (_resnet(32, 8), _gpt(4, 128, 4, 2048, 64, 4)))
+        return Profile(name, named + sweep, named[:1], budget, budget, models,
+                       train_warmup=3 if gpu else 2, train_windows=3,
+                       lazy_hessian=10)
+    if name == "full":
+        named = tuple(named_sets(gpt2_layers=12))
+        sizes = sweep_sizes(10**6, memory_budget_bytes(device, memory_cap_gib))
+        sweep = tuple(sweep_set(n) for n in sizes)
+        budget = Budget(warmup=5 if gpu else 2, min_reps=10 if gpu else 5,
+                        max_reps=100 if gpu else 20, target_s=1.0 if gpu else 3.0,
+                        min_rep_s=0.01)
+        models = ((_resnet(32, 128), _gpt(4, 512, 8, 8192, 256, 32)) if gpu else
+                  (_resnet(32, 32), _gpt(4, 256, 4, 4096, 128, 8)))
+        return Profile(name, named + sweep, named, budget, budget, models,
+                       train_warmup=5 if gpu else 2, train_windows=5 if gpu else 3,
+                       lazy_hessian=10)
+    raise ValueError(f"unknown profile {name!r}")

@@ -1,0 +1,196 @@
+"""``python -m bench``: plan the jobs of the chosen suites, run them under a progress bar,
+print a table per suite and the issue summary, write CSV / JSON / markdown / PNG."""
+import argparse
+import gc
+import os
+import pathlib
+import sys
+import traceback
+from typing import Callable, List, NamedTuple, Optional
+
+import torch
+
+from . import backends, meta, ops_suite, output, step_suite, summary, table, traffic, train_suite
+from .config import Profile, profile
+from .progress import Progress
+from .results import add_ratios
+from .shapes import ParamSet
+
+SUITES = ("step", "ops", "train")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+class Job(NamedTuple):
+    suite: str
+    label: str
+    run: Callable[[], List[dict]]
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Throughput of SASSHA (sassha_fast backends) against AdamW and SAM.")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="profile", action="store_const", const="quick",
+                      help="model-shaped sets and a short sweep, small training batches "
+                           "(the default; ~6-8 min on a 2-core CPU)")
+    size.add_argument("--full", dest="profile", action="store_const", const="full",
+                      help="full GPT-2 small, a sweep up to the memory budget, larger batches, "
+                           "more repetitions (long)")
+    size.add_argument("--smoke", dest="profile", action="store_const", const="smoke",
+                      help="tiny sizes: checks the plumbing in seconds (numbers meaningless)")
+    parser.set_defaults(profile="quick")
+    parser.add_argument("--suite", default=",".join(SUITES),
+                        help="comma-separated suites among step, ops, train (default: all)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device (default: cuda if present, else cpu)")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="output folder (default: bench/results/<device kind>/)")
+    parser.add_argument("--backends", default="",
+                        help="comma-separated sassha_fast backends (default: every one usable "
+                             "on the device)")
+    parser.add_argument("--sets", default="",
+                        help="comma-separated parameter sets for the step and ops suites, "
+                             "among the profile's (e.g. resnet50,sweep-1M; default: the "
+                             "profile's step sets, and its ops sets for the ops suite)")
+    parser.add_argument("--models", default="",
+                        help="comma-separated training-model name prefixes, e.g. resnet,gpt "
+                             "(default: both)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="parameter dtype of the step and ops suites (default float32)")
+    parser.add_argument("--list", action="store_true",
+                        help="print the planned measurements and exit")
+    parser.add_argument("--memory-cap-gib", type=float, default=16.0,
+                        help="--full's sweep stops before this much memory (or half of what "
+                             "is free) would be needed (default 16)")
+    args = parser.parse_args(argv)
+    args.suites = [s for s in args.suite.split(",") if s]
+    unknown = set(args.suites) - set(SUITES)
+    if unknown or not args.suites:
+        parser.error(f"--suite takes a comma-separated subset of {', '.join(SUITES)}")
+    return args
+
+
+def _selected(prof: Profile, names: str, default) -> List[ParamSet]:
+    """The sets named in --sets (any of the profile's), else ``default``."""
+    wanted = [n for n in names.split(",") if n]
+    if not wanted:
+        return list(default)
+    known = {s.name: s for s in prof.step_sets + prof.ops_sets}
+    missing = [n for n in wanted if n not in known]
+    if missing:
+        raise SystemExit(f"unknown --sets {', '.join(missing)} (this profile has: "
+                         f"{', '.join(known)})")
+    return [known[n] for n in wanted]
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def step_jobs(prof: Profile, args, device, dtype, names: List[str]) -> List[Job]:
+    cases = step_suite.cases(names)
+
+    def run(param_set: ParamSet) -> List[dict]:
+        tensors = step_suite.materialize(param_set, device, dtype)
+        return step_suite.run_set(param_set, tensors, cases, device, prof.step_budget)
+    return [Job("step", f"{param_set.name}: {len(cases)} methods in turns",
+                lambda param_set=param_set: run(param_set))
+            for param_set in _selected(prof, args.sets, prof.step_sets)]
+
+
+def ops_jobs(prof: Profile, args, device, dtype, names: List[str]) -> List[Job]:
+    def run(param_set: ParamSet) -> List[dict]:
+        tensors = ops_suite.materialize(param_set, device, dtype)
+        return ops_suite.run_set(param_set, tensors, names, device, prof.ops_budget)
+    return [Job("ops", f"{param_set.name}: {len(ops_suite.OP_NAMES)} ops x {len(names)} "
+                       "backends and copies in turns", lambda param_set=param_set: run(param_set))
+            for param_set in _selected(prof, args.sets, prof.ops_sets)]
+
+
+def train_jobs(prof: Profile, args, device) -> List[Job]:
+    prefixes = [m for m in args.models.split(",") if m]
+    models = [m for m in prof.train_models
+              if not prefixes or any(m.label.startswith(p) for p in prefixes)]
+    if prefixes and not models:
+        raise SystemExit(f"--models {args.models} matches none of "
+                         f"{', '.join(m.label for m in prof.train_models)}")
+    return [Job("train", f"{model.label}: {len(train_suite.METHODS)} methods in turns",
+                lambda model=model: train_suite.run_model(model, device, prof))
+            for model in models]
+
+
+def run_jobs(jobs: List[Job], progress: Progress, errors: List[str]) -> List[dict]:
+    rows = []
+    for job in jobs:
+        progress.show(f"{job.suite} {job.label}")
+        try:
+            rows += job.run()
+        except Exception as exc:  # one failing measurement must not lose the others
+            progress.clear()
+            message = f"{job.suite} {job.label}: {type(exc).__name__}: {exc}"
+            errors.append(message)
+            print(f"FAILED {message}", file=sys.stderr)
+            traceback.print_exc(limit=3)
+        # Optimizer state and temporaries of one measurement must not weigh on the next.
+        release_memory()
+        progress.advance()
+    progress.clear()
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available here")
+    dtype = DTYPES[args.dtype]
+    prof = profile(args.profile, device, args.memory_cap_gib)
+    names = backends.usable(device, [b for b in args.backends.split(",") if b] or None)
+    info = meta.collect(device)
+    info.update(profile=args.profile, suites=args.suites, dtype=args.dtype,
+                backends=backends.report(device))
+    out = args.out or RESULTS / info["device_kind"]
+
+    planned = {"step": lambda: step_jobs(prof, args, device, dtype, names),
+               "ops": lambda: ops_jobs(prof, args, device, dtype, names),
+               "train": lambda: train_jobs(prof, args, device)}
+    jobs = {suite: planned[suite]() for suite in SUITES if suite in args.suites}
+    if args.list:
+        for suite_jobs in jobs.values():
+            print("\n".join(f"{job.suite} {job.label}" for job in suite_jobs))
+        return 0
+    print(f"sassha_fast benchmarks ({args.profile}) on {info['device_name']} [{device}], "
+          f"torch {info['torch']}, backends: {', '.join(names)}", flush=True)
+    load = info["load_average_before"][0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average {load:.1f} on {os.cpu_count()} CPUs: other work shares "
+              "the machine, timings will be noisy (compare ratios within one run)",
+              file=sys.stderr)
+    progress = Progress(sum(len(j) for j in jobs.values()))
+    rows: List[dict] = []
+    errors: List[str] = []
+    for suite, suite_jobs in jobs.items():
+        suite_rows = run_jobs(suite_jobs, progress, errors)
+        add_ratios(suite_rows)
+        rows += suite_rows
+        if suite_rows:
+            print("\n" + table.text(suite, suite_rows), flush=True)
+    info["load_average_after"] = os.getloadavg()
+    # The step and ops suites run here; the training suite's peaks are in its rows.
+    info["peak_memory_mb_this_process"] = meta.peak_memory_mb(device)
+    info["errors"] = errors
+    lines = summary.summarize(rows, info["backends"], device.type)
+    if lines:
+        print("\n" + "\n".join(lines))
+    written = output.write_all(rows, out, info, lines)
+    print(f"\npeak memory of this process (step and ops suites): "
+          f"{info['peak_memory_mb_this_process']:,.0f} MiB")
+    print("wrote " + ", ".join(written))
+    if errors:
+        print(f"{len(errors)} measurement(s) failed (see above)", file=sys.stderr)
+        return 1
+    return 0

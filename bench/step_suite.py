@@ -1,0 +1,142 @@
+"""Optimizer-step suite: the optimizer's own work per iteration, no model.
+
+Every method runs on the same parameter set with gradients already present, all methods of
+a set timed in turns (bench/timing.py):
+  AdamW (for-loop, foreach, fused): ``step()``;
+  SAM with AdamW / SGD as base (bench/sam.py): perturb with g1, then leave x + e and take
+  the base step with g2;
+  SASSHA per sassha_fast backend: ``perturb_weights()`` with g1, then ``step()`` with g2 (the
+  update also leaves x + e) on a non-Hessian step, through the package's frontend;
+  plus, per backend, the extra work of a Hessian step (the ``hessian_ema`` op alone).
+"""
+from typing import Callable, List, NamedTuple
+
+import torch
+from torch import Tensor
+
+from sassha_fast import SASSHA
+from sassha_fast import backends as sassha_backends
+
+from . import traffic
+from .sam import SAM
+from .shapes import ParamSet, random_tensors
+from .timing import Budget, measure_all
+
+Iteration = Callable[[], object]
+# A Hessian interval no benchmark reaches: every timed SASSHA step is a non-Hessian one.
+NEVER = 2 ** 62
+BETAS = (0.9, 0.999)
+ADAMW = dict(lr=1e-3, betas=BETAS, weight_decay=1e-2)
+SGD = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+
+class Tensors(NamedTuple):
+    params: List[Tensor]
+    g1: List[Tensor]  # gradient of the first pass
+    g2: List[Tensor]  # gradient at the perturbed point
+
+
+class Case(NamedTuple):
+    method: str
+    backend: str
+    traffic: str
+    build: Callable[[Tensors, torch.device], Iteration]
+
+
+def materialize(param_set: ParamSet, device: torch.device, dtype: torch.dtype,
+                seed: int = 0) -> Tensors:
+    generator = torch.Generator().manual_seed(seed)
+    params = random_tensors(param_set.shapes, device, dtype, 0.02, generator, requires_grad=True)
+    g1 = random_tensors(param_set.shapes, device, dtype, 1e-3, generator)
+    g2 = random_tensors(param_set.shapes, device, dtype, 1e-3, generator)
+    return Tensors(params, g1, g2)
+
+
+def set_grads(params: List[Tensor], grads: List[Tensor]) -> None:
+    for p, g in zip(params, grads):
+        p.grad = g
+
+
+def _adamw(impl: dict) -> Callable[[Tensors, torch.device], Iteration]:
+    def build(t: Tensors, device: torch.device) -> Iteration:
+        opt = torch.optim.AdamW(t.params, **ADAMW, **impl)
+
+        def iteration():
+            # The other methods, timed in turns with this one, leave other gradients.
+            set_grads(t.params, t.g2)
+            opt.step()
+        return iteration
+    return build
+
+
+def _two_pass(optimizer, perturb: Callable[[], None], t: Tensors) -> Iteration:
+    """g1 present -> perturb -> g2 present -> step (what SAM and SASSHA share)."""
+    def iteration():
+        set_grads(t.params, t.g1)
+        perturb()
+        set_grads(t.params, t.g2)
+        optimizer.step()
+    return iteration
+
+
+def _sam(base: type, base_kwargs: dict) -> Callable[[Tensors, torch.device], Iteration]:
+    def build(t: Tensors, device: torch.device) -> Iteration:
+        sam = SAM(t.params, base, rho=0.05, **base_kwargs)
+        return _two_pass(sam, sam.perturb, t)
+    return build
+
+
+def seed_sassha_state(opt: SASSHA, beta2: float = BETAS[1]) -> None:
+    """State as after a first Hessian step (D > 0), with the next Hessian never due."""
+    for p in opt.get_params():
+        opt.state[p].update(
+            step=1, hessian_step=1, exp_avg=torch.zeros_like(p, dtype=torch.float32),
+            exp_hessian_diag=torch.rand_like(p, dtype=torch.float32).add_(0.1),
+            bias_correction2=(1 - beta2) ** 0.5)
+
+
+def _sassha(backend: str) -> Callable[[Tensors, torch.device], Iteration]:
+    def build(t: Tensors, device: torch.device) -> Iteration:
+        opt = SASSHA(t.params, lr=ADAMW["lr"], betas=BETAS, weight_decay=ADAMW["weight_decay"],
+                     lazy_hessian=NEVER, backend=backend)
+        seed_sassha_state(opt)
+        return _two_pass(opt, opt.perturb_weights, t)
+    return build
+
+
+def _hessian_ema(backend: str) -> Callable[[Tensors, torch.device], Iteration]:
+    def build(t: Tensors, device: torch.device) -> Iteration:
+        ops = sassha_backends.resolve(backend, device)
+        exp_hessians = [torch.rand_like(p, dtype=torch.float32) for p in t.params]
+        return lambda: ops.hessian_ema(exp_hessians, t.g2, BETAS[1])
+    return build
+
+
+def cases(backends: List[str]) -> List[Case]:
+    out = [Case("adamw-forloop", "torch", "adamw", _adamw(dict(foreach=False))),
+           Case("adamw-foreach", "torch", "adamw", _adamw(dict(foreach=True))),
+           Case("adamw-fused", "torch", "adamw", _adamw(dict(fused=True))),
+           Case("sam-adamw", "per-tensor SAM", "sam_adamw", _sam(torch.optim.AdamW, ADAMW)),
+           Case("sam-sgd", "per-tensor SAM", "sam_sgd", _sam(torch.optim.SGD, SGD))]
+    out += [Case("sassha", name, "sassha", _sassha(name)) for name in backends]
+    out += [Case("sassha-hessian-ema", name, "hessian_ema", _hessian_ema(name))
+            for name in backends]
+    return out
+
+
+def run_set(param_set: ParamSet, tensors: Tensors, cases_: List[Case], device: torch.device,
+            budget: Budget) -> List[dict]:
+    """Every case on one set, timed in turns (all their optimizer states live at once)."""
+    iterations = [case.build(tensors, device) for case in cases_]
+    timings = measure_all(iterations, device, budget)
+    dtype = tensors.params[0].dtype
+    rows = []
+    for case, timing in zip(cases_, timings):
+        moved = traffic.traffic_bytes(case.traffic, param_set.numel, dtype)
+        rows.append(dict(suite="step", workload=param_set.name, params=param_set.numel,
+                         tensors=param_set.tensors, dtype=str(dtype).replace("torch.", ""),
+                         method=case.method, backend=case.backend,
+                         median_ms=timing.median_s * 1e3, min_ms=timing.min_s * 1e3,
+                         max_ms=timing.max_s * 1e3, reps=timing.reps, bytes=moved,
+                         gbps=moved / timing.median_s / 1e9))
+    return rows

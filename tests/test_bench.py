@@ -1,0 +1,263 @@
+"""The benchmark suite's plumbing on tiny sizes: it runs, writes well-formed CSV / JSON /
+markdown / PNG, counts bytes as bench/traffic.py says, and its SAM baseline is spec
+section 3. Timings themselves are not checked here (see `python -m bench`)."""
+import csv
+import io
+import json
+
+import pytest
+import torch
+
+from bench import run, shapes, summary, table, traffic, train_suite, train_worker
+from bench.config import profile
+from bench.progress import Progress
+from bench.results import COLUMNS, add_ratios
+from bench.sam import SAM
+from bench.step_suite import cases, materialize, seed_sassha_state
+from bench.timing import Budget, measure
+
+CPU = torch.device("cpu")
+
+
+# -- traffic model ----------------------------------------------------------------------
+
+def test_traffic_counts_each_tensor_once_per_pass():
+    assert traffic.bytes_per_element("adamw") == 7 * 4          # read p g m v, write p m v
+    assert traffic.bytes_per_element("copy") == 2 * 4
+    # norm(g1) | p, g1 -> p, e | p, e, g2, m, d -> p, m
+    assert traffic.bytes_per_element("sassha") == (1 + 4 + 7) * 4
+    assert traffic.bytes_per_element("sam_adamw") == (1 + 4 + 8) * 4
+    assert traffic.traffic_bytes("hessian_ema", 1000) == 12 * 1000
+
+
+def test_traffic_uses_fp32_state_only_where_the_method_keeps_it():
+    # SASSHA in bf16: p, g, e, h are 2 bytes, m and D stay 4 bytes.
+    assert traffic.bytes_per_element("sassha", torch.bfloat16) == 1 * 2 + 4 * 2 + (3 * 2 + 2 * 4) + (2 + 4)
+    # torch AdamW keeps its moments in the parameter's dtype.
+    assert traffic.bytes_per_element("adamw", torch.float16) == 7 * 2
+
+
+def test_traffic_rejects_unknown_methods():
+    with pytest.raises(ValueError, match="no traffic model"):
+        traffic.bytes_per_element("lion")
+
+
+# -- parameter sets ---------------------------------------------------------------------
+
+def test_model_shaped_sets_have_the_models_sizes():
+    by_name = {s.name: s for s in shapes.named_sets(gpt2_layers=12)}
+    assert (by_name["resnet50"].numel, by_name["resnet50"].tensors) == (25_557_032, 161)
+    assert (by_name["wide-resnet50-2"].numel, by_name["wide-resnet50-2"].tensors) == (68_883_240, 161)
+    assert (by_name["gpt2-small"].numel, by_name["gpt2-small"].tensors) == (124_439_808, 148)
+    sweep = shapes.sweep_set(1_000_000)
+    assert sweep.tensors == 161 and abs(sweep.numel - 1_000_000) < 200
+
+
+# -- SAM baseline against spec section 3, by hand -----------------------------------------
+
+def _sam_problem(adaptive):
+    p = torch.tensor([1.0, 2.0], requires_grad=True)
+    sam = SAM([p], torch.optim.SGD, rho=0.5, adaptive=adaptive, lr=0.1)
+    p.grad = torch.tensor([3.0, 4.0])
+    return p, sam
+
+
+def test_sam_perturbs_by_rho_times_normalized_gradient_then_steps_from_x():
+    p, sam = _sam_problem(adaptive=False)
+    sam.perturb()
+    # ||g1|| = 5: e = 0.5 * [3, 4] / 5 = [0.3, 0.4]
+    assert torch.allclose(p.detach(), torch.tensor([1.3, 2.4]))
+    assert p.grad is None
+    p.grad = torch.tensor([1.0, -1.0])  # g2 at x + e
+    sam.step()
+    # back to x, then SGD with g2: [1, 2] - 0.1 * [1, -1]
+    assert torch.allclose(p.detach(), torch.tensor([0.9, 2.1]))
+
+
+def test_adaptive_sam_scales_by_p_squared_and_uses_the_weighted_norm():
+    p, sam = _sam_problem(adaptive=True)
+    sam.perturb()
+    norm = (1.0 * 3.0) ** 2 + (2.0 * 4.0) ** 2  # || |p| * g1 ||^2 = 73
+    e = torch.tensor([3.0 * 1.0, 4.0 * 4.0]) * 0.5 / (norm ** 0.5 + 1e-12)
+    assert torch.allclose(p.detach(), torch.tensor([1.0, 2.0]) + e)
+    p.grad = torch.tensor([1.0, -1.0])
+    sam.step()
+    assert torch.allclose(p.detach(), torch.tensor([0.9, 2.1]))
+
+
+def test_sam_norm_spans_groups_each_with_its_rho():
+    a = torch.tensor([0.0], requires_grad=True)
+    b = torch.tensor([0.0], requires_grad=True)
+    sam = SAM([{"params": [a], "rho": 1.0}, {"params": [b], "rho": 2.0}], torch.optim.SGD, lr=0.1)
+    a.grad, b.grad = torch.tensor([3.0]), torch.tensor([4.0])
+    sam.perturb()
+    assert torch.allclose(a.detach(), torch.tensor([0.6])) and torch.allclose(b.detach(), torch.tensor([1.6]))
+
+
+# -- harness ----------------------------------------------------------------------------
+
+def test_measure_warms_up_then_times_the_requested_repetitions():
+    calls = []
+    budget = Budget(warmup=2, min_reps=3, max_reps=3, target_s=0.0, min_rep_s=0.0)
+    timing = measure(lambda: calls.append(1), CPU, budget)
+    assert timing.reps == 3 and len(calls) == 2 + 3 * timing.calls_per_rep
+    assert timing.min_s <= timing.median_s <= timing.max_s
+
+
+def test_sassha_step_case_times_a_non_hessian_step_that_updates():
+    param_set = shapes.sweep_set(2_000)
+    tensors = materialize(param_set, CPU, torch.float32)
+    case = next(c for c in cases(["reference"]) if c.method == "sassha")
+    before = [p.detach().clone() for p in tensors.params]
+    iteration = case.build(tensors, CPU)
+    # A due Hessian would raise here: the gradients carry no graph to differentiate.
+    iteration()
+    iteration()
+    assert any(not torch.equal(b, p) for b, p in zip(before, tensors.params))
+
+
+def test_seeded_state_makes_the_next_hessian_never_due():
+    from sassha_fast import SASSHA
+    p = torch.zeros(3, requires_grad=True)
+    opt = SASSHA([p], lazy_hessian=2 ** 62)
+    seed_sassha_state(opt)
+    assert not opt.hessian_due and opt.state[p]["exp_hessian_diag"].min() > 0
+
+
+def test_progress_writes_a_line_per_item_when_not_a_terminal():
+    stream = io.StringIO()
+    progress = Progress(2, stream=stream)
+    progress.show("first")
+    progress.advance()
+    progress.show("second")
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith("0/2 0m00s first") and "1/2" in lines[1]
+
+
+def test_table_columns_line_up():
+    rows = [dict(suite="step", workload="w", params=1000, tensors=3, method=m, backend="torch",
+                 median_ms=t, min_ms=t, max_ms=t, reps=3, bytes=10, gbps=1.0)
+            for m, t in (("adamw-fused", 2.0), ("sassha-long-name", 3.0))]
+    add_ratios(rows)
+    assert rows[1]["vs_baseline"] == pytest.approx(1.5)
+    lines = table.text("step", rows).splitlines()[1:]
+    assert len({len(line) for line in lines}) == 1
+    assert "1.50x" in lines[-1]
+
+
+def _step_row(backend, method, ms, gbps, workload="wide-resnet50-2"):
+    return dict(suite="step", workload=workload, params=68_883_240, tensors=161, method=method,
+                backend=backend, median_ms=ms, gbps=gbps)
+
+
+def test_issue3_summary_judges_the_cpu_backend_against_its_targets():
+    rows = [_step_row("torch", "adamw-fused", 100.0, 20.0),
+            _step_row("reference", "sassha", 1000.0, 3.0),
+            _step_row("cpu", "sassha", 150.0, 19.0)]
+    lines = summary.issue3(rows, {})
+    assert "95% of fused AdamW's GB/s" in lines[-1] and "6.7x faster" in lines[-1]
+    assert "MISSES" not in lines[-1]
+    rows[-1] = _step_row("cpu", "sassha", 300.0, 9.0)
+    assert summary.issue3(rows, {})[-1].count("MISSES") == 2
+
+
+def test_issue3_summary_says_why_a_backend_is_missing():
+    rows = [_step_row("torch", "adamw-fused", 100.0, 20.0),
+            _step_row("reference", "sassha", 1000.0, 3.0)]
+    lines = summary.issue3(rows, {"cpu": "cannot import sassha_fast.backends.cpu"})
+    assert any("cpu: not measured in this run (cannot import" in line for line in lines)
+
+
+# -- whole runs -------------------------------------------------------------------------
+
+def _read_csv(path):
+    with open(path) as handle:
+        body = [line for line in handle if not line.startswith("#")]
+    return list(csv.DictReader(body))
+
+
+def test_smoke_run_writes_csv_json_markdown_and_png(tmp_path):
+    assert run.main(["--smoke", "--suite", "step,ops", "--out", str(tmp_path)]) == 0
+    rows = _read_csv(tmp_path / "results.csv")
+    assert list(rows[0]) == list(COLUMNS)
+    backends = run.backends.usable(CPU)
+    step = [r for r in rows if r["suite"] == "step"]
+    methods = {(r["method"], r["backend"]) for r in step}
+    expected = {"adamw-forloop", "adamw-foreach", "adamw-fused", "sam-adamw", "sam-sgd"}
+    assert expected <= {m for m, _ in methods}
+    assert {("sassha", b) for b in backends} <= methods
+    assert {("sassha-hessian-ema", b) for b in backends} <= methods
+    ops = [r for r in rows if r["suite"] == "ops"]
+    assert {r["method"] for r in ops if r["backend"] != "torch copy_"} == set(run.ops_suite.OP_NAMES)
+    assert all(r["copy_fraction"] for r in ops if r["backend"] != "torch copy_")
+
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert {"meta", "summary", "results", "columns", "traffic_model"} <= set(payload)
+    assert {"date", "device_name", "torch", "commit", "backends"} <= set(payload["meta"])
+    for row in payload["results"]:
+        model = {"step": {"adamw-forloop": "adamw", "adamw-foreach": "adamw",
+                          "adamw-fused": "adamw", "sam-adamw": "sam_adamw",
+                          "sam-sgd": "sam_sgd", "sassha": "sassha",
+                          "sassha-hessian-ema": "hessian_ema"}.get(row["method"]),
+                 "ops": "copy" if row["backend"] == "torch copy_" else row["method"]}[row["suite"]]
+        if model != "copy":
+            assert row["bytes"] == traffic.traffic_bytes(model, row["params"])
+        assert row["gbps"] == pytest.approx(row["bytes"] / (row["median_ms"] / 1e3) / 1e9)
+        if row["method"] != "adamw-fused" and row["suite"] == "step":
+            assert row["baseline"] == "adamw-fused" and row["vs_baseline"] > 0
+
+    png = (tmp_path / "step.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| workload |" in markdown and "step.png" in markdown and "torch" in markdown
+
+
+TINY_GPT = dict(model="gpt", model_kwargs=dict(layers=1, width=16, heads=2, vocab=32, context=8),
+                batch=2, device="cpu", warmup=1, windows=1, lazy_hessian=2, seed=0)
+
+
+@pytest.mark.parametrize("method", train_suite.METHODS)
+def test_training_iteration_of_every_method_runs(method):
+    result = train_worker.run(dict(TINY_GPT, method=method))
+    assert len(result["iteration_s"]) == 2 and len(result["window_means_s"]) == 1
+    assert result["peak_mem_mb"] > 0 and result["backend"]
+    if method in ("sassha", "msassha"):
+        assert result["backend"] in run.backends.usable(CPU)
+
+
+def test_training_suite_times_methods_in_fresh_processes():
+    prof = profile("smoke", CPU, 1.0)._replace(train_windows=2)
+    model = prof.train_models[0]
+    rows = train_suite.run_model(model, CPU, prof, methods=("adamw", "sassha"))
+    assert [r["method"] for r in rows] == ["adamw", "sassha"]
+    for row in rows:
+        assert row["workload"] == f"{model.label} batch {model.batch}" and row["reps"] == 2
+        assert row["iter_min_ms"] <= row["median_ms"] <= row["iter_max_ms"]
+        assert row["memory_measure"].startswith("peak RSS")
+        assert row["peak_mem_mb"] > row["mem_delta_mb"] > 0
+
+
+def test_a_failing_training_worker_reports_its_error():
+    prof = profile("smoke", CPU, 1.0)
+    with pytest.raises(RuntimeError, match="unknown training method"):
+        train_suite.run_model(prof.train_models[0], CPU, prof, methods=("lion",))
+
+
+def test_quick_profile_holds_the_sets_issues_2_and_3_ask_for():
+    quick = profile("quick", CPU, 1.0)
+    assert any(s.tensors >= 150 and s.numel >= 20_000_000 for s in quick.step_sets)
+    assert any(s.tensors >= 160 and s.numel >= 50_000_000 for s in quick.step_sets)
+    full = profile("full", CPU, 1.0)  # a 1 GiB cap bounds the sweep
+    sweep = [s.numel for s in full.step_sets if s.name.startswith("sweep")]
+    assert sweep and max(sweep) * 112 <= 2**30
+
+
+def test_a_diverged_training_run_is_refused(monkeypatch):
+    def diverging(method, model, *args):
+        def iteration():
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return iteration, lambda: "none"
+    monkeypatch.setattr(train_worker, "make_iteration", diverging)
+    with pytest.raises(RuntimeError, match="diverged"):
+        train_worker.run(dict(TINY_GPT, method="adamw"))
