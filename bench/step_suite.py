@@ -6,7 +6,8 @@ a set timed in turns (bench/timing.py):
   SAM with AdamW / SGD as base (bench/sam.py): perturb with g1, then leave x + e and take
   the base step with g2;
   SASSHA per sassha_fast backend: ``perturb_weights()`` with g1, then ``step()`` with g2 (the
-  update also leaves x + e) on a non-Hessian step, through the package's frontend;
+  update also leaves x + e) on a non-Hessian step, through the package's frontend, with
+  ``nonfinite="ignore"`` (as AdamW, no inf/NaN check);
   plus, per backend, the extra work of a Hessian step (the ``hessian_ema`` op alone).
 """
 from typing import Callable, List, NamedTuple
@@ -97,8 +98,10 @@ def seed_sassha_state(opt: SASSHA, beta2: float = BETAS[1]) -> None:
 
 def _sassha(backend: str) -> Callable[[Tensors, torch.device], Iteration]:
     def build(t: Tensors, device: torch.device) -> Iteration:
+        # nonfinite="ignore": like AdamW without a GradScaler, no inf/NaN check (the default
+        # "skip" adds one read of g2 and a host synchronisation per step).
         opt = SASSHA(t.params, lr=ADAMW["lr"], betas=BETAS, weight_decay=ADAMW["weight_decay"],
-                     lazy_hessian=NEVER, backend=backend)
+                     lazy_hessian=NEVER, backend=backend, nonfinite="ignore")
         seed_sassha_state(opt)
         return _two_pass(opt, opt.perturb_weights, t)
     return build
