@@ -14,6 +14,7 @@ import torch
 from sassha_fast import _C, available_backends
 from sassha_fast.backends import cuda as cuda_backend
 from sassha_fast.backends import reference, resolve
+from tensor_lists import assert_lists_close, clone
 
 UNAVAILABLE = cuda_backend.unavailable_reason()
 needs_gpu = pytest.mark.skipif(UNAVAILABLE is not None,
@@ -63,17 +64,6 @@ class ListMaker:
             storage = (values.abs() if positive else values).to(dtype)
             out.append(storage[offset:].view(shape))
         return out
-
-
-def clone(tensors):
-    return [t.clone() for t in tensors]
-
-
-def assert_lists_close(actual, expected, **tolerance):
-    assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
-        assert a.dtype == e.dtype and a.shape == e.shape
-        torch.testing.assert_close(a, e, **tolerance)
 
 
 def scalar(value: float, kind: str):

@@ -8,6 +8,7 @@ import torch
 from sassha_fast.backends import reference, resolve
 
 from backend_params import backend_device_params
+from tensor_lists import assert_lists_close, clone
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPE_SETS = {
@@ -34,17 +35,6 @@ def tensors(shapes, dtype, device, positive=False, scale=1.0) -> List[torch.Tens
         t = torch.randn(shape, dtype=torch.float32) * scale
         out.append((t.abs() if positive else t).to(device=device, dtype=dtype))
     return out
-
-
-def clone(ts):
-    return [t.clone() for t in ts]
-
-
-def assert_lists_close(actual, expected, **tolerance):
-    assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
-        assert a.dtype == e.dtype and a.shape == e.shape
-        torch.testing.assert_close(a.cpu(), e.cpu(), **tolerance)
 
 
 def scalar(value: float, as_tensor: bool, device):
