@@ -51,9 +51,14 @@ class Plan(NamedTuple):
 
 def buckets(items: Iterable, key: Callable) -> "OrderedDict":
     """Items grouped by ``key(item)``, in first-seen order (each bucket is one op call)."""
+    items = list(items)
+    keys = [key(item) for item in items]
     grouped: "OrderedDict" = OrderedDict()
-    for item in items:
-        grouped.setdefault(key(item), []).append(item)
+    if keys and keys.count(keys[0]) == len(keys):  # the common case: one bucket
+        grouped[keys[0]] = items
+        return grouped
+    for item, item_key in zip(items, keys):
+        grouped.setdefault(item_key, []).append(item)
     return grouped
 
 
@@ -253,7 +258,7 @@ class HessianOptimizer(torch.optim.Optimizer):
             for entry in entries:
                 state = self._state_of(entry.param)
                 state["hessian_step"] += 1
-                committed.append(entry._replace(state=state))
+                committed.append(Entry(entry.param, state, entry.hessian_now))
             groups.append((group, committed))
         return plan._replace(groups=groups)
 

@@ -26,7 +26,7 @@ fi
 # sources changed; the Python sources are picked up live.
 stamp=.venv/.sassha_build_stamp
 sources_hash=$(cat setup.py $(find csrc triton_kernels -type f \( -name '*.cpp' -o -name '*.cu' \
-  -o -name '*.h' -o -name '*.cuh' \) -not -path 'csrc/generated/*' | sort) | sha256sum | cut -c1-64)
+  -o -name '*.h' -o -name '*.cuh' -o -name '*.inc' \) -not -path 'csrc/generated/*' | sort) | sha256sum | cut -c1-64)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$sources_hash" ] || ! "$PY" -c "import sassha_fast._C" 2>/dev/null; then
   echo "building sassha_fast (log: .venv/build.log)"
   if ! MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install -v --no-build-isolation -e . \

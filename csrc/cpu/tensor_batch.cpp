@@ -11,10 +11,20 @@ namespace sassha {
 namespace cpu {
 namespace {
 
-// Below this many elements per thread, starting a parallel region costs more than it saves.
-constexpr int64_t kMinElementsPerThread = 16384;
-// Threads' ranges start on multiples of this many elements (whole cache lines in fp32).
-constexpr int64_t kRangeAlignment = 64;
+// The flattened list is cut into chunks that threads take as they come free, so a core
+// slowed by other load holds no one up. Chunks are whole cache lines in fp32, big enough
+// that each streams at full speed and a parallel region pays for itself, and small enough
+// that every thread gets several.
+constexpr int64_t kMinChunk = 16384;
+constexpr int64_t kMaxChunk = 262144;
+constexpr int64_t kChunksWanted = 32;
+constexpr int64_t kChunkAlignment = 64;
+
+int64_t chunk_elements(int64_t total) {
+  const int64_t even = (total / kChunksWanted + kChunkAlignment - 1) / kChunkAlignment *
+                       kChunkAlignment;
+  return std::min(kMaxChunk, std::max(kMinChunk, even));
+}
 
 Dtype kernel_dtype(at::ScalarType type) {
   switch (type) {
@@ -101,25 +111,29 @@ double run(RangeKernel kernel, const Scalars& scalars, const std::vector<Span>& 
   for (size_t s = 0; s < spans.size(); ++s) offsets[s + 1] = offsets[s] + spans[s].numel;
   const int64_t total = offsets.back();
   if (total == 0) return 0.0;
+  const int64_t chunk = chunk_elements(total);
+  const int64_t chunks = (total + chunk - 1) / chunk;
+  // One sum per chunk, added in chunk order: a reduction gives the same bits whatever the
+  // thread count and whichever thread ran which chunk.
+  std::vector<double> sums(chunks, 0.0);
+  auto run_chunk = [&](int64_t c) {
+    sums[c] = run_range(kernel, scalars, spans, offsets, c * chunk,
+                        std::min(total, (c + 1) * chunk));
+  };
   int64_t threads = 1;
 #ifdef _OPENMP
-  if (!omp_in_parallel())
-    threads = std::min<int64_t>(at::get_num_threads(), total / kMinElementsPerThread);
+  if (!omp_in_parallel()) threads = std::min<int64_t>(at::get_num_threads(), chunks);
 #endif
-  if (threads <= 1) return run_range(kernel, scalars, spans, offsets, 0, total);
-  std::vector<double> partial(threads, 0.0);
+  if (threads <= 1) {
+    for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
+  } else {
 #ifdef _OPENMP
-#pragma omp parallel num_threads(static_cast<int>(threads))
-  {
-    const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
-    const int64_t per_thread = (total + team - 1) / team;
-    const int64_t chunk = (per_thread + kRangeAlignment - 1) / kRangeAlignment * kRangeAlignment;
-    const int64_t begin = std::min(total, me * chunk), end = std::min(total, begin + chunk);
-    partial[me] = run_range(kernel, scalars, spans, offsets, begin, end);
-  }
+#pragma omp parallel for num_threads(static_cast<int>(threads)) schedule(dynamic, 1)
 #endif
+    for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
+  }
   double sum = 0.0;
-  for (double p : partial) sum += p;
+  for (double s : sums) sum += s;
   return sum;
 }
 

@@ -40,9 +40,9 @@ class TensorBatch {
 };
 
 // Runs kernel over every element of every span. The spans are one index space, cut into
-// one contiguous range per thread (ranges cross tensor boundaries, so one huge tensor and
-// thousands of small ones both use every thread); small totals run on the calling thread.
-// Returns the sum of the kernel's results.
+// chunks that cross tensor boundaries (so one huge tensor and thousands of small ones both
+// use every thread) and that threads take dynamically; small totals run on the calling
+// thread. Returns the sum of the kernel's results, added in a fixed order.
 double run(RangeKernel kernel, const Scalars& scalars, const std::vector<Span>& spans);
 
 }  // namespace cpu
