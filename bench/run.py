@@ -34,7 +34,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="profile", action="store_const", const="quick",
                       help="model-shaped sets and a short sweep, small training batches "
-                           "(the default; ~6-8 min on a 2-core CPU)")
+                           "(the default; ~3 min on a 2-core CPU)")
     size.add_argument("--full", dest="profile", action="store_const", const="full",
                       help="full GPT-2 small, a sweep up to the memory budget, larger batches, "
                            "more repetitions (long)")
