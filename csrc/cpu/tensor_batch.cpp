@@ -116,22 +116,15 @@ double run(RangeKernel kernel, const Scalars& scalars, const std::vector<Span>& 
   // One sum per chunk, added in chunk order: a reduction gives the same bits whatever the
   // thread count and whichever thread ran which chunk.
   std::vector<double> sums(chunks, 0.0);
-  auto run_chunk = [&](int64_t c) {
-    sums[c] = run_range(kernel, scalars, spans, offsets, c * chunk,
-                        std::min(total, (c + 1) * chunk));
-  };
   int64_t threads = 1;
 #ifdef _OPENMP
   if (!omp_in_parallel()) threads = std::min<int64_t>(at::get_num_threads(), chunks);
+#pragma omp parallel for num_threads(static_cast<int>(threads)) schedule(dynamic, 1) \
+    if (threads > 1)
 #endif
-  if (threads <= 1) {
-    for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
-  } else {
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(static_cast<int>(threads)) schedule(dynamic, 1)
-#endif
-    for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
-  }
+  for (int64_t c = 0; c < chunks; ++c)
+    sums[c] = run_range(kernel, scalars, spans, offsets, c * chunk,
+                        std::min(total, (c + 1) * chunk));
   double sum = 0.0;
   for (double s : sums) sum += s;
   return sum;
