@@ -2,6 +2,15 @@
 import torch
 
 
+# The numerical contract of fused backends against the reference (spec section 4).
+STORED_TOLERANCE = {  # one rounding of a stored value may land on either neighbour
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.bfloat16: dict(rtol=2 ** -7, atol=1e-5),
+    torch.float16: dict(rtol=2 ** -10, atol=1e-5),
+}
+STATE_TOLERANCE = dict(rtol=1e-5, atol=1e-6)
+
+
 def clone(tensors):
     return [t.clone() for t in tensors]
 

@@ -17,6 +17,8 @@ import torch
 from sassha_fast import SASSHA, available_backends
 from sassha_fast.backends import reference, resolve
 
+from tensor_lists import STATE_TOLERANCE, STORED_TOLERANCE, clone
+
 pytestmark = pytest.mark.skipif(not available_backends()["cpu"].available,
                                 reason=f"cpu backend unavailable: {available_backends()['cpu']}")
 
@@ -24,12 +26,6 @@ if available_backends()["cpu"].available:
     from sassha_fast.backends import cpu
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-STORED_TOLERANCE = {
-    torch.float32: dict(rtol=1e-5, atol=1e-6),
-    torch.bfloat16: dict(rtol=2 ** -7, atol=1e-5),
-    torch.float16: dict(rtol=2 ** -10, atol=1e-5),
-}
-STATE_TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 HYPER = dict(lr=0.05, weight_decay=1e-2, beta1=0.9, bias_correction1=0.271, eps=1e-4)
 # Sizes around the smallest chunk threads take (16384 elements), so that chunks start and
 # end inside tensors and some chunks cover several tensors.
@@ -46,10 +42,6 @@ def inputs(shapes, dtype):
     return dict(params=make(dtype), grads=make(dtype), perturbations=make(dtype, scale=0.01),
                 exp_avgs=make(torch.float32, scale=0.1),
                 exp_hessians=make(torch.float32, positive=True), hessians=make(dtype))
-
-
-def clone(ts):
-    return [t.clone() for t in ts]
 
 
 def run_every_op(ops, x, hessian_power=0.5):

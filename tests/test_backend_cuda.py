@@ -14,7 +14,7 @@ import torch
 from sassha_fast import _C, available_backends
 from sassha_fast.backends import cuda as cuda_backend
 from sassha_fast.backends import reference, resolve
-from tensor_lists import assert_lists_close, clone
+from tensor_lists import STATE_TOLERANCE, STORED_TOLERANCE, assert_lists_close, clone
 
 UNAVAILABLE = cuda_backend.unavailable_reason()
 needs_gpu = pytest.mark.skipif(UNAVAILABLE is not None,
@@ -24,12 +24,6 @@ needs_cuda_part = pytest.mark.skipif(
 
 CHUNK = 65536  # elements per block of the launcher (checked in test_launch_plan_limits)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-STORED_TOLERANCE = {  # one rounding of the stored value may land on either neighbour
-    torch.float32: dict(rtol=1e-5, atol=1e-6),
-    torch.bfloat16: dict(rtol=2 ** -7, atol=1e-5),
-    torch.float16: dict(rtol=2 ** -10, atol=1e-5),
-}
-STATE_TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 
 # name -> (shapes, element offset of each list's tensors from an aligned address, cycled over
 # the lists). An odd offset forbids vector accesses to that list, hence to the whole tensor.

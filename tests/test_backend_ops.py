@@ -8,7 +8,7 @@ import torch
 from sassha_fast.backends import reference, resolve
 
 from backend_params import backend_device_params
-from tensor_lists import assert_lists_close, clone
+from tensor_lists import STATE_TOLERANCE, STORED_TOLERANCE, assert_lists_close, clone
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPE_SETS = {
@@ -19,12 +19,6 @@ SHAPE_SETS = {
     "large": [(100_003,)],
     "many": [(1 + (i * 37) % 301,) for i in range(60)] + [(5_000,)],
 }
-STORED_TOLERANCE = {  # one rounding of the stored value may land on either neighbour
-    torch.float32: dict(rtol=1e-5, atol=1e-6),
-    torch.bfloat16: dict(rtol=2 ** -7, atol=1e-5),
-    torch.float16: dict(rtol=2 ** -10, atol=1e-5),
-}
-STATE_TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 
 pytestmark = pytest.mark.parametrize("backend,device", backend_device_params())
 

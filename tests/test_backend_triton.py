@@ -19,6 +19,8 @@ import torch
 from sassha_fast.backends import reference
 from sassha_fast.backends import triton as backend
 
+from tensor_lists import STATE_TOLERANCE, STORED_TOLERANCE, assert_lists_close
+
 REASON = backend.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None,
                                 reason=f"triton backend unavailable here: {REASON}")
@@ -43,12 +45,6 @@ SHAPES = {
     "many": [(1 + (i * 53) % 257,) for i in range(50)],
     "large-and-small": [(70_001,), (1,), (300,), (0,), (2 * BLOCK_LIMIT + 5,)],
 }
-STORED = {  # one rounding of a stored value may land on either neighbour
-    torch.float32: dict(rtol=1e-5, atol=1e-6),
-    torch.bfloat16: dict(rtol=2 ** -7, atol=1e-5),
-    torch.float16: dict(rtol=2 ** -10, atol=1e-5),
-}
-STATE = dict(rtol=1e-5, atol=1e-6)
 STEP = dict(lr=0.05, weight_decay=1e-2, beta1=0.9, bias_correction1=1 - 0.9 ** 3, eps=1e-4)
 
 shapes_param = pytest.mark.parametrize("shapes", SHAPES.values(), ids=SHAPES.keys())
@@ -70,13 +66,6 @@ def on_cpu(lists):
 
 def scalar(value, as_tensor):
     return torch.tensor(value, device=DEVICE) if as_tensor else value
-
-
-def assert_close(got, want, **tolerance):
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        torch.testing.assert_close(g.cpu(), w, **tolerance)
 
 
 def assert_scalar_close(got, want):
@@ -104,8 +93,8 @@ def test_perturb(shapes, dtype, adaptive, tensor_scale):
     want_p, want_g = on_cpu([params, grads])
     reference.perturb(want_p, want_g, 0.037, adaptive)
     backend.perturb(params, grads, scalar(0.037, tensor_scale), adaptive)
-    assert_close(grads, want_g, **STORED[dtype])
-    assert_close(params, want_p, **STORED[dtype])
+    assert_lists_close(grads, want_g, **STORED_TOLERANCE[dtype])
+    assert_lists_close(params, want_p, **STORED_TOLERANCE[dtype])
 
 
 def update_inputs(shapes, dtype):
@@ -122,8 +111,8 @@ def test_sassha_update(shapes, dtype, perturbed):
     hyper = dict(STEP, hessian_power=0.5, bias_correction2=(1 - 0.999 ** 3) ** 0.5)
     reference.sassha_update(*want, **hyper)
     backend.sassha_update(*inputs, **hyper)
-    assert_close(inputs[2], want[2], **STATE)
-    assert_close(inputs[0], want[0], **STORED[dtype])
+    assert_lists_close(inputs[2], want[2], **STATE_TOLERANCE)
+    assert_lists_close(inputs[0], want[0], **STORED_TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("hessian_power", [0.0, 0.3, 0.5, 1.0])
@@ -139,8 +128,8 @@ def test_sassha_update_powers_with_zero_curvature(hessian_power):
                  bias_correction2=(1 - 0.999 ** 3) ** hessian_power)
     reference.sassha_update(*want, **hyper)
     backend.sassha_update(*inputs, **hyper)
-    assert_close(inputs[2], want[2], **STATE)
-    assert_close(inputs[0], want[0], **STORED[torch.float32])
+    assert_lists_close(inputs[2], want[2], **STATE_TOLERANCE)
+    assert_lists_close(inputs[0], want[0], **STORED_TOLERANCE[torch.float32])
 
 
 @shapes_param
@@ -150,7 +139,7 @@ def test_hessian_ema(shapes, dtype):
     want, _ = on_cpu([exp_hessians, estimates])
     reference.hessian_ema(want, on_cpu([estimates])[0], 0.99)
     backend.hessian_ema(exp_hessians, estimates, 0.99)
-    assert_close(exp_hessians, want, **STATE)
+    assert_lists_close(exp_hessians, want, **STATE_TOLERANCE)
 
 
 @shapes_param
@@ -162,8 +151,8 @@ def test_msassha_update(shapes, dtype, tensor_factor):
     hyper = dict(STEP, hessian_power=0.5, bias_correction2=(1 - 0.999 ** 3) ** 0.5)
     want_sq = reference.msassha_update(*want, norm_factor=0.3, **hyper)
     got_sq = backend.msassha_update(*inputs, norm_factor=scalar(0.3, tensor_factor), **hyper)
-    assert_close(inputs[2], want[2], **STATE)
-    assert_close(inputs[0], want[0], **STORED[dtype])
+    assert_lists_close(inputs[2], want[2], **STATE_TOLERANCE)
+    assert_lists_close(inputs[0], want[0], **STORED_TOLERANCE[dtype])
     assert_scalar_close(got_sq, want_sq)
 
 
@@ -175,7 +164,7 @@ def test_add_scaled(shapes, dtype, tensor_alpha):
     want, want_momenta = on_cpu([params, momenta])
     reference.add_scaled(want, want_momenta, -0.25)
     backend.add_scaled(params, momenta, scalar(-0.25, tensor_alpha))
-    assert_close(params, want, **STORED[dtype])
+    assert_lists_close(params, want, **STORED_TOLERANCE[dtype])
 
 
 # -- what is particular to the triton backend ----------------------------------------
@@ -278,8 +267,8 @@ def test_layouts(dtype):
     want_p, want_g = on_cpu([params, grads])
     reference.perturb(want_p, want_g, 0.5, True)
     backend.perturb(params, grads, 0.5, True)
-    assert_close(params, want_p, **STORED[dtype])
-    assert_close(grads, want_g, **STORED[dtype])
+    assert_lists_close(params, want_p, **STORED_TOLERANCE[dtype])
+    assert_lists_close(grads, want_g, **STORED_TOLERANCE[dtype])
     assert torch.equal(base[:, 1::2], untouched)
     assert channels_last.is_contiguous(memory_format=torch.channels_last)
 
@@ -292,7 +281,7 @@ def test_unaligned_tensors():
     tables.clear_cache()
     backend.add_scaled(params, momenta, 0.75)
     reference.add_scaled(want, want_momenta, 0.75)
-    assert_close(params, want, **STORED[torch.float32])
+    assert_lists_close(params, want, **STORED_TOLERANCE[torch.float32])
     assert [table.aligned for table in tables._cache.values()] == [False]
 
 
@@ -414,4 +403,4 @@ def test_a_step_can_be_captured_in_a_cuda_graph():
     torch.cuda.synchronize()
     del scratch
     for got, want in zip(inputs, eager):
-        assert_close(got, [t.cpu() for t in want], **STATE)
+        assert_lists_close(got, [t.cpu() for t in want], **STATE_TOLERANCE)
