@@ -181,7 +181,7 @@ class HessianOptimizer(torch.optim.Optimizer):
     def hessian_due(self) -> bool:
         """Whether the next step estimates a Hessian for some parameter, i.e. whether the
         backward pass that precedes it needs ``create_graph=True``."""
-        return any(self._hessian_due_for(p) for p in self.get_params())
+        return any([self._hessian_due_for(p) for p in self.get_params()])  # reads every key
 
     def zero_hessian(self) -> None:
         """Drop the estimates ``set_hessian()`` summed since the last step. Estimates are
