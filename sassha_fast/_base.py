@@ -10,6 +10,7 @@ from torch import Tensor
 from . import amp, backends, checkpoint, errors
 from ._validation import (check_dense, check_hessian_power, check_hyperparameters,
                           check_parameters, check_positive_int)
+from .backward_record import BackwardRecord
 from .distributed import Averager, check_process_group
 from .hessian import RademacherSource, hutchinson
 
@@ -111,6 +112,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         self._rademacher = RademacherSource(seed)
         self._ops_by_device: Dict[torch.device, backends.Ops] = {}
         self._plan: Optional[Plan] = None
+        self._backward_record = BackwardRecord()
         super().__init__(params, defaults)
 
     # -- parameter groups -------------------------------------------------------------
@@ -125,6 +127,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         except (ValueError, TypeError):
             self.param_groups.pop()
             raise
+        self._backward_record.watch(group["params"])
 
     def get_params(self):
         """Every parameter that requires a gradient, across all groups."""
@@ -251,10 +254,16 @@ class HessianOptimizer(torch.optim.Optimizer):
                 self._before_hessian()
             before_this = self._rademacher.state_dict()
             try:
-                with torch.enable_grad():
-                    # Summed estimates need z * Hz; a lone one may keep Hz (same |h|).
-                    estimate = hutchinson([p.grad for p in due_params], due_params,
-                                          self._rademacher, self.n_samples, signed=accumulate)
+                if self._backward_record.create_graph and \
+                        not any(p.grad.requires_grad for p in due_params):
+                    # A create_graph pass whose gradients do not depend on the parameters.
+                    estimate = [torch.zeros_like(p) for p in due_params]
+                else:
+                    with torch.enable_grad():
+                        # Summed estimates need z * Hz; a lone one may keep Hz (same |h|).
+                        estimate = hutchinson([p.grad for p in due_params], due_params,
+                                              self._rademacher, self.n_samples,
+                                              signed=accumulate)
             except RuntimeError as exc:
                 self._rademacher.load_state_dict(before_this)
                 clearer = errors.compiled_double_backward_error(exc)
@@ -428,6 +437,8 @@ class HessianOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self._ops_by_device = {}
+        for group in self.param_groups:
+            self._backward_record.watch(group["params"])
 
     # -- checkpoints ------------------------------------------------------------------
 

@@ -200,3 +200,21 @@ def test_set_hessian_per_micro_batch_sums_the_estimates_at_the_perturbed_point(c
     for p, e in zip(params, expected):
         torch.testing.assert_close(opt.state[p]["exp_hessian_diag"], 0.5 * e.abs(),
                                    rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("cls", [SASSHA, MSASSHA])
+def test_zero_curvature_gives_a_zero_hessian_and_a_missing_graph_still_raises(cls):
+    lin = nn.Linear(3, 2, bias=False)
+    x = torch.randn(4, 3)
+    opt = cls(lin.parameters(), lazy_hessian=1)
+    lin(x).sum().backward(create_graph=True)  # the gradient does not depend on the weight
+    opt.step()
+    assert opt.state[lin.weight]["step"] == 1
+    assert torch.count_nonzero(opt.state[lin.weight]["exp_hessian_diag"]) == 0
+    opt.zero_grad()
+    lin(x).pow(2).sum().backward()  # curvature, but no create_graph: the error it is for
+    with pytest.raises(RuntimeError, match="no gradient carries a graph"):
+        opt.step()
+    assert opt.state[lin.weight]["step"] == 1
+    # the closure form knows it asked for the graph
+    assert cls(lin.parameters(), lazy_hessian=1).step(lambda: lin(x).sum()) is not None
