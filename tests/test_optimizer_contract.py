@@ -218,3 +218,13 @@ def test_zero_curvature_gives_a_zero_hessian_and_a_missing_graph_still_raises(cl
     assert opt.state[lin.weight]["step"] == 1
     # the closure form knows it asked for the graph
     assert cls(lin.parameters(), lazy_hessian=1).step(lambda: lin(x).sum()) is not None
+
+
+def test_the_backward_hooks_go_with_the_optimizer():
+    lin = nn.Linear(3, 2)
+    opt = SASSHA(lin.parameters())
+    assert len(lin.weight._post_accumulate_grad_hooks) == 1
+    del opt
+    import gc
+    gc.collect()
+    assert not lin.weight._post_accumulate_grad_hooks
