@@ -228,3 +228,27 @@ def test_the_backward_hooks_go_with_the_optimizer():
     import gc
     gc.collect()
     assert not lin.weight._post_accumulate_grad_hooks
+
+
+@pytest.mark.parametrize("grad_reduce, factor", [("sum", 2.0), ("mean", 1.0)])
+def test_grad_reduce_sums_or_averages_across_ranks(monkeypatch, grad_reduce, factor):
+    """Two identical ranks, simulated: the all-reduce adds a rank's tensor to itself."""
+    import torch.distributed as dist
+
+    class Done:
+        def wait(self):
+            pass
+
+    def all_reduce(tensor, group=None, async_op=False, op=None):
+        tensor.mul_(2)
+        return Done()
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    model, x, y = model_and_data()
+    opt = LMSASSHA(model.parameters(), grad_reduce=grad_reduce)
+    monkeypatch.setattr(opt._averager, "world_size", lambda: 2)
+    (model(x) - y).pow(2).mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt._sync_gradient()
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g * factor)
