@@ -5,5 +5,6 @@ from .lm import LanguageModelSASSHA
 from .msassha import MSASSHA
 from .sassha import SASSHA
 
-__all__ = ["SASSHA", "MSASSHA", "LanguageModelSASSHA", "available_backends", "frozen_batchnorm_stats"]
+__all__ = ["SASSHA", "MSASSHA", "LanguageModelSASSHA", "available_backends",
+           "frozen_batchnorm_stats"]
 __version__ = "0.1.0"

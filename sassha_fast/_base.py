@@ -2,7 +2,8 @@
 schedule, backend dispatch and checkpointing. The update rules live in the subclasses."""
 import warnings
 from collections import OrderedDict
-from typing import Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import (Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple, Optional,
+                    Tuple)
 
 import torch
 from torch import Tensor

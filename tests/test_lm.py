@@ -101,9 +101,10 @@ def test_the_package_checkpoint_round_trip_mid_run():
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, buffer)
     buffer.seek(0)
     ckpt = torch.load(buffer, weights_only=True)
-    assert all(set(s) == {"step", "exp_avg", "exp_hessian_diag"} for s in ckpt["optimizer"]["state"].values())
-    record_tail = dict(record, trajectory=[{"params": [t.clone() for t in ckpt["model"].values()]}] * 6
-                       + record["trajectory"][6:])
+    assert all(set(s) == {"step", "exp_avg", "exp_hessian_diag"}
+               for s in ckpt["optimizer"]["state"].values())
+    saved_params = {"params": [t.clone() for t in ckpt["model"].values()]}
+    record_tail = dict(record, trajectory=[saved_params] * 6 + record["trajectory"][6:])
     _, seen, _ = replay(record_tail, "cpu", start=6, opt_state=ckpt["optimizer"])
     for (i, params, *_), (j, full, *_) in zip(seen, seen_full[6:]):
         assert i == j

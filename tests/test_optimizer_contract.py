@@ -85,7 +85,8 @@ def test_a_load_state_dict_pre_hook_that_returns_a_new_dict_is_what_is_loaded():
 
     fresh = SASSHA(model.parameters())
     fresh.register_load_state_dict_pre_hook(doubled)
-    fresh.register_load_state_dict_post_hook(lambda o: posted.append(o.state[model[0].weight]["exp_avg"].clone()))
+    fresh.register_load_state_dict_post_hook(
+        lambda o: posted.append(o.state[model[0].weight]["exp_avg"].clone()))
     fresh.load_state_dict(saved)
     w = model[0].weight
     torch.testing.assert_close(fresh.state[w]["exp_avg"], opt.state[w]["exp_avg"] * 2)
