@@ -33,7 +33,8 @@ class MSASSHA(HessianOptimizer):
                  lazy_hessian: int = 10, rho: float = 0.3, n_samples: int = 1,
                  eps: float = 1e-4, hessian_power: float = 0.5, seed: int = 0,
                  maximize: bool = False, hessian_power_scheduler=None, backend: str = "auto",
-                 process_group=None, sync_gradients: bool = False, nonfinite: str = "skip"):
+                 process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
+                 grad_reduce: str = "mean"):
         if maximize:
             raise ValueError("Invalid maximize value: True (MSASSHA only minimizes)")
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
@@ -43,7 +44,8 @@ class MSASSHA(HessianOptimizer):
         super().__init__(params, defaults, lazy_hessian=lazy_hessian, n_samples=n_samples,
                          seed=seed, hessian_power_scheduler=hessian_power_scheduler,
                          backend=backend, process_group=process_group,
-                         sync_gradients=sync_gradients, nonfinite=nonfinite)
+                         sync_gradients=sync_gradients, nonfinite=nonfinite,
+                         grad_reduce=grad_reduce)
 
     def _momentum_params(self, group: dict) -> List[Tensor]:
         return [p for p in group["params"] if "exp_avg" in self.state.get(p, {})]
@@ -125,6 +127,7 @@ class MSASSHA(HessianOptimizer):
         with ``create_graph=opt.hessian_due``), or, given ``closure`` (which returns the loss
         without calling backward), a whole iteration. Returns the loss, or None.
         ``scaler``: a ``torch.amp.GradScaler``, as in ``SASSHA.step``."""
+        self._check_closure(closure)
         if closure is None:
             self._step_from_gradients(scaler)
             return None

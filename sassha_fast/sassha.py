@@ -7,6 +7,7 @@ from torch import Tensor
 
 from . import amp
 from ._base import HessianOptimizer, Plan, buckets, group_scalars
+from ._validation import warn_on_unknown_keywords
 from .batchnorm import frozen_batchnorm_stats
 
 
@@ -32,7 +33,10 @@ class SASSHA(HessianOptimizer):
     ``step()`` without a preceding ``perturb_weights()`` is SASSHA with ``rho = 0``.
     Production options (see the README): ``process_group`` / ``sync_gradients`` for data
     parallelism, ``scaler=`` on ``step`` / ``perturb_weights`` for a GradScaler, and
-    ``nonfinite`` ("skip", "raise" or "ignore") for inf/NaN gradients or Hessian estimates.
+    ``nonfinite`` ("skip", "raise" or "ignore") for inf/NaN gradients or Hessian estimates;
+    ``grad_reduce`` ("mean" or "sum", as the authors') is how the tensors the optimizer
+    reduces across ranks are combined. Unknown keyword arguments are ignored with a
+    warning, as the authors' constructor ignores them (silently).
     ``hessian_power`` is the constant power of the Hessian; a ``hessian_power_scheduler``
     (an object whose ``step()`` returns the power) overrides it and is stepped once per
     ``step()``. ``backend`` picks the implementation of the fused ops ("auto", "reference",
@@ -42,9 +46,11 @@ class SASSHA(HessianOptimizer):
     def __init__(self, params, hessian_power_scheduler=None, lr: float = 0.15,
                  betas=(0.9, 0.999), weight_decay: float = 0.0, rho: float = 0.05,
                  lazy_hessian: int = 10, n_samples: int = 1, perturb_eps: float = 1e-12,
-                 eps: float = 1e-4, adaptive: bool = False, seed: int = 0,
-                 hessian_power: float = 0.5, backend: str = "auto", process_group=None,
-                 sync_gradients: bool = False, nonfinite: str = "skip"):
+                 eps: float = 1e-4, adaptive: bool = False, grad_reduce: str = "mean",
+                 seed: int = 0, hessian_power: float = 0.5, backend: str = "auto",
+                 process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
+                 **kwargs):
+        warn_on_unknown_keywords(type(self).__name__, kwargs)
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
                         weight_decay=weight_decay, rho=rho, perturb_eps=perturb_eps, eps=eps,
                         hessian_power=hessian_power)
@@ -54,7 +60,8 @@ class SASSHA(HessianOptimizer):
         super().__init__(params, defaults, lazy_hessian=lazy_hessian, n_samples=n_samples,
                          seed=seed, hessian_power_scheduler=hessian_power_scheduler,
                          backend=backend, process_group=process_group,
-                         sync_gradients=sync_gradients, nonfinite=nonfinite)
+                         sync_gradients=sync_gradients, nonfinite=nonfinite,
+                         grad_reduce=grad_reduce)
 
     @torch.no_grad()
     def perturb_weights(self, zero_grad: bool = True, scaler=None) -> None:
@@ -135,6 +142,7 @@ class SASSHA(HessianOptimizer):
         the optimizer scales it). The gradients and the Hessian estimate are unscaled, an
         inf/NaN anywhere skips the iteration and is reported to the scaler, whose
         ``update()`` the caller then calls."""
+        self._check_closure(closure)
         if closure is None:
             self._step_from_gradients(scaler)
             return None
