@@ -156,9 +156,9 @@ def quality_profile(name: str) -> QualityProfile:
         return QualityProfile(name, (0.0, 0.4), epochs=1, seeds=2, grid=False, limit=400,
                               width=4)
     if name == "quick":
-        return QualityProfile(name, (0.0, 0.2, 0.4, 0.6), epochs=5, seeds=2, grid=True)
+        return QualityProfile(name, (0.0, 0.2, 0.4, 0.6), epochs=4, seeds=2, grid=True)
     if name == "full":
-        return QualityProfile(name, (0.0, 0.2, 0.4, 0.6), epochs=24, seeds=3, grid=True)
+        return QualityProfile(name, (0.0, 0.2, 0.4, 0.6), epochs=15, seeds=3, grid=True)
     raise ValueError(f"unknown profile {name!r}")
 
 

@@ -10,7 +10,7 @@ from typing import Callable, List, NamedTuple, Optional
 
 import torch
 
-from . import (backends, meta, ops_suite, output, quality_output, quality_suite, step_suite,
+from . import (authors, backends, meta, ops_suite, output, quality_output, quality_suite, step_suite,
                summary, table, traffic, train_suite)
 from .config import Profile, profile
 from .progress import Progress
@@ -64,6 +64,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                              "(default: both)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="parameter dtype of the step and ops suites (default float32)")
+    parser.add_argument("--authors-code", type=pathlib.Path, default=None, metavar="PATH",
+                        help="a checkout of the authors' SASSHA repository: adds their SASSHA "
+                             "and M-SASSHA to the step and train suites (bench/authors.py)")
     parser.add_argument("--list", action="store_true",
                         help="print the planned measurements and exit")
     parser.add_argument("--memory-cap-gib", type=float, default=16.0,
@@ -71,6 +74,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                              "is free) would be needed (default 16)")
     args = parser.parse_args(argv)
     args.suites = [s for s in args.suite.split(",") if s]
+    try:
+        args.authors = authors.load(args.authors_code) if args.authors_code else None
+    except ValueError as exc:
+        parser.error(str(exc))
     unknown = set(args.suites) - set(SUITES + EXTRA_SUITES)
     if unknown or not args.suites:
         parser.error(f"--suite takes a comma-separated subset of "
@@ -98,7 +105,7 @@ def release_memory() -> None:
 
 
 def step_jobs(prof: Profile, args, device, dtype, names: List[str]) -> List[Job]:
-    cases = step_suite.cases(names)
+    cases = step_suite.cases(names, args.authors)
 
     def run(param_set: ParamSet) -> List[dict]:
         tensors = step_suite.materialize(param_set, device, dtype)
@@ -124,8 +131,10 @@ def train_jobs(prof: Profile, args, device) -> List[Job]:
     if prefixes and not models:
         raise SystemExit(f"--models {args.models} matches none of "
                          f"{', '.join(m.label for m in prof.train_models)}")
-    return [Job("train", f"{model.label}: {len(train_suite.METHODS)} methods in turns",
-                lambda model=model: train_suite.run_model(model, device, prof))
+    methods = train_suite.METHODS + (train_suite.AUTHORS_METHODS if args.authors else ())
+    code = str(args.authors.path) if args.authors else None
+    return [Job("train", f"{model.label}: {len(methods)} methods in turns",
+                lambda model=model: train_suite.run_model(model, device, prof, methods, code))
             for model in models]
 
 
@@ -182,6 +191,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     info = meta.collect(device)
     info.update(profile=args.profile, suites=args.suites, dtype=args.dtype,
                 backends=backends.report(device))
+    if args.authors:
+        info.update(authors_code=str(args.authors.path), authors_workarounds=authors.WORKAROUNDS)
     out = args.out or RESULTS / info["device_kind"]
 
     planned = {"step": lambda: step_jobs(prof, args, device, dtype, names),
