@@ -12,8 +12,9 @@ else of theirs is changed:
   returns a constant power (their training script passes a scheduler object the same way).
 - M-SASSHA's constructor reads ``self.track_hessian``, which nothing sets (AttributeError),
   and its update function, a module-level function, reads ``self.hessian_power`` (NameError).
-  A subclass sets ``track_hessian = False`` (its value in their scripts), and the module
-  global ``self`` is bound to the optimizer, which carries ``hessian_power``.
+  A subclass sets ``track_hessian = False`` (nothing in their code turns it on), and the
+  module global ``self`` is bound to the optimizer, which carries ``hessian_power`` (so one
+  M-SASSHA of theirs at a time per process: the benchmarks build one per set and model).
 """
 import importlib.util
 import pathlib

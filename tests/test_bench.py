@@ -436,7 +436,7 @@ def test_split_keeps_the_test_set_clean_and_the_same_at_every_noise_level():
 
 
 def test_quality_grid_picks_the_best_held_out_accuracy_and_never_a_diverged_run(monkeypatch):
-    outcome = {0.03: (0.5, True), 0.1: (0.9, False), 0.3: (0.7, True)}  # 0.1 diverged
+    outcome = {0.03: (0.5, True), 0.1: (0.9, False), 0.3: (0.7, True), 1.0: (0.7, True)}
 
     def fake_train(method, lr, split, epochs, seed, width=16):
         val, finite = outcome[lr]
@@ -446,11 +446,12 @@ def test_quality_grid_picks_the_best_held_out_accuracy_and_never_a_diverged_run(
     prof = quality_suite.QualityProfile("t", (0.2,), epochs=2, seeds=3, grid=True, limit=300)
     sgd = [m for m in quality_suite.METHODS if m.name == "sgd"]
     rows, curves = quality_suite.run(prof, sgd)
+    # 0.1 diverged; 0.3 and 1.0 tie: the smaller is kept
     assert rows[0]["lr"] == 0.3 and rows[0]["seeds"] == 3
     assert rows[0]["test_accs"] == pytest.approx([0.7, 0.71, 0.72])
-    assert rows[0]["grid_val_acc"] == {"0.03": 0.5, "0.1": 0.9, "0.3": 0.7}
+    assert rows[0]["grid_val_acc"] == {"0.03": 0.5, "0.1": 0.9, "0.3": 0.7, "1": 0.7}
     assert curves[0]["elapsed_s"] == pytest.approx([0.5, 1.0])
-    assert quality_suite.plan_size(prof, sgd) == 3 + 2
+    assert quality_suite.plan_size(prof, sgd) == 4 + 2
 
 
 def test_quality_suite_trains_every_method_and_writes_its_files(tmp_path):
