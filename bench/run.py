@@ -46,8 +46,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.set_defaults(profile="quick")
     parser.add_argument("--suite", default=",".join(SUITES),
                         help="comma-separated suites among step, ops, train (the default: "
-                             "all three) and quality (label-noise accuracy on digits; "
-                             "--quick a few minutes, --full ~25 min on a 2-core CPU)")
+                             "all three) and quality (label-noise accuracy on digits, run "
+                             "only when named; sized by --quick / --full, see bench/README.md)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda if present, else cpu)")
     parser.add_argument("--out", type=pathlib.Path, default=None,
