@@ -15,7 +15,7 @@ PY=.venv/bin/python
 if [ ! -x "$PY" ]; then
   python3 -m venv .venv
 fi
-if ! "$PY" -c "import torch, numpy, ninja, pytest, pytest_timeout, matplotlib" 2>/dev/null; then
+if ! "$PY" -c "import torch, numpy, ninja, pytest, pytest_timeout, matplotlib, pytest_benchmark, sklearn" 2>/dev/null; then
   # This machine's local package index lists locations it lacks; pip warns for each.
   quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
   quiet "$PY" -m pip install -q "torch==${SASSHA_TORCH_VERSION:-2.14.1}"
