@@ -41,7 +41,7 @@ bool same_layout(const at::Tensor& a, const at::Tensor& b) {
 
 // Tensors the kernels cannot read through a raw pointer are refused before anything touches
 // them: a subclass that PyTorch dispatches to Python (DTensor, FakeTensor...), a meta tensor,
-// a tensor off the GPU.
+// then (once every tensor is known to hold data) a tensor off the GPU.
 void check_tensor_kinds(const char* op, std::initializer_list<NamedList> lists) {
   for (const NamedList& list : lists) {
     for (size_t i = 0; i < list.tensors.size(); ++i) {
@@ -53,8 +53,12 @@ void check_tensor_kinds(const char* op, std::initializer_list<NamedList> lists) 
                   "(pass the local tensors, or use backend='foreach')");
       TORCH_CHECK(!t.is_meta(), op, ": ", list.name, "[", i,
                   "] is a meta tensor (it holds no data); the cuda backend takes CUDA tensors");
-      TORCH_CHECK(t.is_cuda(), op, ": the cuda backend takes CUDA tensors, got ", list.name, "[",
-                  i, "] on ", t.device());
+    }
+  }
+  for (const NamedList& list : lists) {
+    for (size_t i = 0; i < list.tensors.size(); ++i) {
+      TORCH_CHECK(list.tensors[i].is_cuda(), op, ": the cuda backend takes CUDA tensors, got ",
+                  list.name, "[", i, "] on ", list.tensors[i].device());
     }
   }
 }
