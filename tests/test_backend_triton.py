@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(REASON is not None,
                                 reason=f"triton backend unavailable here: {REASON}")
 
 if REASON is None:
-    from sassha_fast.triton_kernels import kernels, tables
+    from sassha_fast.triton_kernels import kernels, launch, tables
     INTERPRETED = bool(kernels.INTERPRETED)
     DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
     BLOCK_LIMIT = tables.block_size(1 << 40, INTERPRETED)  # the largest block
@@ -557,13 +557,8 @@ def test_tables_and_partials_at_7b_parameters():
         assert 2 ** plan.search_steps >= plan.n_tensors > 2 ** (plan.search_steps - 1)
     for sms in (108, 132):  # A100, H100/H200
         programs = tables.reduction_programs(plan.n_blocks, sms)
-        assert programs == tables.PROGRAMS_PER_SM * sms <= launch_module().FINISH_BLOCK
+        assert programs == tables.PROGRAMS_PER_SM * sms <= launch.FINISH_BLOCK
     assert tables.reduction_programs(3, 132) == 3 and tables.reduction_programs(0, 132) == 1
-
-
-def launch_module():
-    from sassha_fast.triton_kernels import launch
-    return launch
 
 
 def test_plan_leaves_out_empty_tensors():

@@ -19,7 +19,7 @@ def shim(folder: pathlib.Path, name: str, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-def run_check(path_dirs, tmp_path):
+def run_check(path_dirs):
     env = dict(os.environ, PATH=os.pathsep.join(map(str, path_dirs)))
     done = subprocess.run(["bash", str(REPO / "scripts" / "run.sh"), "gpu-check"], env=env,
                           capture_output=True, text=True, timeout=60)
@@ -43,7 +43,7 @@ def test_without_a_gpu_it_says_so_and_runs_nothing(tmp_path, spies, nvidia_smi):
     elif shutil.which("nvidia-smi"):
         pytest.skip("this machine has an nvidia-smi, which cannot be hidden from PATH here")
     results_before = sorted(p.name for p in (REPO / "bench" / "results").iterdir())
-    done = run_check([spies] + os.environ["PATH"].split(os.pathsep), tmp_path)
+    done = run_check([spies] + os.environ["PATH"].split(os.pathsep))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "gpu-check: no NVIDIA GPU here (nvidia-smi finds none); " \
                                   "nothing was run"
