@@ -6,16 +6,13 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import triton.language as tl
 from torch import Tensor
-from torch.nn import Parameter
 
+from ..backends.tensor_checks import check_plain_tensors
 from . import kernels
 from .tables import Table, protect, reduction_programs, sm_count, table_for
 
 TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 FINISH_BLOCK = 1024
-# Tensor classes whose memory the kernels may read through data_ptr(): a subclass
-# dispatched to Python (DTensor, FakeTensor...) has no memory of its own to read.
-PLAIN_TYPES = frozenset({Tensor, Parameter})
 
 
 def device_type() -> str:
@@ -34,31 +31,17 @@ class Operand:
         self.fp32 = fp32  # optimizer state: must be float32
 
 
-def _refuse_unreadable(op: str, operand: Operand) -> None:
-    """TypeError/ValueError for a tensor whose memory a kernel cannot read: a subclass, a
-    meta tensor, a tensor on another device type."""
-    tensors = operand.tensors
-    if not PLAIN_TYPES.issuperset(map(type, tensors)):
-        i = next(i for i, t in enumerate(tensors) if type(t) not in PLAIN_TYPES)
-        kind = type(tensors[i])
-        raise TypeError(f"{op}: {operand.name}[{i}] is a {kind.__module__}.{kind.__qualname__} "
-                        f"on {tensors[i].device}; the triton backend runs on plain tensors "
-                        "(pass the local tensors, or use backend='foreach')")
-    wanted = device_type()
-    for i, t in enumerate(tensors):
-        if t.device.type != wanted:
-            raise ValueError(f"{op}: {operand.name}[{i}] is on {t.device}; the triton backend "
-                             f"takes {wanted} tensors here")
-
-
 def check(op: str, operands: Sequence[Operand]) -> torch.device:
     """The operands' common device; TypeError/ValueError for anything a kernel would read
     out of bounds or misinterpret. (Set and list comparisons: this runs on every call.)"""
+    check_plain_tensors(op, **{operand.name: operand.tensors for operand in operands})
     first = operands[0]
     device = first.tensors[0].device
+    if device.type != device_type():
+        raise ValueError(f"{op}: {first.name}[0] is on {device}; the triton backend takes "
+                         f"{device_type()} tensors here")
     shapes = [t.shape for t in first.tensors]
     for operand in operands:
-        _refuse_unreadable(op, operand)
         if len(operand.tensors) != len(shapes):
             raise ValueError(f"{op}: {operand.name}: {len(operand.tensors)} tensors, but "
                              f"{first.name} has {len(shapes)}")

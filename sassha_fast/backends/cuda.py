@@ -30,7 +30,8 @@ def supports(device: torch.device) -> bool:
 
 
 def supports_dtype(dtype: torch.dtype) -> bool:
-    return dtype != torch.float64
+    """Parameters of fp32, bf16 or fp16 (the kernels compute in fp32); not float64."""
+    return dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _kernel_scalar(value: Scalar) -> Union[float, Tensor]:
