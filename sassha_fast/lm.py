@@ -18,7 +18,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ._base import FP32_STATE_KEYS, Entry, Plan, buckets, group_scalars
+from . import backends
+from ._base import STATE_TENSOR_KEYS, Entry, Plan, buckets, group_scalars
 from ._validation import _real
 from .sassha import SASSHA as _SASSHA
 
@@ -157,8 +158,8 @@ class LanguageModelSASSHA(_SASSHA):
         state = self.state[p]
         if "step" not in state:
             state["step"] = 0
-            for key in FP32_STATE_KEYS:
-                state[key] = torch.zeros_like(p, dtype=torch.float32,
+            for key in STATE_TENSOR_KEYS:
+                state[key] = torch.zeros_like(p, dtype=backends.state_dtype(p.dtype),
                                               memory_format=torch.preserve_format)
         return state
 
@@ -175,8 +176,8 @@ class LanguageModelSASSHA(_SASSHA):
                 entry.state["step"] += 1
             key = lambda e: (e.param.device, e.param.dtype, e.hessian_now,  # noqa: E731
                              e.param in self._perturbation)
-            for (device, _, refresh, perturbed), bucket in buckets(entries, key).items():
-                ops = self.ops(device)
+            for (device, dtype, refresh, perturbed), bucket in buckets(entries, key).items():
+                ops = self.ops(device, dtype)
                 params = [e.param for e in bucket]
                 exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
                 if refresh:
