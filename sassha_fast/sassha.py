@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from . import amp
-from ._base import HessianOptimizer, Plan, buckets, group_scalars
+from ._base import (HessianOptimizer, Plan, buckets, found_inf_argument, group_scalars,
+                    kernel_scalar)
 from .batchnorm import frozen_batchnorm_stats
 
 
@@ -44,7 +45,9 @@ class SASSHA(HessianOptimizer):
                  lazy_hessian: int = 10, n_samples: int = 1, perturb_eps: float = 1e-12,
                  eps: float = 1e-4, adaptive: bool = False, seed: int = 0,
                  hessian_power: float = 0.5, backend: str = "auto", process_group=None,
-                 sync_gradients: bool = False, nonfinite: str = "skip"):
+                 sync_gradients: bool = False, nonfinite: str = "skip",
+                 capturable: Optional[bool] = None, skip_check_interval: int = 100,
+                 max_consecutive_skips: Optional[int] = 100):
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
                         weight_decay=weight_decay, rho=rho, perturb_eps=perturb_eps, eps=eps,
                         hessian_power=hessian_power)
@@ -54,7 +57,9 @@ class SASSHA(HessianOptimizer):
         super().__init__(params, defaults, lazy_hessian=lazy_hessian, n_samples=n_samples,
                          seed=seed, hessian_power_scheduler=hessian_power_scheduler,
                          backend=backend, process_group=process_group,
-                         sync_gradients=sync_gradients, nonfinite=nonfinite)
+                         sync_gradients=sync_gradients, nonfinite=nonfinite,
+                         capturable=capturable, skip_check_interval=skip_check_interval,
+                         max_consecutive_skips=max_consecutive_skips)
 
     @torch.no_grad()
     def perturb_weights(self, zero_grad: bool = True, scaler=None) -> None:
@@ -63,7 +68,8 @@ class SASSHA(HessianOptimizer):
         With ``zero_grad`` the gradients are cleared and e reuses their memory. The
         gradients are first averaged across ranks (with ``sync_gradients``) and unscaled
         (given the GradScaler that scaled the loss). When they hold inf or NaN nothing
-        moves and the following ``step()`` is skipped (``nonfinite="raise"``: raises)."""
+        moves and the following ``step()`` is skipped (``nonfinite="raise"``: raises); on
+        the device path the ops decide that on the device (e = 0, the weights stay)."""
         if self._perturbation:
             raise RuntimeError("perturb_weights() called twice: call unperturb() or step() "
                                "before perturbing again")
@@ -73,19 +79,27 @@ class SASSHA(HessianOptimizer):
                                  if self.sync_gradients or p.grad.grad_fn is not None])
         amp.unscale_(scaler, [p.grad for p in params])
         norm = self._global_norm(params, [p.grad for p in params], self.adaptive)
-        if (self.nonfinite != "ignore" or amp.enabled(scaler)) and not torch.isfinite(norm):
-            if self.nonfinite == "raise" and not amp.enabled(scaler):
-                raise FloatingPointError(self._nonfinite_message(
-                    [(p, "first pass's gradient", p.grad) for p in params]))
-            self._first_pass_nonfinite = True
-            if zero_grad:
-                self.zero_grad(set_to_none=True)
-            return
+        checked = self.nonfinite != "ignore" or amp.enabled(scaler)
+        found_inf = None
+        if checked and self._reads_flags_on_host(scaler):
+            if not torch.isfinite(norm):
+                if self.nonfinite == "raise" and not amp.enabled(scaler):
+                    raise FloatingPointError(self._nonfinite_message(
+                        [(p, "first pass's gradient", p.grad) for p in params]))
+                self._first_pass_nonfinite = True
+                if zero_grad:
+                    self.zero_grad(set_to_none=True)
+                return
+        elif checked:
+            found_inf = self._first_pass_found_inf = (~torch.isfinite(norm)).float()
         for group, group_params in per_group:
             scale = group["rho"] / (norm + group["perturb_eps"])
-            for (device, _), ps in buckets(group_params, lambda p: (p.device, p.dtype)).items():
+            for (device, dtype), ps in buckets(group_params,
+                                               lambda p: (p.device, p.dtype)).items():
                 es = [p.grad if zero_grad else p.grad.clone() for p in ps]
-                self.ops(device).perturb(ps, es, scale.to(device), self.adaptive)
+                self.ops(device).perturb(
+                    ps, es, kernel_scalar(scale, device, dtype), self.adaptive,
+                    **found_inf_argument(None if found_inf is None else found_inf.to(device)))
                 self._perturbation.update(zip(ps, es))
         if zero_grad:
             self.zero_grad(set_to_none=True)
@@ -104,24 +118,22 @@ class SASSHA(HessianOptimizer):
     def _abandon_step(self) -> None:
         self.unperturb()
 
-    def _apply_update(self, plan: Plan, hessian_power: Optional[float]) -> None:
+    def _apply_update(self, plan: Plan, hessian_power: Optional[float],
+                      found_inf: Optional[Tensor]) -> None:
         for group, entries in plan.groups:
             beta1, beta2, power = group_scalars(group, hessian_power)
-            for entry in entries:
-                entry.state["step"] += 1
-                if entry.hessian_now:
-                    entry.state["bias_correction2"] = (1 - beta2 ** entry.state["step"]) ** power
-
-            for bucket in self._update_buckets(plan, entries, beta2,
+            for bucket in self._update_buckets(plan, entries, beta2, found_inf,
+                                               lambda step: (1 - beta2 ** step) ** power,
                                                extra=lambda p: p in self._perturbation):
                 bucket.ops.sassha_update(
                     bucket.params, [p.grad for p in bucket.params], bucket.exp_avgs,
                     bucket.exp_hessians,
                     [self._perturbation.pop(p) for p in bucket.params] if bucket.extra else None,
                     lr=group["lr"], weight_decay=group["weight_decay"], beta1=beta1,
-                    bias_correction1=1 - beta1 ** bucket.step,
-                    bias_correction2=bucket.bias_correction2, hessian_power=power,
-                    eps=group["eps"])
+                    bias_correction1=bucket.bias_correction1(beta1),
+                    bias_correction2=bucket.scalar(bucket.bias_correction2),
+                    hessian_power=power, eps=group["eps"],
+                    **found_inf_argument(bucket.found_inf))
         # Perturbed parameters that got no gradient in the second pass.
         self.unperturb()
 
