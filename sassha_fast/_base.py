@@ -14,7 +14,7 @@ from .distributed import Averager, check_process_group
 from .hessian import RademacherSource, hutchinson
 
 # State kept in fp32 whatever the parameter's dtype (PyTorch's loader would cast it).
-FP32_STATE_KEYS = ("exp_avg", "exp_hessian_diag")
+STATE_TENSOR_KEYS = ("exp_avg", "exp_hessian_diag")  # in backends.state_dtype(p.dtype)
 _GROUP_HYPERPARAMETERS = ("lr", "betas", "weight_decay", "rho", "eps", "hessian_power")
 _CREATE_GRAPH_WARNING = r"Using backward\(\) with create_graph=True"
 NONFINITE_POLICIES = ("skip", "raise", "ignore")
@@ -97,7 +97,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         self.hessian_power_t: Optional[float] = None
         self.backend = backend
         self._rademacher = RademacherSource(seed)
-        self._ops_by_device: Dict[torch.device, backends.Ops] = {}
+        self._ops_by_device: Dict[Tuple[torch.device, torch.dtype], backends.Ops] = {}
         self._plan: Optional[Plan] = None
         super().__init__(params, defaults)
 
@@ -126,17 +126,30 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     # -- backends ---------------------------------------------------------------------
 
-    def ops(self, device: torch.device) -> backends.Ops:
-        """The backend ops used for tensors on ``device`` (resolved once per device)."""
-        ops = self._ops_by_device.get(device)
+    def ops(self, device: torch.device, dtype: torch.dtype) -> backends.Ops:
+        """The backend ops used for parameters of ``dtype`` on ``device`` (resolved once
+        per pair: "auto" may pick another backend for float64 than for float32)."""
+        ops = self._ops_by_device.get((device, dtype))
         if ops is None:
-            ops = self._ops_by_device[device] = backends.resolve(self.backend, device)
+            ops = self._ops_by_device[(device, dtype)] = backends.resolve(self.backend, device,
+                                                                          dtype)
         return ops
 
     @property
     def backends_in_use(self) -> Dict[str, str]:
-        """``{device: backend name}`` for every device this optimizer has stepped on."""
-        return {str(device): ops.name for device, ops in self._ops_by_device.items()}
+        """``{device: backend name}`` for every device this optimizer has stepped on; a
+        device whose dtypes use different backends gets one ``"device dtype"`` key each."""
+        by_device: Dict[str, Dict[torch.dtype, str]] = {}
+        for (device, dtype), ops in self._ops_by_device.items():
+            by_device.setdefault(str(device), {})[dtype] = ops.name
+        names = {}
+        for device, by_dtype in by_device.items():
+            if len(set(by_dtype.values())) == 1:
+                names[device] = next(iter(by_dtype.values()))
+            else:
+                names.update({f"{device} {str(dtype).replace('torch.', '')}": name
+                              for dtype, name in by_dtype.items()})
+        return names
 
     def _global_norm(self, params: List[Tensor], tensors: List[Tensor],
                      weighted: bool) -> Tensor:
@@ -144,9 +157,9 @@ class HessianOptimizer(torch.optim.Optimizer):
         if not params:
             return torch.zeros((), dtype=torch.float32)
         squares = []
-        for (device, _), indices in buckets(range(len(params)),
-                                            lambda i: (params[i].device, params[i].dtype)).items():
-            norm = self.ops(device).global_norm([tensors[i] for i in indices],
+        for (device, dtype), indices in buckets(
+                range(len(params)), lambda i: (params[i].device, params[i].dtype)).items():
+            norm = self.ops(device, dtype).global_norm([tensors[i] for i in indices],
                                                 [params[i] for i in indices] if weighted else None)
             squares.append(norm.square())
         return sqrt_of_sum(squares)
@@ -158,9 +171,10 @@ class HessianOptimizer(torch.optim.Optimizer):
         if "step" not in state:
             state["step"] = 0
             state.setdefault("hessian_step", 0)
-            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32,
+            dtype = backends.state_dtype(p.dtype)
+            state["exp_avg"] = torch.zeros_like(p, dtype=dtype,
                                                 memory_format=torch.preserve_format)
-            state["exp_hessian_diag"] = torch.zeros_like(p, dtype=torch.float32,
+            state["exp_hessian_diag"] = torch.zeros_like(p, dtype=dtype,
                                                          memory_format=torch.preserve_format)
             state["bias_correction2"] = 0.0
         return state
@@ -316,9 +330,9 @@ class HessianOptimizer(torch.optim.Optimizer):
             return (entry.param.device, entry.param.dtype, entry.state["step"],
                     entry.hessian_now, entry.state["bias_correction2"], extra(entry.param))
 
-        for (device, _, step, hessian_now, bias_correction2, extra_value), bucket in \
+        for (device, dtype, step, hessian_now, bias_correction2, extra_value), bucket in \
                 buckets(entries, key).items():
-            ops = self.ops(device)
+            ops = self.ops(device, dtype)
             params = [e.param for e in bucket]
             exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
             if hessian_now:
@@ -387,14 +401,16 @@ class HessianOptimizer(torch.optim.Optimizer):
             state_dict = dict(state_dict)
             extra = state_dict.pop("sassha_fast")
         super().load_state_dict(state_dict)
-        # PyTorch casts floating state to the parameter's dtype; ours stays fp32.
+        # PyTorch casts floating state to the parameter's dtype; ours stays in the state
+        # dtype (float32, float64 for float64 parameters).
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params):
             saved = state_dict["state"].get(saved_id, {})
-            for key in FP32_STATE_KEYS:
+            for key in STATE_TENSOR_KEYS:
                 if key in saved:
-                    self.state[p][key] = saved[key].to(device=p.device, dtype=torch.float32,
+                    self.state[p][key] = saved[key].to(device=p.device,
+                                                       dtype=backends.state_dtype(p.dtype),
                                                        copy=True)
         self._load_extra_state(extra)
         self._plan = None

@@ -58,8 +58,8 @@ class MSASSHA(HessianOptimizer):
         self._at_perturbed_point = to_perturbed
 
     def _add_momentum(self, params: List[Tensor], alpha: float) -> None:
-        for (device, _), ps in buckets(params, lambda p: (p.device, p.dtype)).items():
-            self.ops(device).add_scaled(ps, [self.state[p]["exp_avg"] for p in ps], alpha)
+        for (device, dtype), ps in buckets(params, lambda p: (p.device, p.dtype)).items():
+            self.ops(device, dtype).add_scaled(ps, [self.state[p]["exp_avg"] for p in ps], alpha)
 
     def move_up_to_momentumAscent(self) -> None:
         """Move to the perturbed point w - nf * m (no-op when already there)."""
