@@ -15,7 +15,7 @@ from .hessian import RademacherSource, hutchinson
 from .skipped_steps import SkipCounter, capturing
 
 # State kept in fp32 whatever the parameter's dtype (PyTorch's loader would cast it).
-FP32_STATE_KEYS = ("exp_avg", "exp_hessian_diag")
+STATE_TENSOR_KEYS = ("exp_avg", "exp_hessian_diag")  # in backends.state_dtype(p.dtype)
 _GROUP_HYPERPARAMETERS = ("lr", "betas", "weight_decay", "rho", "eps", "hessian_power")
 _CREATE_GRAPH_WARNING = r"Using backward\(\) with create_graph=True"
 NONFINITE_POLICIES = ("skip", "raise", "ignore")
@@ -119,7 +119,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         self.hessian_power_t: Optional[float] = None
         self.backend = backend
         self._rademacher = RademacherSource(seed)
-        self._ops_by_device: Dict[torch.device, backends.Ops] = {}
+        self._ops_by_device: Dict[Tuple[torch.device, torch.dtype], backends.Ops] = {}
         self._plan: Optional[Plan] = None
         super().__init__(params, defaults)
 
@@ -148,17 +148,30 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     # -- backends ---------------------------------------------------------------------
 
-    def ops(self, device: torch.device) -> backends.Ops:
-        """The backend ops used for tensors on ``device`` (resolved once per device)."""
-        ops = self._ops_by_device.get(device)
+    def ops(self, device: torch.device, dtype: torch.dtype) -> backends.Ops:
+        """The backend ops used for parameters of ``dtype`` on ``device`` (resolved once
+        per pair: "auto" may pick another backend for float64 than for float32)."""
+        ops = self._ops_by_device.get((device, dtype))
         if ops is None:
-            ops = self._ops_by_device[device] = backends.resolve(self.backend, device)
+            ops = self._ops_by_device[(device, dtype)] = backends.resolve(self.backend, device,
+                                                                          dtype)
         return ops
 
     @property
     def backends_in_use(self) -> Dict[str, str]:
-        """``{device: backend name}`` for every device this optimizer has stepped on."""
-        return {str(device): ops.name for device, ops in self._ops_by_device.items()}
+        """``{device: backend name}`` for every device this optimizer has stepped on; a
+        device whose dtypes use different backends gets one ``"device dtype"`` key each."""
+        by_device: Dict[str, Dict[torch.dtype, str]] = {}
+        for (device, dtype), ops in self._ops_by_device.items():
+            by_device.setdefault(str(device), {})[dtype] = ops.name
+        names = {}
+        for device, by_dtype in by_device.items():
+            if len(set(by_dtype.values())) == 1:
+                names[device] = next(iter(by_dtype.values()))
+            else:
+                names.update({f"{device} {str(dtype).replace('torch.', '')}": name
+                              for dtype, name in by_dtype.items()})
+        return names
 
     @property
     def _home_device(self) -> torch.device:
@@ -195,9 +208,9 @@ class HessianOptimizer(torch.optim.Optimizer):
         if not params:
             return torch.zeros((), dtype=torch.float32, device=self._home_device)
         squares = []
-        for (device, _), indices in buckets(range(len(params)),
-                                            lambda i: (params[i].device, params[i].dtype)).items():
-            norm = self.ops(device).global_norm([tensors[i] for i in indices],
+        for (device, dtype), indices in buckets(
+                range(len(params)), lambda i: (params[i].device, params[i].dtype)).items():
+            norm = self.ops(device, dtype).global_norm([tensors[i] for i in indices],
                                                 [params[i] for i in indices] if weighted else None)
             squares.append(norm.square())
         return sqrt_of_sum(squares)
@@ -217,9 +230,10 @@ class HessianOptimizer(torch.optim.Optimizer):
             else:
                 state["step"], correction = 0, 0.0
             state.setdefault("hessian_step", 0)
-            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32,
+            dtype = backends.state_dtype(p.dtype)
+            state["exp_avg"] = torch.zeros_like(p, dtype=dtype,
                                                 memory_format=torch.preserve_format)
-            state["exp_hessian_diag"] = torch.zeros_like(p, dtype=torch.float32,
+            state["exp_hessian_diag"] = torch.zeros_like(p, dtype=dtype,
                                                          memory_format=torch.preserve_format)
             state["bias_correction2"] = correction
         return state
@@ -409,9 +423,9 @@ class HessianOptimizer(torch.optim.Optimizer):
             return (entry.param.device, entry.param.dtype, step_counters.key(entry.state),
                     entry.hessian_now, extra(entry.param))
 
-        for (device, _, counters, hessian_now, extra_value), bucket in \
+        for (device, dtype, counters, hessian_now, extra_value), bucket in \
                 buckets(entries, key).items():
-            ops = self.ops(device)
+            ops = self.ops(device, dtype)
             params = [e.param for e in bucket]
             exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
             flag = flags.get(counters)
@@ -482,14 +496,16 @@ class HessianOptimizer(torch.optim.Optimizer):
             state_dict = dict(state_dict)
             extra = state_dict.pop("sassha_fast")
         super().load_state_dict(state_dict)
-        # PyTorch casts floating state to the parameter's dtype; ours stays fp32.
+        # PyTorch casts floating state to the parameter's dtype; ours stays in the state
+        # dtype (float32, float64 for float64 parameters).
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params):
             saved = state_dict["state"].get(saved_id, {})
-            for key in FP32_STATE_KEYS:
+            for key in STATE_TENSOR_KEYS:
                 if key in saved:
-                    self.state[p][key] = saved[key].to(device=p.device, dtype=torch.float32,
+                    self.state[p][key] = saved[key].to(device=p.device,
+                                                       dtype=backends.state_dtype(p.dtype),
                                                        copy=True)
         # Counters in the representation of this optimizer's path, whichever path saved them.
         step_counters.load([(g, p, self.state[p], state_dict["state"][i])
@@ -515,8 +531,7 @@ def kernel_scalar(value, device: torch.device, dtype: torch.dtype):
     parameters)."""
     if not isinstance(value, Tensor):
         return value
-    return value.to(device=device, dtype=torch.float64 if dtype == torch.float64
-                    else torch.float32)
+    return value.to(device=device, dtype=backends.state_dtype(dtype))
 
 
 def found_inf_argument(flag: Optional[Tensor]) -> dict:

@@ -4,6 +4,8 @@ import numbers
 
 import torch
 
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
 
 def _real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
@@ -47,9 +49,9 @@ def check_parameters(optimizer_name: str, params) -> None:
             raise ValueError(f"{optimizer_name} does not support complex parameters "
                              f"(got a {p.dtype} parameter of shape {tuple(p.shape)}); "
                              "optimize torch.view_as_real(p) instead")
-        if p.is_floating_point() and p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"{optimizer_name} supports float32, bfloat16 and float16 "
-                             f"parameters, got {p.dtype}")
+        if p.is_floating_point() and p.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{optimizer_name} supports float32, float64, bfloat16 and "
+                             f"float16 parameters, got {p.dtype}")
 
 
 def check_dense(optimizer_name: str, grad: torch.Tensor) -> None:

@@ -64,7 +64,7 @@ class MSASSHA(HessianOptimizer):
 
     def _add_momentum(self, params: List[Tensor], alpha) -> None:
         for (device, dtype), ps in buckets(params, lambda p: (p.device, p.dtype)).items():
-            self.ops(device).add_scaled(ps, [self.state[p]["exp_avg"] for p in ps],
+            self.ops(device, dtype).add_scaled(ps, [self.state[p]["exp_avg"] for p in ps],
                                         kernel_scalar(alpha, device, dtype))
 
     def move_up_to_momentumAscent(self) -> None:

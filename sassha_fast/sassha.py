@@ -97,7 +97,7 @@ class SASSHA(HessianOptimizer):
             for (device, dtype), ps in buckets(group_params,
                                                lambda p: (p.device, p.dtype)).items():
                 es = [p.grad if zero_grad else p.grad.clone() for p in ps]
-                self.ops(device).perturb(
+                self.ops(device, dtype).perturb(
                     ps, es, kernel_scalar(scale, device, dtype), self.adaptive,
                     **found_inf_argument(None if found_inf is None else found_inf.to(device)))
                 self._perturbation.update(zip(ps, es))
@@ -109,8 +109,10 @@ class SASSHA(HessianOptimizer):
         """Return to w (through ``.data``, as the authors do: the second pass's graph then
         sees the restored weights when the Hessian-vector product runs)."""
         pending, self._perturbation = list(self._perturbation.items()), {}
-        for (device, _), items in buckets(pending, lambda kv: (kv[0].device, kv[0].dtype)).items():
-            self.ops(device).add_scaled([p.data for p, _ in items], [e for _, e in items], -1.0)
+        for (device, dtype), items in buckets(pending,
+                                              lambda kv: (kv[0].device, kv[0].dtype)).items():
+            self.ops(device, dtype).add_scaled([p.data for p, _ in items],
+                                               [e for _, e in items], -1.0)
 
     def _before_hessian(self) -> None:
         self.unperturb()

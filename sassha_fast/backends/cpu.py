@@ -27,6 +27,10 @@ def supports(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+def supports_dtype(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
 def isa() -> str:
     """The instruction set the kernels run with here: "avx512", "avx2" or "generic"."""
     return _C.cpu_isa()

@@ -29,6 +29,10 @@ def supports(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def supports_dtype(dtype: torch.dtype) -> bool:
+    return dtype != torch.float64
+
+
 def _kernel_scalar(value: Scalar) -> Union[float, Tensor]:
     """A number, or an fp32 CUDA tensor for the kernel to read. A CPU tensor is read here,
     which costs no synchronisation."""

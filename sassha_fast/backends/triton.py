@@ -37,6 +37,10 @@ def supports(device: torch.device) -> bool:
     return device.type == ("cpu" if kernels.INTERPRETED else "cuda")
 
 
+def supports_dtype(dtype: torch.dtype) -> bool:
+    return dtype != torch.float64
+
+
 def _power_mode(hessian_power: float) -> str:
     """Which specialisation of the power a kernel compiles (see ``kernels._power``)."""
     return {0.5: "sqrt", 1.0: "one"}.get(float(hessian_power), "pow")
