@@ -111,7 +111,8 @@ class HessianOptimizer(torch.optim.Optimizer):
         self._averager = Averager(process_group)
         self._first_pass_nonfinite = False  # host path: the first pass held inf/NaN
         self._first_pass_found_inf: Optional[Tensor] = None  # device path: its flag
-        self._captured_params: List[Tensor] = []  # taking part in the step being captured
+        # The parameters and skip flag of the step last captured in a CUDA graph.
+        self._captured: Tuple[List[Tensor], Optional[Tensor]] = ([], None)
         self.lazy_hessian = lazy_hessian
         self.n_samples = n_samples
         self.seed = seed
@@ -329,7 +330,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         elif found_inf is not None:
             self._skips.record(found_inf)
         self._apply_update(self._commit(plan), self._next_hessian_power(), found_inf)
-        self._finish_iteration(plan.params())
+        self._finish_iteration(plan.params(), found_inf)
         return True
 
     def _commit(self, plan: Plan) -> Plan:
@@ -345,12 +346,12 @@ class HessianOptimizer(torch.optim.Optimizer):
             groups.append((group, committed))
         return plan._replace(groups=groups)
 
-    def _finish_iteration(self, params: List[Tensor]) -> None:
+    def _finish_iteration(self, params: List[Tensor], found_inf: Optional[Tensor]) -> None:
         """The host's bookkeeping of an iteration that was applied, or, on the device path,
         attempted: the lazy-Hessian counters and the skip report. While a CUDA graph is
         captured nothing runs, so it is left to each replay (see ``cuda_graphs``)."""
         if capturing():
-            self._captured_params = params
+            self._captured = (params, found_inf)
             return
         for p in params:
             self.state[p]["hessian_step"] += 1
