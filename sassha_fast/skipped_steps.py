@@ -32,10 +32,12 @@ def capturing() -> bool:
 
 
 def _caller_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning at the first frame outside this package."""
-    package = os.path.dirname(os.path.abspath(__file__))
+    """The ``stacklevel`` that points a warning at the user's call: the first frame outside
+    this package and torch (whose decorators wrap ``step``)."""
+    inside = (os.path.dirname(os.path.abspath(__file__)),
+              os.path.dirname(os.path.abspath(torch.__file__)))
     frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
         frame, level = frame.f_back, level + 1
     return level
 
