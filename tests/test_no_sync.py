@@ -4,6 +4,7 @@ host within ``perturb_weights()`` and ``step()``: proven on CPU tensors with
 here, for SASSHA and M-SASSHA, the closure and the method-level loop, Hessian and
 non-Hessian steps, with and without a GradScaler; the numbers match the host path's."""
 import contextlib
+import copy
 import inspect
 import sys
 
@@ -224,3 +225,40 @@ def test_a_grad_scaler_overflow_on_the_device_lowers_the_scale():
     handle.remove()
     scaler.update()
     assert scaler.get_scale() == 2.0 ** 11 and opt.skipped_steps == 1
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("saved_on_device", [True, False], ids=["device-to-host", "host-to-device"])
+def test_a_checkpoint_loads_into_the_other_path(optimizer, saved_on_device):
+    """Counters (and M-SASSHA's norm factor) come back in the loading optimizer's form, the
+    device path's shared again; the run goes on as the saving path's would (training-mode
+    BatchNorm: its running statistics do not enter the loss)."""
+    x, y = whole_batch()
+    model = make_model()
+    opt = optimizer(model.parameters(), lazy_hessian=2, backend="reference",
+                    capturable=saved_on_device)
+    for _ in range(3):
+        opt.step(lambda: LOSS(model(x), y))
+    saved = copy.deepcopy(opt.state_dict())
+    saved_params = [p.detach().clone() for p in model.parameters()]
+    for _ in range(2):  # the saving optimizer goes on
+        opt.step(lambda: LOSS(model(x), y))
+
+    other_model = make_model()
+    with torch.no_grad():
+        for p, q in zip(other_model.parameters(), saved_params):
+            p.copy_(q)
+    other = optimizer(other_model.parameters(), lazy_hessian=2, backend="reference",
+                      capturable=not saved_on_device)
+    other.load_state_dict(saved)
+    steps = [other.state[p]["step"] for p in other_model.parameters()]
+    if saved_on_device:
+        assert all(type(s) is int and s == 3 for s in steps)
+    else:
+        assert all(s is steps[0] for s in steps) and int(steps[0]) == 3  # shared again
+    if optimizer is MSASSHA:
+        assert isinstance(other.param_groups[0]["norm_factor"], torch.Tensor) != saved_on_device
+    for _ in range(2):
+        other.step(lambda: LOSS(other_model(x), y))
+    for p, q in zip(other_model.parameters(), model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
