@@ -26,8 +26,10 @@ class MSASSHA(HessianOptimizer):
     is correct too). ``loss = opt.step(closure)`` runs one whole iteration, with
     ``create_graph`` only when the Hessian is due. Several parameter groups share one
     momentum norm, each with its own ``rho``. ``process_group`` / ``sync_gradients``,
-    ``step(..., scaler=)`` and ``nonfinite`` work as in ``SASSHA``; a skipped step leaves
-    the parameters at the perturbed point where the iteration found them.
+    ``step(..., scaler=)``, ``nonfinite``, ``capturable``, ``skip_check_interval`` and
+    ``max_consecutive_skips`` work as in ``SASSHA``; a skipped step leaves the parameters
+    where the iteration found them (on the device path the norm factor, too, stays a
+    device tensor).
     """
 
     def __init__(self, params, lr: float = 0.15, betas=(0.9, 0.999), weight_decay: float = 1e-2,

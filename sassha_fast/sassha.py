@@ -33,8 +33,12 @@ class SASSHA(HessianOptimizer):
     ``step()`` without a preceding ``perturb_weights()`` is SASSHA with ``rho = 0``.
     Production options (see the README): ``process_group`` / ``sync_gradients`` for data
     parallelism, ``scaler=`` on ``step`` / ``perturb_weights`` for a GradScaler, and
-    ``nonfinite`` ("skip", "raise" or "ignore") for inf/NaN gradients or Hessian estimates.
-    ``hessian_power`` is the constant power of the Hessian; a ``hessian_power_scheduler``
+    ``nonfinite`` ("skip", "raise" or "ignore") for inf/NaN gradients or Hessian estimates,
+    reported by a ``SkippedStepWarning`` and, after ``max_consecutive_skips`` skipped steps in
+    a row (None: never), a ``FloatingPointError``. ``capturable`` (None: True for CUDA
+    parameters) keeps the skip decision and the counters on the device: no host
+    synchronisation, a step that a CUDA graph can capture (``sassha_fast.cuda_graphs``); the
+    skip counts are then read every ``skip_check_interval`` steps. ``hessian_power`` is the constant power of the Hessian; a ``hessian_power_scheduler``
     (an object whose ``step()`` returns the power) overrides it and is stepped once per
     ``step()``. ``backend`` picks the implementation of the fused ops ("auto", "reference",
     "foreach", "cpu", "triton", "cuda"; see ``sassha_fast.available_backends()``).
