@@ -277,13 +277,15 @@ class HessianOptimizer(torch.optim.Optimizer):
         rademacher_before = None
         if due_params:
             self._before_hessian()
-            rademacher_before = self._rademacher.state_dict()
+            # Not while a CUDA graph is captured (replays advance the generator themselves).
+            rademacher_before = None if capturing() else self._rademacher.state_dict()
             try:
                 with torch.enable_grad():
                     estimate = hutchinson([p.grad for p in due_params], due_params,
                                           self._rademacher, self.n_samples)
             except RuntimeError as exc:
-                self._rademacher.load_state_dict(rademacher_before)
+                if rademacher_before is not None:
+                    self._rademacher.load_state_dict(rademacher_before)
                 clearer = errors.compiled_double_backward_error(exc)
                 if clearer is None:
                     raise
