@@ -262,3 +262,18 @@ def test_a_checkpoint_loads_into_the_other_path(optimizer, saved_on_device):
         other.step(lambda: LOSS(other_model(x), y))
     for p, q in zip(other_model.parameters(), model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_raise_reads_the_flag_on_the_device_path_too(optimizer):
+    """nonfinite="raise" must read the flag to raise: the one policy that synchronises."""
+    model = make_model()
+    opt = optimizer(model.parameters(), lazy_hessian=2, backend="reference", capturable=True,
+                    nonfinite="raise")
+    x, y = whole_batch()
+    opt.step(lambda: LOSS(model(x), y))
+    handle = poison(model)
+    with pytest.raises(FloatingPointError, match="parameter 1 of group 0"):
+        opt.step(lambda: LOSS(model(x), y))
+    handle.remove()
+    assert opt.skipped_steps == 0 and int(opt.state[model[0].weight]["step"]) == 1
