@@ -14,7 +14,6 @@ from torch import nn
 
 from sassha_fast import MSASSHA, SASSHA, available_backends
 from sassha_fast.backends import op_table
-from backend_params import backend_device_params
 from tiny import LOSS, whole_batch
 
 # Every Tensor method that copies a value to the host (and so waits for a CUDA device).
