@@ -2,7 +2,8 @@
 schedule, backend dispatch and checkpointing. The update rules live in the subclasses."""
 import warnings
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import (Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple,
+                    Optional, Tuple, Union)
 
 import torch
 from torch import Tensor
@@ -10,6 +11,7 @@ from torch import Tensor
 from . import amp, backends, checkpoint, errors, step_counters
 from ._validation import (check_dense, check_hessian_power, check_hyperparameters,
                           check_parameters, check_positive_int)
+from .backward_record import BackwardRecord
 from .distributed import Averager, check_process_group
 from .hessian import RademacherSource, hutchinson
 from .skipped_steps import SkipCounter, capturing
@@ -54,6 +56,8 @@ class Plan(NamedTuple):
     groups: List[Tuple[dict, List[Entry]]]
     hessians: Dict[Tensor, Tensor]
     rademacher_before: Optional[dict]  # generator states before this step's draws
+    # Parameters whose gradients carried a graph (set_hessian() detaches them).
+    graph_params: FrozenSet[Tensor] = frozenset()
 
     def params(self) -> List[Tensor]:
         return [entry.param for _, entries in self.groups for entry in entries]
@@ -75,6 +79,9 @@ def buckets(items: Iterable, key: Callable) -> "OrderedDict":
 class HessianOptimizer(torch.optim.Optimizer):
     """Base class; subclasses define ``_apply_update(plan, hessian_power)``."""
 
+    # Per-parameter state of the authors' checkpoints that is not kept (see checkpoint.py).
+    _AUTHORS_DROPPED_KEYS: Tuple[str, ...] = ("e_w",)
+
     # GradScaler.step(opt) then hands the optimizer its scale instead of unscaling .grad
     # blindly; the step refuses it and says what to call (see amp.refuse_scaler_step).
     _step_supports_amp_scaling = True
@@ -82,8 +89,11 @@ class HessianOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict, *, lazy_hessian: int, n_samples: int, seed: int,
                  hessian_power_scheduler, backend: str, process_group=None,
                  sync_gradients: bool = False, nonfinite: str = "skip",
-                 capturable: Optional[bool] = None, skip_check_interval: int = 100,
-                 max_consecutive_skips: Optional[int] = 100):
+                 grad_reduce: str = "mean", capturable: Optional[bool] = None,
+                 skip_check_interval: int = 100, max_consecutive_skips: Optional[int] = 100):
+        # Before the parameters are read, as torch's optimizers do.
+        check_hyperparameters(**{k: defaults[k] for k in _GROUP_HYPERPARAMETERS},
+                              perturb_eps=defaults.get("perturb_eps", 0.0))
         check_positive_int("lazy_hessian", lazy_hessian)
         check_positive_int("n_samples", n_samples)
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -97,6 +107,8 @@ class HessianOptimizer(torch.optim.Optimizer):
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"Invalid nonfinite value: {nonfinite!r} (choose from "
                              + ", ".join(repr(p) for p in NONFINITE_POLICIES) + ")")
+        if not isinstance(grad_reduce, str) or grad_reduce.lower() not in ("mean", "sum"):
+            raise ValueError('"grad_reduce" should be one of ["mean", "sum"].')
         if capturable not in (None, True, False):
             raise ValueError(f"Invalid capturable value: {capturable!r} (expected None, True "
                              "or False)")
@@ -108,7 +120,8 @@ class HessianOptimizer(torch.optim.Optimizer):
         self.capturable = capturable
         # Iterations skipped for inf/NaN gradients or Hessian estimates.
         self._skips = SkipCounter(skip_check_interval, max_consecutive_skips)
-        self._averager = Averager(process_group)
+        self.grad_reduce = grad_reduce.lower()
+        self._averager = Averager(process_group, mean=self.grad_reduce == "mean")
         self._first_pass_nonfinite = False  # host path: the first pass held inf/NaN
         self._first_pass_found_inf: Optional[Tensor] = None  # device path: its flag
         # The parameters and skip flag of the step last captured in a CUDA graph.
@@ -122,6 +135,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         self._rademacher = RademacherSource(seed)
         self._ops_by_device: Dict[Tuple[torch.device, torch.dtype], backends.Ops] = {}
         self._plan: Optional[Plan] = None
+        self._backward_record = BackwardRecord()
         super().__init__(params, defaults)
 
     # -- parameter groups -------------------------------------------------------------
@@ -136,6 +150,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         except (ValueError, TypeError):
             self.param_groups.pop()
             raise
+        self._backward_record.watch(group["params"])
 
     def get_params(self):
         """Every parameter that requires a gradient, across all groups."""
@@ -243,12 +258,14 @@ class HessianOptimizer(torch.optim.Optimizer):
     def hessian_due(self) -> bool:
         """Whether the next step estimates a Hessian for some parameter, i.e. whether the
         backward pass that precedes it needs ``create_graph=True``."""
-        return any(self.state.get(p, {}).get("hessian_step", 0) % self.lazy_hessian == 0
-                   for p in self.get_params())
+        return any([self._hessian_due_for(p) for p in self.get_params()])  # reads every key
 
     def zero_hessian(self) -> None:
-        """Kept for the authors' API. Estimates are not accumulated across steps here (no
-        per-parameter Hessian buffer is kept), so there is nothing to zero."""
+        """Drop the estimates ``set_hessian()`` summed since the last step. Estimates are
+        not kept across steps here (no per-parameter Hessian buffer), so a step always
+        starts a fresh sum."""
+        if self._plan is not None:
+            self._plan = self._plan._replace(hessians={})
 
     def _before_hessian(self) -> None:
         """Hook run before the Hessian-vector product (SASSHA leaves the perturbed point)."""
@@ -256,42 +273,90 @@ class HessianOptimizer(torch.optim.Optimizer):
     def _abandon_step(self) -> None:
         """Hook run when a step is skipped (SASSHA leaves the perturbed point)."""
 
+    def _hessian_step_of(self, p: Tensor) -> int:
+        """The parameter's Hessian counter. The authors' resume path writes
+        ``state[p]["hessian step"] = 0`` to force a fresh estimate: that key is honoured
+        here, taken over as ``hessian_step``."""
+        state = self.state.get(p)
+        if state is None:
+            return 0
+        if "hessian step" in state:
+            state["hessian_step"] = int(state.pop("hessian step"))
+        return state.get("hessian_step", 0)
+
+    def _hessian_due_for(self, p: Tensor) -> bool:
+        """Whether a Hessian estimate is computed for ``p`` in this step."""
+        return self._hessian_step_of(p) % self.lazy_hessian == 0
+
     @torch.no_grad()
     def set_hessian(self) -> None:
-        """Estimate the Hessian diagonal for the parameters whose lazy interval is over.
-        ``step()`` calls it when the caller has not; the Hessian counters advance when the
-        step is applied, so a failed or skipped step leaves no trace."""
-        if self._plan is not None:
-            return
+        """Add this backward pass's Hessian estimate, for the parameters whose lazy interval
+        is over, to the one the next ``step()`` uses. Call it after each micro-batch's
+        ``backward(create_graph=True)``: the estimates are summed (scale the micro-batch
+        losses as for the gradients), each with fresh Rademacher vectors, and the
+        gradients are detached so that the next micro-batch's graph is the only one the
+        next call goes through. A held perturbation stays until ``unperturb()``, so the
+        Hessian is taken where the backward pass ran. ``step()`` estimates the Hessian
+        itself when no call came before it; the Hessian counters advance when the step is
+        applied, so a failed or skipped step leaves no trace."""
+        self._estimate_hessian(accumulate=True)
+
+    def _plan_step(self) -> Plan:
+        """The plan of this step: the accumulated estimates, or a fresh one."""
+        if self._plan is None:
+            self._estimate_hessian(accumulate=False)
+        plan, self._plan = self._plan, None
+        return plan
+
+    def _estimate_hessian(self, accumulate: bool) -> None:
         groups = []
         due_params: List[Tensor] = []
         for group in self.param_groups:
             entries = []
             for p in self._params_with_grad(group):
-                now = self.state.get(p, {}).get("hessian_step", 0) % self.lazy_hessian == 0
+                now = self._hessian_due_for(p)
                 if now:
                     due_params.append(p)
                 entries.append(Entry(p, None, now))
             groups.append((group, entries))
-        hessians: Dict[Tensor, Tensor] = {}
-        rademacher_before = None
+        previous = self._plan
+        hessians: Dict[Tensor, Tensor] = dict(previous.hessians) if previous else {}
+        rademacher_before = previous.rademacher_before if previous else None
+        graph_params = set(previous.graph_params) if previous else set()
         if due_params:
-            self._before_hessian()
+            if not accumulate:
+                self._before_hessian()
             # Not while a CUDA graph is captured (replays advance the generator themselves).
-            rademacher_before = None if capturing() else self._rademacher.state_dict()
+            before_this = None if capturing() else self._rademacher.state_dict()
             try:
-                with torch.enable_grad():
-                    estimate = hutchinson([p.grad for p in due_params], due_params,
-                                          self._rademacher, self.n_samples)
+                if self._backward_record.create_graph and \
+                        not any(p.grad.requires_grad for p in due_params):
+                    # A create_graph pass whose gradients do not depend on the parameters.
+                    estimate = [torch.zeros_like(p) for p in due_params]
+                else:
+                    with torch.enable_grad():
+                        # Summed estimates need z * Hz; a lone one may keep Hz (same |h|).
+                        estimate = hutchinson([p.grad for p in due_params], due_params,
+                                              self._rademacher, self.n_samples,
+                                              signed=accumulate)
             except RuntimeError as exc:
-                if rademacher_before is not None:
-                    self._rademacher.load_state_dict(rademacher_before)
+                if before_this is not None:
+                    self._rademacher.load_state_dict(before_this)
                 clearer = errors.compiled_double_backward_error(exc)
                 if clearer is None:
                     raise
                 raise clearer from exc
-            hessians = dict(zip(due_params, estimate))
-        self._plan = Plan(groups, hessians, rademacher_before)
+            if rademacher_before is None:
+                rademacher_before = before_this
+            for p, h in zip(due_params, estimate):
+                hessians[p] = hessians[p].add_(h) if p in hessians else h
+        if accumulate:
+            for _, entries in groups:
+                for entry in entries:
+                    if entry.param.grad.grad_fn is not None:
+                        graph_params.add(entry.param)
+                        entry.param.grad = entry.param.grad.detach()
+        self._plan = Plan(groups, hessians, rademacher_before, frozenset(graph_params))
 
     def _next_hessian_power(self) -> Optional[float]:
         """The scheduler's power for this step, or None to use each group's constant."""
@@ -309,9 +374,9 @@ class HessianOptimizer(torch.optim.Optimizer):
         unscaling, the finite check, then the update. False when the step is known on the
         host to be skipped (on the device path the ops skip it on the device)."""
         amp.refuse_scaler_step(self)
-        self.set_hessian()
-        plan, self._plan = self._plan, None
-        carrying_graph = [p for p in plan.params() if p.grad.grad_fn is not None]
+        plan = self._plan_step()
+        carrying_graph = [p for p in plan.params()
+                          if p.grad.grad_fn is not None or p in plan.graph_params]
         # The gradients of a create_graph backward hold the whole double-backward graph.
         for p in self.get_params():
             if p.grad is not None and p.grad.grad_fn is not None:
@@ -356,7 +421,9 @@ class HessianOptimizer(torch.optim.Optimizer):
             self._captured = (params, found_inf)
             return
         for p in params:
-            self.state[p]["hessian_step"] += 1
+            state = self.state[p]
+            if "hessian_step" in state:  # the language-model variant keeps no such counter
+                state["hessian_step"] += 1
         self._skips.tick()
 
     def _found_inf(self, plan: Plan, scaler) -> Optional[Tensor]:
@@ -453,6 +520,13 @@ class HessianOptimizer(torch.optim.Optimizer):
                     raise
                 raise clearer from exc
 
+    @staticmethod
+    def _check_closure(closure) -> None:
+        if closure is not None and not callable(closure):
+            raise TypeError(f"step(closure) takes a callable, got {type(closure).__name__} (the "
+                            "authors' language-model SASSHA's step(iter_num) is "
+                            "sassha_fast.lm.SASSHA)")
+
     def _evaluate(self, closure: Callable[[], Tensor]) -> Tensor:
         with torch.enable_grad():
             loss = closure()
@@ -463,6 +537,23 @@ class HessianOptimizer(torch.optim.Optimizer):
             raise ValueError("the closure must not call backward(): it returns the loss and "
                              "the optimizer runs the backward passes itself")
         return loss
+
+    # -- pickling and deep copies -------------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        # torch.optim.Optimizer pickles defaults, state and param_groups only; every
+        # setting and counter of this package must survive too (resolved backends are
+        # looked up again; hooks are dropped, as torch drops them).
+        state = super().__getstate__()
+        state.update({key: value for key, value in self.__dict__.items()
+                      if key not in _TORCH_OPTIMIZER_ATTRIBUTES and key != "_ops_by_device"})
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._ops_by_device = {}
+        for group in self.param_groups:
+            self._backward_record.watch(group["params"])
 
     # -- checkpoints ------------------------------------------------------------------
 
@@ -490,10 +581,30 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Loads this package's checkpoints and the authors' optimizers' (converted, see
-        ``checkpoint.from_authors_format``), from any device and backend."""
+        ``checkpoint.from_authors_format``), from any device and backend. Pre-hooks see
+        the dict as saved, and the dict a pre-hook returns is the one loaded; post-hooks
+        run once everything is loaded."""
+        pre_hooks = self._optimizer_load_state_dict_pre_hooks
+        post_hooks = self._optimizer_load_state_dict_post_hooks
+        for hook in pre_hooks.values():
+            replaced = hook(self, state_dict)
+            if replaced is not None:
+                state_dict = replaced
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        try:
+            self._load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = pre_hooks
+            self._optimizer_load_state_dict_post_hooks = post_hooks
+        for hook in post_hooks.values():
+            hook(self)
+
+    def _load_state_dict(self, state_dict: dict) -> None:
         if checkpoint.is_authors_format(state_dict):
             state_dict = checkpoint.from_authors_format(state_dict, self,
-                                                        self._authors_bias_correction2)
+                                                        self._authors_bias_correction2,
+                                                        self._AUTHORS_DROPPED_KEYS)
             extra = self._authors_extra_state()
         else:
             state_dict = dict(state_dict)
@@ -520,6 +631,11 @@ class HessianOptimizer(torch.optim.Optimizer):
         self._plan = None
         self._first_pass_nonfinite = False
         self._first_pass_found_inf = None
+
+
+# What torch.optim.Optimizer keeps in an instance (its own pickling handles these).
+_TORCH_OPTIMIZER_ATTRIBUTES = frozenset(
+    torch.optim.Optimizer([torch.zeros(1, requires_grad=True)], {}).__dict__)
 
 
 def group_scalars(group: dict, hessian_power: Optional[float]) -> Tuple[float, float, float]:

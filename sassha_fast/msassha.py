@@ -37,8 +37,8 @@ class MSASSHA(HessianOptimizer):
                  eps: float = 1e-4, hessian_power: float = 0.5, seed: int = 0,
                  maximize: bool = False, hessian_power_scheduler=None, backend: str = "auto",
                  process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
-                 capturable: Optional[bool] = None, skip_check_interval: int = 100,
-                 max_consecutive_skips: Optional[int] = 100):
+                 grad_reduce: str = "mean", capturable: Optional[bool] = None,
+                 skip_check_interval: int = 100, max_consecutive_skips: Optional[int] = 100):
         if maximize:
             raise ValueError("Invalid maximize value: True (MSASSHA only minimizes)")
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
@@ -49,7 +49,8 @@ class MSASSHA(HessianOptimizer):
                          seed=seed, hessian_power_scheduler=hessian_power_scheduler,
                          backend=backend, process_group=process_group,
                          sync_gradients=sync_gradients, nonfinite=nonfinite,
-                         capturable=capturable, skip_check_interval=skip_check_interval,
+                         grad_reduce=grad_reduce, capturable=capturable,
+                         skip_check_interval=skip_check_interval,
                          max_consecutive_skips=max_consecutive_skips)
 
     def _momentum_params(self, group: dict) -> List[Tensor]:
@@ -161,6 +162,7 @@ class MSASSHA(HessianOptimizer):
         with ``create_graph=opt.hessian_due``), or, given ``closure`` (which returns the loss
         without calling backward), a whole iteration. Returns the loss, or None.
         ``scaler``: a ``torch.amp.GradScaler``, as in ``SASSHA.step``."""
+        self._check_closure(closure)
         if closure is None:
             self._step_from_gradients(scaler)
             return None

@@ -8,6 +8,7 @@ from torch import Tensor
 from . import amp
 from ._base import (HessianOptimizer, Plan, buckets, found_inf_argument, group_scalars,
                     kernel_scalar)
+from ._validation import warn_on_unknown_keywords
 from .batchnorm import frozen_batchnorm_stats
 
 
@@ -38,7 +39,11 @@ class SASSHA(HessianOptimizer):
     a row (None: never), a ``FloatingPointError``. ``capturable`` (None: True for CUDA
     parameters) keeps the skip decision and the counters on the device: no host
     synchronisation, a step that a CUDA graph can capture (``sassha_fast.cuda_graphs``); the
-    skip counts are then read every ``skip_check_interval`` steps. ``hessian_power`` is the constant power of the Hessian; a ``hessian_power_scheduler``
+    skip counts are then read every ``skip_check_interval`` steps. ``grad_reduce`` ("mean" or
+    "sum", as the authors') is how the tensors the optimizer reduces across ranks are
+    combined. Unknown keyword arguments are ignored with a warning, as the authors'
+    constructor ignores them (silently).
+    ``hessian_power`` is the constant power of the Hessian; a ``hessian_power_scheduler``
     (an object whose ``step()`` returns the power) overrides it and is stepped once per
     ``step()``. ``backend`` picks the implementation of the fused ops ("auto", "reference",
     "foreach", "cpu", "triton", "cuda"; see ``sassha_fast.available_backends()``).
@@ -47,11 +52,12 @@ class SASSHA(HessianOptimizer):
     def __init__(self, params, hessian_power_scheduler=None, lr: float = 0.15,
                  betas=(0.9, 0.999), weight_decay: float = 0.0, rho: float = 0.05,
                  lazy_hessian: int = 10, n_samples: int = 1, perturb_eps: float = 1e-12,
-                 eps: float = 1e-4, adaptive: bool = False, seed: int = 0,
-                 hessian_power: float = 0.5, backend: str = "auto", process_group=None,
-                 sync_gradients: bool = False, nonfinite: str = "skip",
+                 eps: float = 1e-4, adaptive: bool = False, grad_reduce: str = "mean",
+                 seed: int = 0, hessian_power: float = 0.5, backend: str = "auto",
+                 process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
                  capturable: Optional[bool] = None, skip_check_interval: int = 100,
-                 max_consecutive_skips: Optional[int] = 100):
+                 max_consecutive_skips: Optional[int] = 100, **kwargs):
+        warn_on_unknown_keywords(type(self).__name__, kwargs)
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
                         weight_decay=weight_decay, rho=rho, perturb_eps=perturb_eps, eps=eps,
                         hessian_power=hessian_power)
@@ -62,7 +68,8 @@ class SASSHA(HessianOptimizer):
                          seed=seed, hessian_power_scheduler=hessian_power_scheduler,
                          backend=backend, process_group=process_group,
                          sync_gradients=sync_gradients, nonfinite=nonfinite,
-                         capturable=capturable, skip_check_interval=skip_check_interval,
+                         grad_reduce=grad_reduce, capturable=capturable,
+                         skip_check_interval=skip_check_interval,
                          max_consecutive_skips=max_consecutive_skips)
 
     @torch.no_grad()
@@ -153,6 +160,7 @@ class SASSHA(HessianOptimizer):
         the optimizer scales it). The gradients and the Hessian estimate are unscaled, an
         inf/NaN anywhere skips the iteration and is reported to the scaler, whose
         ``update()`` the caller then calls."""
+        self._check_closure(closure)
         if closure is None:
             self._step_from_gradients(scaler)
             return None
