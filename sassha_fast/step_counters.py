@@ -97,8 +97,8 @@ def load(entries: List[Tuple[int, Tensor, dict, dict]], on_device: bool) -> None
     equal group, device, counters and Hessian schedule share tensors again."""
     shared: Dict[Hashable, Counters] = {}
     for group_index, p, state, saved in entries:
-        if "step" not in saved:
-            continue
+        if "step" not in saved or "bias_correction2" not in saved:
+            continue  # no state yet, or the language-model variant's (no bias correction)
         step, correction = float(saved["step"]), float(saved["bias_correction2"])
         if not on_device:
             state["step"], state["bias_correction2"] = int(step), correction
