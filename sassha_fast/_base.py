@@ -2,18 +2,19 @@
 schedule, backend dispatch and checkpointing. The update rules live in the subclasses."""
 import warnings
 from collections import OrderedDict
-from typing import (Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple, Optional,
-                    Tuple)
+from typing import (Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple,
+                    Optional, Tuple, Union)
 
 import torch
 from torch import Tensor
 
-from . import amp, backends, checkpoint, errors
+from . import amp, backends, checkpoint, errors, step_counters
 from ._validation import (check_dense, check_hessian_power, check_hyperparameters,
                           check_parameters, check_positive_int)
 from .backward_record import BackwardRecord
 from .distributed import Averager, check_process_group
 from .hessian import RademacherSource, hutchinson
+from .skipped_steps import SkipCounter, capturing
 
 # State kept in fp32 whatever the parameter's dtype (PyTorch's loader would cast it).
 STATE_TENSOR_KEYS = ("exp_avg", "exp_hessian_diag")  # in backends.state_dtype(p.dtype)
@@ -31,14 +32,23 @@ class Entry(NamedTuple):
 
 class Bucket(NamedTuple):
     """Parameters of one group that one op call updates: same device, dtype, step count,
-    Hessian refresh, second bias correction and subclass-specific ``extra``."""
+    Hessian refresh, second bias correction and subclass-specific ``extra``. On the device
+    path the counters are 0-d tensors and ``found_inf`` is the ops' skip flag."""
     ops: "backends.Ops"
     params: List[Tensor]
     exp_avgs: List[Tensor]
     exp_hessians: List[Tensor]
-    step: int
-    bias_correction2: float
+    step: Union[int, Tensor]
+    bias_correction2: Union[float, Tensor]
     extra: object
+    found_inf: Optional[Tensor]
+
+    def scalar(self, value):
+        """``value`` as the ops take it for these parameters."""
+        return kernel_scalar(value, self.params[0].device, self.params[0].dtype)
+
+    def bias_correction1(self, beta1: float):
+        return self.scalar(step_counters.bias_correction1(self.step, beta1))
 
 
 class Plan(NamedTuple):
@@ -79,7 +89,8 @@ class HessianOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict, *, lazy_hessian: int, n_samples: int, seed: int,
                  hessian_power_scheduler, backend: str, process_group=None,
                  sync_gradients: bool = False, nonfinite: str = "skip",
-                 grad_reduce: str = "mean"):
+                 grad_reduce: str = "mean", capturable: Optional[bool] = None,
+                 skip_check_interval: int = 100, max_consecutive_skips: Optional[int] = 100):
         # Before the parameters are read, as torch's optimizers do.
         check_hyperparameters(**{k: defaults[k] for k in _GROUP_HYPERPARAMETERS},
                               perturb_eps=defaults.get("perturb_eps", 0.0))
@@ -98,12 +109,23 @@ class HessianOptimizer(torch.optim.Optimizer):
                              + ", ".join(repr(p) for p in NONFINITE_POLICIES) + ")")
         if not isinstance(grad_reduce, str) or grad_reduce.lower() not in ("mean", "sum"):
             raise ValueError('"grad_reduce" should be one of ["mean", "sum"].')
+        if capturable not in (None, True, False):
+            raise ValueError(f"Invalid capturable value: {capturable!r} (expected None, True "
+                             "or False)")
+        check_positive_int("skip_check_interval", skip_check_interval)
+        if max_consecutive_skips is not None:
+            check_positive_int("max_consecutive_skips", max_consecutive_skips)
         self.sync_gradients = sync_gradients
         self.nonfinite = nonfinite
-        self.skipped_steps = 0  # iterations skipped for inf/NaN gradients or Hessian estimates
+        self.capturable = capturable
+        # Iterations skipped for inf/NaN gradients or Hessian estimates.
+        self._skips = SkipCounter(skip_check_interval, max_consecutive_skips)
         self.grad_reduce = grad_reduce.lower()
         self._averager = Averager(process_group, mean=self.grad_reduce == "mean")
-        self._first_pass_nonfinite = False
+        self._first_pass_nonfinite = False  # host path: the first pass held inf/NaN
+        self._first_pass_found_inf: Optional[Tensor] = None  # device path: its flag
+        # The parameters and skip flag of the step last captured in a CUDA graph.
+        self._captured: Tuple[List[Tensor], Optional[Tensor]] = ([], None)
         self.lazy_hessian = lazy_hessian
         self.n_samples = n_samples
         self.seed = seed
@@ -167,11 +189,40 @@ class HessianOptimizer(torch.optim.Optimizer):
                               for dtype, name in by_dtype.items()})
         return names
 
+    @property
+    def _home_device(self) -> torch.device:
+        """Where the step's flags and norms meet: the first parameter's device."""
+        return self.param_groups[0]["params"][0].device
+
+    @property
+    def device_path(self) -> bool:
+        """Whether steps keep their skip decision, counters and norms on the device (no host
+        synchronisation, capturable in a CUDA graph): ``capturable``, or, when None, whether
+        the parameters are CUDA tensors."""
+        if self.capturable is not None:
+            return self.capturable
+        return self._home_device.type == "cuda"
+
+    def _reads_flags_on_host(self, scaler) -> bool:
+        """The host path, and ``nonfinite="raise"``, which must read the flag to raise."""
+        return not self.device_path or (self.nonfinite == "raise" and not amp.enabled(scaler))
+
+    @property
+    def skipped_steps(self) -> int:
+        """Iterations skipped for inf/NaN gradients or Hessian estimates (on the device
+        path, reading it waits for the device)."""
+        return self._skips.count
+
+    def check_skipped_steps(self) -> None:
+        """Read the skip counts now and warn (``SkippedStepWarning``) or raise as ``step()``
+        does every ``skip_check_interval`` steps on the device path."""
+        self._skips.check()
+
     def _global_norm(self, params: List[Tensor], tensors: List[Tensor],
                      weighted: bool) -> Tensor:
         """||(|p| if weighted else 1) * t|| over all the tensors, whatever their device/dtype."""
         if not params:
-            return torch.zeros((), dtype=torch.float32)
+            return torch.zeros((), dtype=torch.float32, device=self._home_device)
         squares = []
         for (device, dtype), indices in buckets(
                 range(len(params)), lambda i: (params[i].device, params[i].dtype)).items():
@@ -182,17 +233,25 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     # -- state ------------------------------------------------------------------------
 
-    def _state_of(self, p: Tensor) -> dict:
+    def _state_of(self, p: Tensor, fresh: Optional[dict] = None) -> dict:
+        """The parameter's state, created when missing. On the device path the states that
+        one step creates share their counters through ``fresh`` ({device: counters})."""
         state = self.state[p]
         if "step" not in state:
-            state["step"] = 0
+            if self.device_path:
+                fresh = {} if fresh is None else fresh
+                if p.device not in fresh:
+                    fresh[p.device] = step_counters.new_counters(p.device)
+                state["step"], correction = fresh[p.device]
+            else:
+                state["step"], correction = 0, 0.0
             state.setdefault("hessian_step", 0)
             dtype = backends.state_dtype(p.dtype)
             state["exp_avg"] = torch.zeros_like(p, dtype=dtype,
                                                 memory_format=torch.preserve_format)
             state["exp_hessian_diag"] = torch.zeros_like(p, dtype=dtype,
                                                          memory_format=torch.preserve_format)
-            state["bias_correction2"] = 0.0
+            state["bias_correction2"] = correction
         return state
 
     @property
@@ -267,7 +326,8 @@ class HessianOptimizer(torch.optim.Optimizer):
         if due_params:
             if not accumulate:
                 self._before_hessian()
-            before_this = self._rademacher.state_dict()
+            # Not while a CUDA graph is captured (replays advance the generator themselves).
+            before_this = None if capturing() else self._rademacher.state_dict()
             try:
                 if self._backward_record.create_graph and \
                         not any(p.grad.requires_grad for p in due_params):
@@ -280,7 +340,8 @@ class HessianOptimizer(torch.optim.Optimizer):
                                               self._rademacher, self.n_samples,
                                               signed=accumulate)
             except RuntimeError as exc:
-                self._rademacher.load_state_dict(before_this)
+                if before_this is not None:
+                    self._rademacher.load_state_dict(before_this)
                 clearer = errors.compiled_double_backward_error(exc)
                 if clearer is None:
                     raise
@@ -310,7 +371,8 @@ class HessianOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def _step_from_gradients(self, scaler=None) -> bool:
         """The step from the gradients present: Hessian estimate, averaging across ranks,
-        unscaling, the finite check, then the update. False when the step was skipped."""
+        unscaling, the finite check, then the update. False when the step is known on the
+        host to be skipped (on the device path the ops skip it on the device)."""
         amp.refuse_scaler_step(self)
         plan = self._plan_step()
         carrying_graph = [p for p in plan.params()
@@ -325,44 +387,72 @@ class HessianOptimizer(torch.optim.Optimizer):
         to_average = grads if self.sync_gradients else [p.grad for p in carrying_graph]
         self._averager.average_(to_average + hessians)
         amp.unscale_(scaler, grads + hessians)
-        if not self._finite(plan, scaler):
-            return False
-        self._apply_update(self._commit(plan), self._next_hessian_power())
+        found_inf = self._found_inf(plan, scaler)
+        if self._reads_flags_on_host(scaler):
+            if found_inf is not None and found_inf.item():
+                self._skip(plan, scaler)
+                return False
+            found_inf = None
+            self._skips.record(False)
+        elif found_inf is not None:
+            self._skips.record(found_inf)
+        self._apply_update(self._commit(plan), self._next_hessian_power(), found_inf)
+        self._finish_iteration(plan.params(), found_inf)
         return True
 
     def _commit(self, plan: Plan) -> Plan:
-        """The plan with each parameter's state, its Hessian counter advanced."""
+        """The plan with each parameter's state (created when missing)."""
         groups = []
         for group, entries in plan.groups:
-            committed = []
-            for entry in entries:
-                state = self._state_of(entry.param)
-                state["hessian_step"] += 1
-                committed.append(Entry(entry.param, state, entry.hessian_now))
+            fresh: dict = {}
+            committed = [Entry(entry.param, self._state_of(entry.param, fresh), entry.hessian_now)
+                         for entry in entries]
+            if self.device_path:
+                step_counters.unshare([e.state for e in committed],
+                                      [self.state[p] for p in group["params"] if p in self.state])
             groups.append((group, committed))
         return plan._replace(groups=groups)
 
-    def _finite(self, plan: Plan, scaler) -> bool:
-        """Whether the step's gradients and Hessian estimates (and the first pass's
-        gradients) are finite on every rank. When not, the iteration is undone: the
-        parameters leave the perturbed point, the generator rewinds and no state moves."""
+    def _finish_iteration(self, params: List[Tensor], found_inf: Optional[Tensor]) -> None:
+        """The host's bookkeeping of an iteration that was applied, or, on the device path,
+        attempted: the lazy-Hessian counters and the skip report. While a CUDA graph is
+        captured nothing runs, so it is left to each replay (see ``cuda_graphs``)."""
+        if capturing():
+            self._captured = (params, found_inf)
+            return
+        for p in params:
+            state = self.state[p]
+            if "hessian_step" in state:  # the language-model variant keeps no such counter
+                state["hessian_step"] += 1
+        self._skips.tick()
+
+    def _found_inf(self, plan: Plan, scaler) -> Optional[Tensor]:
+        """1.0 (a 0-d float32 tensor on the first parameter's device) when the step's
+        gradients or Hessian estimates, or the first pass's gradients, hold inf/NaN on some
+        rank, else 0.0; reported to the scaler. None when nothing is checked."""
         first_pass_nonfinite, self._first_pass_nonfinite = self._first_pass_nonfinite, False
+        first_pass_found_inf, self._first_pass_found_inf = self._first_pass_found_inf, None
         if self.nonfinite == "ignore" and not amp.enabled(scaler):
-            return True
+            return None
         params = plan.params()
         norm = self._global_norm(params, [p.grad for p in params], False)
         hessian_norm = self._global_norm(list(plan.hessians), list(plan.hessians.values()),
                                          False)
-        # On a parameter's device: NCCL reduces no CPU tensor, and the norms of no tensors
-        # (a skipped second pass) are CPU zeros.
-        device = self.param_groups[0]["params"][0].device
+        # On a parameter's device: NCCL reduces no CPU tensor.
+        device = self._home_device
         found_inf = (~torch.isfinite(norm.to(device) + hessian_norm.to(device))).float()
         if first_pass_nonfinite:
             found_inf.fill_(1.0)
+        if first_pass_found_inf is not None:
+            found_inf = torch.maximum(found_inf, first_pass_found_inf)
         found_inf = self._averager.any(found_inf)
         amp.record_found_inf(scaler, self, found_inf)
-        if not found_inf.item():
-            return True
+        return found_inf
+
+    def _skip(self, plan: Plan, scaler) -> None:
+        """Undo an iteration known on the host to hold inf/NaN: the parameters leave the
+        perturbed point, the generator rewinds and no state moves; raise or count it."""
+        params = plan.params()
         if plan.rademacher_before is not None:
             self._rademacher.load_state_dict(plan.rademacher_before)
         self._abandon_step()
@@ -370,8 +460,8 @@ class HessianOptimizer(torch.optim.Optimizer):
             raise FloatingPointError(self._nonfinite_message(
                 [(p, "gradient", p.grad) for p in params]
                 + [(p, "Hessian estimate", h) for p, h in plan.hessians.items()]))
-        self.skipped_steps += 1
-        return False
+        self._skips.record(True)
+        self._skips.tick()
 
     def _nonfinite_message(self, items: List[Tuple[Tensor, str, Tensor]]) -> str:
         """Names the first (parameter, what, tensor) whose tensor holds inf or NaN."""
@@ -385,26 +475,36 @@ class HessianOptimizer(torch.optim.Optimizer):
         return "a gradient or Hessian estimate on another rank holds inf or NaN; the step " \
                "was not applied"
 
-    def _apply_update(self, plan: Plan, hessian_power: Optional[float]) -> None:
+    def _apply_update(self, plan: Plan, hessian_power: Optional[float],
+                      found_inf: Optional[Tensor]) -> None:
+        """The update; ``found_inf`` (device path) is the skip flag the ops read."""
         raise NotImplementedError
 
     def _update_buckets(self, plan: Plan, entries: List[Entry], beta2: float,
+                        found_inf: Optional[Tensor], bias_correction2: Callable,
                         extra: Callable[[Tensor], object] = lambda p: None) -> Iterator[Bucket]:
-        """A group's entries split into op calls, each with its fresh Hessian estimates
-        already folded into D (the EMA), ready for the subclass's update op."""
-        def key(entry):
-            return (entry.param.device, entry.param.dtype, entry.state["step"],
-                    entry.hessian_now, entry.state["bias_correction2"], extra(entry.param))
+        """A group's entries split into op calls after their step counters advanced (and,
+        on Hessian steps, ``bias_correction2(step)`` was stored), each with its fresh Hessian
+        estimates already folded into D (the EMA), ready for the subclass's update op."""
+        flags = step_counters.advance([(e.state, e.hessian_now) for e in entries], found_inf,
+                                      bias_correction2)
 
-        for (device, dtype, step, hessian_now, bias_correction2, extra_value), bucket in \
+        def key(entry):
+            return (entry.param.device, entry.param.dtype, step_counters.key(entry.state),
+                    entry.hessian_now, extra(entry.param))
+
+        for (device, dtype, counters, hessian_now, extra_value), bucket in \
                 buckets(entries, key).items():
             ops = self.ops(device, dtype)
             params = [e.param for e in bucket]
             exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
+            flag = flags.get(counters)
             if hessian_now:
-                ops.hessian_ema(exp_hessians, [plan.hessians[p] for p in params], beta2)
+                ops.hessian_ema(exp_hessians, [plan.hessians[p] for p in params], beta2,
+                                **found_inf_argument(flag))
             yield Bucket(ops, params, [e.state["exp_avg"] for e in bucket], exp_hessians,
-                         step, bias_correction2, extra_value)
+                         bucket[0].state["step"], bucket[0].state["bias_correction2"],
+                         extra_value, flag)
 
     @staticmethod
     def _backward(loss: Tensor, create_graph: bool) -> None:
@@ -458,14 +558,13 @@ class HessianOptimizer(torch.optim.Optimizer):
     # -- checkpoints ------------------------------------------------------------------
 
     def _extra_state(self) -> dict:
-        return {"rademacher": self._rademacher.state_dict(),
-                "skipped_steps": self.skipped_steps}
+        return {"rademacher": self._rademacher.state_dict(), **self._skips.state_dict()}
 
     def _load_extra_state(self, extra: dict) -> None:
         devices = [p.device for p in self.get_params()]
         self._rademacher.load_state_dict(
             checkpoint.generator_states_for(extra.get("rademacher", {}), devices))
-        self.skipped_steps = extra.get("skipped_steps", 0)
+        self._skips.load_state_dict(extra)
 
     def _authors_bias_correction2(self, step: int, group: dict) -> float:
         """``bias_correction2`` for an authors' checkpoint that lacks it."""
@@ -522,9 +621,16 @@ class HessianOptimizer(torch.optim.Optimizer):
                     self.state[p][key] = saved[key].to(device=p.device,
                                                        dtype=backends.state_dtype(p.dtype),
                                                        copy=True)
+        # Counters in the representation of this optimizer's path, whichever path saved them.
+        step_counters.load([(g, p, self.state[p], state_dict["state"][i])
+                            for g, (saved_group, group) in enumerate(
+                                zip(state_dict["param_groups"], self.param_groups))
+                            for i, p in zip(saved_group["params"], group["params"])
+                            if i in state_dict["state"]], self.device_path)
         self._load_extra_state(extra)
         self._plan = None
         self._first_pass_nonfinite = False
+        self._first_pass_found_inf = None
 
 
 # What torch.optim.Optimizer keeps in an instance (its own pickling handles these).
@@ -536,6 +642,20 @@ def group_scalars(group: dict, hessian_power: Optional[float]) -> Tuple[float, f
     """(beta1, beta2, power) of a group for this step."""
     beta1, beta2 = group["betas"]
     return beta1, beta2, group["hessian_power"] if hessian_power is None else hessian_power
+
+
+def kernel_scalar(value, device: torch.device, dtype: torch.dtype):
+    """A per-step scalar as the ops take it for parameters of ``device`` and ``dtype``: a
+    Python float as it is, a tensor as a 0-d float32 tensor there (float64 for float64
+    parameters)."""
+    if not isinstance(value, Tensor):
+        return value
+    return value.to(device=device, dtype=backends.state_dtype(dtype))
+
+
+def found_inf_argument(flag: Optional[Tensor]) -> dict:
+    """The ops' ``found_inf`` keyword, passed only when there is a flag."""
+    return {} if flag is None else {"found_inf": flag}
 
 
 def sqrt_of_sum(squares: List[Tensor]) -> Tensor:

@@ -20,6 +20,10 @@ class RademacherSource:
             self._generators[device] = torch.Generator(device).manual_seed(self.seed)
         return self._generators[device]
 
+    def generators(self) -> List[torch.Generator]:
+        """The generators created so far (a CUDA graph that draws from one must register it)."""
+        return list(self._generators.values())
+
     def draw(self, params: List[Tensor]) -> List[Tensor]:
         zs = []
         for p in params:

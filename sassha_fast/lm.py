@@ -56,7 +56,8 @@ class LanguageModelSASSHA(_SASSHA):
     ``exp_hessian_diag``, the authors' keys; their ``hessian step`` counter (which nothing
     reads: the iteration number decides) and ``e_w`` are not kept, and are dropped when
     one of their checkpoints is loaded. ``backend``, ``process_group`` and ``nonfinite``
-    work as in ``sassha_fast.SASSHA``.
+    work as in ``sassha_fast.SASSHA``; it always takes the host path (its step reads the
+    skip flag on the host; ``capturable`` does not apply).
     """
 
     # Nothing in an authors' checkpoint needs rebuilding: there is no bias correction.
@@ -169,7 +170,13 @@ class LanguageModelSASSHA(_SASSHA):
                      for e in entries])
             for group, entries in plan.groups])
 
-    def _apply_update(self, plan: Plan, hessian_power: Optional[float]) -> None:
+    @property
+    def device_path(self) -> bool:
+        # The authors' variant keeps its counters on the host: a skip is read there.
+        return False
+
+    def _apply_update(self, plan: Plan, hessian_power: Optional[float],
+                      found_inf: Optional[Tensor]) -> None:
         for group, entries in plan.groups:
             beta1, beta2, power = group_scalars(group, hessian_power)
             for entry in entries:
