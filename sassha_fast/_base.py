@@ -8,10 +8,11 @@ from typing import (Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTu
 import torch
 from torch import Tensor
 
-from . import amp, backends, checkpoint, errors
+from . import amp, backends, checkpoint, diagnostics, errors
 from ._validation import (check_dense, check_hessian_power, check_hyperparameters,
                           check_parameters, check_positive_int)
 from .backward_record import BackwardRecord
+from .curvature_guard import check_curvature_floor, floor_hessian_
 from .distributed import Averager, check_process_group
 from .hessian import RademacherSource, hutchinson
 
@@ -79,11 +80,12 @@ class HessianOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict, *, lazy_hessian: int, n_samples: int, seed: int,
                  hessian_power_scheduler, backend: str, process_group=None,
                  sync_gradients: bool = False, nonfinite: str = "skip",
-                 grad_reduce: str = "mean"):
+                 grad_reduce: str = "mean", curvature_floor: float = 0.0):
         # Before the parameters are read, as torch's optimizers do.
         check_hyperparameters(**{k: defaults[k] for k in _GROUP_HYPERPARAMETERS},
                               perturb_eps=defaults.get("perturb_eps", 0.0))
         check_positive_int("lazy_hessian", lazy_hessian)
+        check_curvature_floor(curvature_floor)
         check_positive_int("n_samples", n_samples)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"Invalid seed value: {seed} (expected an integer)")
@@ -100,6 +102,7 @@ class HessianOptimizer(torch.optim.Optimizer):
             raise ValueError('"grad_reduce" should be one of ["mean", "sum"].')
         self.sync_gradients = sync_gradients
         self.nonfinite = nonfinite
+        self.curvature_floor = float(curvature_floor)  # see curvature_guard.py
         self.skipped_steps = 0  # iterations skipped for inf/NaN gradients or Hessian estimates
         self.grad_reduce = grad_reduce.lower()
         self._averager = Averager(process_group, mean=self.grad_reduce == "mean")
@@ -374,6 +377,25 @@ class HessianOptimizer(torch.optim.Optimizer):
     def _apply_update(self, plan: Plan, hessian_power: Optional[float]) -> None:
         raise NotImplementedError
 
+    def _bias_correction2_used(self, bias_correction2: float, hessian_power: float) -> float:
+        """The second bias correction the update divides D^hp by, from the state's value
+        (SASSHA stores it with its power already applied)."""
+        return bias_correction2
+
+    def diagnostics(self) -> dict:
+        """What to look at when training misbehaves, computed now from the state (no cost
+        during ``step()``): ``skipped_steps``, ``curvature_floor``, ``hessian_due`` and, per
+        parameter group, ``lr``, ``rho``, ``eps``, ``hessian_power`` (the scheduler's last
+        value if one is set), M-SASSHA's ``norm_factor``, and once the group has stepped:
+        ``step`` (the largest step count), ``bias_correction1`` and ``bias_correction2`` (as
+        that step's update used them), ``hessian_zero_fraction`` (entries of D exactly
+        zero), ``hessian_below_eps_fraction`` (entries whose D^hp / bc2 is below ``eps``,
+        where ``eps`` rather than the curvature sets the step), ``max_update_ratio`` (the
+        largest ||lr / bc1 * m / (D^hp / bc2 + eps)|| / ||p|| over the group's tensors for
+        their last step, weight decay aside; NaN ranks first) and
+        ``max_update_ratio_param`` (that tensor's index in the group and shape)."""
+        return diagnostics.report(self)
+
     def _update_buckets(self, plan: Plan, entries: List[Entry], beta2: float,
                         extra: Callable[[Tensor], object] = lambda p: None) -> Iterator[Bucket]:
         """A group's entries split into op calls, each with its fresh Hessian estimates
@@ -389,6 +411,7 @@ class HessianOptimizer(torch.optim.Optimizer):
             exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
             if hessian_now:
                 ops.hessian_ema(exp_hessians, [plan.hessians[p] for p in params], beta2)
+                floor_hessian_(exp_hessians, self.curvature_floor)
             yield Bucket(ops, params, [e.state["exp_avg"] for e in bucket], exp_hessians,
                          step, bias_correction2, extra_value)
 

@@ -34,7 +34,7 @@ class MSASSHA(HessianOptimizer):
                  eps: float = 1e-4, hessian_power: float = 0.5, seed: int = 0,
                  maximize: bool = False, hessian_power_scheduler=None, backend: str = "auto",
                  process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
-                 grad_reduce: str = "mean"):
+                 grad_reduce: str = "mean", curvature_floor: float = 0.0):
         if maximize:
             raise ValueError("Invalid maximize value: True (MSASSHA only minimizes)")
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
@@ -45,7 +45,7 @@ class MSASSHA(HessianOptimizer):
                          seed=seed, hessian_power_scheduler=hessian_power_scheduler,
                          backend=backend, process_group=process_group,
                          sync_gradients=sync_gradients, nonfinite=nonfinite,
-                         grad_reduce=grad_reduce)
+                         grad_reduce=grad_reduce, curvature_floor=curvature_floor)
 
     def _momentum_params(self, group: dict) -> List[Tensor]:
         return [p for p in group["params"] if "exp_avg" in self.state.get(p, {})]
@@ -143,6 +143,9 @@ class MSASSHA(HessianOptimizer):
     def _load_extra_state(self, extra: dict) -> None:
         super()._load_extra_state(extra)
         self._at_perturbed_point = extra.get("at_perturbed_point", True)
+
+    def _bias_correction2_used(self, bias_correction2: float, hessian_power: float) -> float:
+        return bias_correction2 ** hessian_power  # stored without its power
 
     def _authors_bias_correction2(self, step: int, group: dict) -> float:
         # The authors keep it in a module global, set at each Hessian update.

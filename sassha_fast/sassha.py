@@ -49,7 +49,7 @@ class SASSHA(HessianOptimizer):
                  eps: float = 1e-4, adaptive: bool = False, grad_reduce: str = "mean",
                  seed: int = 0, hessian_power: float = 0.5, backend: str = "auto",
                  process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
-                 **kwargs):
+                 curvature_floor: float = 0.0, **kwargs):
         warn_on_unknown_keywords(type(self).__name__, kwargs)
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
                         weight_decay=weight_decay, rho=rho, perturb_eps=perturb_eps, eps=eps,
@@ -61,7 +61,7 @@ class SASSHA(HessianOptimizer):
                          seed=seed, hessian_power_scheduler=hessian_power_scheduler,
                          backend=backend, process_group=process_group,
                          sync_gradients=sync_gradients, nonfinite=nonfinite,
-                         grad_reduce=grad_reduce)
+                         grad_reduce=grad_reduce, curvature_floor=curvature_floor)
 
     @torch.no_grad()
     def perturb_weights(self, zero_grad: bool = True, scaler=None) -> None:
