@@ -15,6 +15,7 @@ Safeguards compared:
              after each step, from a copy of the parameters; not in the package).
 """
 import argparse
+import pprint
 import statistics
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
@@ -83,7 +84,8 @@ def bounded(params: List[Tensor], bound: float) -> Callable[[Callable], None]:
     return run
 
 
-def train(case: Case, safeguard: str, seed: int, epochs: int) -> Dict[str, float]:
+def train(case: Case, safeguard: str, seed: int, epochs: int,
+          max_steps: Optional[int] = None) -> Dict[str, object]:
     x_train, y_train, x_test, y_test = digits(case.noise, seed)
     torch.manual_seed(seed)
     model = network(case.net)
@@ -94,16 +96,17 @@ def train(case: Case, safeguard: str, seed: int, epochs: int) -> Dict[str, float
         (lambda step: step())
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(TRAIN_SIZE, generator=generator)
-        for start in range(0, TRAIN_SIZE, BATCH):
-            index = order[start:start + BATCH]
-            x, y = x_train[index], y_train[index]
-            run(lambda: opt.step(lambda: loss_fn(model(x), y)))
+    batches = [order[start:start + BATCH] for order in
+               (torch.randperm(TRAIN_SIZE, generator=generator) for _ in range(epochs))
+               for start in range(0, TRAIN_SIZE, BATCH)]
+    for index in batches[:max_steps]:
+        x, y = x_train[index], y_train[index]
+        run(lambda: opt.step(lambda: loss_fn(model(x), y)))
     with torch.no_grad():
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
         largest = max(p.norm().item() for p in model.parameters())
-    return {"accuracy": accuracy, "skipped": opt.skipped_steps, "largest_norm": largest}
+    return {"accuracy": accuracy, "skipped": opt.skipped_steps, "largest_norm": largest,
+            "diagnostics": opt.diagnostics()}
 
 
 def summary(rows: List[Dict[str, float]]) -> str:
@@ -121,10 +124,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="comma-separated, e.g. off,floor=0.01,bound=0.1")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--diagnostics", type=int, default=None, metavar="STEPS",
+                        help="print opt.diagnostics() after STEPS steps of each case and "
+                             "safeguard (seed 0) instead of the table")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cases = [CASES[name] for name in args.cases.split(",")]
     safeguards = args.safeguards.split(",")
+    if args.diagnostics is not None:
+        for case in cases:
+            for safeguard in safeguards:
+                print(f"{case.name}, {safeguard}, after {args.diagnostics} steps:")
+                pprint.pprint(train(case, safeguard, 0, args.epochs,
+                                    args.diagnostics)["diagnostics"], sort_dicts=False)
+        return 0
     print(f"held-out accuracy (%), mean ± std over {args.seeds} seeds, {args.epochs} epochs "
           f"of batch {BATCH}; SASSHA defaults but lr; [skipped steps in total, largest "
           "parameter norm at the end, worst seed]")
