@@ -25,8 +25,9 @@ class MSASSHA(HessianOptimizer):
     is correct too). ``loss = opt.step(closure)`` runs one whole iteration, with
     ``create_graph`` only when the Hessian is due. Several parameter groups share one
     momentum norm, each with its own ``rho``. ``process_group`` / ``sync_gradients``,
-    ``step(..., scaler=)`` and ``nonfinite`` work as in ``SASSHA``; a skipped step leaves
-    the parameters at the perturbed point where the iteration found them.
+    ``step(..., scaler=)``, ``nonfinite``, ``curvature_floor`` and ``diagnostics()`` work as
+    in ``SASSHA``; a skipped step leaves the parameters at the perturbed point where the
+    iteration found them.
     """
 
     def __init__(self, params, lr: float = 0.15, betas=(0.9, 0.999), weight_decay: float = 1e-2,

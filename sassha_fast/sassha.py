@@ -37,6 +37,9 @@ class SASSHA(HessianOptimizer):
     ``grad_reduce`` ("mean" or "sum", as the authors') is how the tensors the optimizer
     reduces across ranks are combined. Unknown keyword arguments are ignored with a
     warning, as the authors' constructor ignores them (silently).
+    ``curvature_floor`` (default 0, off) raises each tensor's Hessian EMA to at least that
+    fraction of its mean on Hessian steps, against the blow-up of weights with zero
+    curvature; ``diagnostics()`` reports what to look at when training misbehaves.
     ``hessian_power`` is the constant power of the Hessian; a ``hessian_power_scheduler``
     (an object whose ``step()`` returns the power) overrides it and is stepped once per
     ``step()``. ``backend`` picks the implementation of the fused ops ("auto", "reference",
