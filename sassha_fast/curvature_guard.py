@@ -26,8 +26,10 @@ def check_curvature_floor(value) -> None:
 def floor_hessian_(exp_hessians: List[Tensor], floor: float) -> None:
     """D = max(D, floor * mean(D)) for each tensor, in place, with no host synchronisation
     (the means stay on the device as 0-d tensors)."""
+    if floor == 0.0:
+        return
     nonempty = [d for d in exp_hessians if d.numel()]
-    if floor == 0.0 or not nonempty:
+    if not nonempty:
         return
     sums = torch._foreach_norm(nonempty, 1)  # D >= 0, so its L1 norm is its sum
     torch._foreach_maximum_(nonempty, torch._foreach_mul(
