@@ -4,9 +4,10 @@ A weight whose Hessian diagonal estimate is zero (a ReLU unit dead on the Hessia
 gives exactly zero for all its weights) gets the denominator ``eps`` alone, so until the
 next Hessian refresh it moves by ``lr * m / eps``: with the default ``eps = 1e-4``, thousands
 of times its momentum. The guard raises each tensor's Hessian EMA ``D`` to at least
-``curvature_floor`` times that tensor's mean, right after the EMA on Hessian steps: the
-weights without curvature then step like the tensor's flattest weights that have some,
-and steps without a Hessian refresh cost nothing extra. Default 0: off, as the authors'
+``curvature_floor`` times that tensor's mean, right after the EMA on Hessian steps: a
+weight without curvature then steps at most 1/sqrt(floor) times as far (power 0.5) as one
+of the tensor's mean curvature with the same momentum, and steps without a Hessian refresh
+cost nothing extra. Default 0: off, as the authors'
 code. ``bench/curvature_guard.py`` is the measurement that chose it and its value.
 """
 import math
