@@ -377,10 +377,17 @@ class HessianOptimizer(torch.optim.Optimizer):
     def _apply_update(self, plan: Plan, hessian_power: Optional[float]) -> None:
         raise NotImplementedError
 
-    def _bias_correction2_used(self, bias_correction2: float, hessian_power: float) -> float:
-        """The second bias correction the update divides D^hp by, from the state's value
-        (SASSHA stores it with its power already applied)."""
-        return bias_correction2
+    def _hessian_ema(self, ops: backends.Ops, exp_hessians: List[Tensor],
+                     hessians: List[Tensor], beta2: float) -> None:
+        """D = b2*D + (1-b2)*|h|, then the opt-in floor (see curvature_guard.py)."""
+        ops.hessian_ema(exp_hessians, hessians, beta2)
+        floor_hessian_(exp_hessians, self.curvature_floor)
+
+    def _bias_corrections(self, group: dict, state: dict,
+                          hessian_power: float) -> Tuple[float, float]:
+        """(bc1, bc2) as the parameter's last update used them (read on the host: for
+        diagnostics only). SASSHA stores bc2 with its power already applied."""
+        return 1 - group["betas"][0] ** float(state["step"]), float(state["bias_correction2"])
 
     def diagnostics(self) -> dict:
         """What to look at when training misbehaves, computed now from the state (no cost
@@ -410,8 +417,7 @@ class HessianOptimizer(torch.optim.Optimizer):
             params = [e.param for e in bucket]
             exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
             if hessian_now:
-                ops.hessian_ema(exp_hessians, [plan.hessians[p] for p in params], beta2)
-                floor_hessian_(exp_hessians, self.curvature_floor)
+                self._hessian_ema(ops, exp_hessians, [plan.hessians[p] for p in params], beta2)
             yield Bucket(ops, params, [e.state["exp_avg"] for e in bucket], exp_hessians,
                          step, bias_correction2, extra_value)
 

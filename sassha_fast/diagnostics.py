@@ -19,9 +19,8 @@ def _number(value) -> float:
     return float(value.item()) if isinstance(value, Tensor) else float(value)
 
 
-def _preconditioner(opt, state: dict, power: float) -> Tensor:
-    """D^hp / bc2 as the last step used it (bc2 already raised to its power)."""
-    bias_correction2 = opt._bias_correction2_used(_number(state["bias_correction2"]), power)
+def _preconditioner(state: dict, power: float, bias_correction2: float) -> Tensor:
+    """D^hp / bc2 as the last step used it."""
     if bias_correction2 == 0.0:  # no Hessian update yet: D is zero
         return torch.zeros_like(state["exp_hessian_diag"])
     return state["exp_hessian_diag"].pow(power) / bias_correction2
@@ -29,9 +28,8 @@ def _preconditioner(opt, state: dict, power: float) -> Tensor:
 
 @torch.no_grad()
 def group_report(opt, group: dict) -> dict:
-    beta1, _ = group["betas"]
     power = group["hessian_power"] if opt.hessian_power_t is None else opt.hessian_power_t
-    report = {"lr": group["lr"], "rho": group["rho"], "eps": group["eps"],
+    report = {"lr": _number(group["lr"]), "rho": group["rho"], "eps": group["eps"],
               "hessian_power": power}
     if "norm_factor" in group:
         report["norm_factor"] = group["norm_factor"]
@@ -42,20 +40,21 @@ def group_report(opt, group: dict) -> dict:
     entries = zeros = below_eps = 0
     ratios = []
     for i, p, state in stepped:
-        preconditioner = _preconditioner(opt, state, power)
+        bias_correction1, bias_correction2 = opt._bias_corrections(group, state, power)
+        preconditioner = _preconditioner(state, power, bias_correction2)
         entries += preconditioner.numel()
         zeros += int((state["exp_hessian_diag"] == 0).sum())
         below_eps += int((preconditioner < group["eps"]).sum())
-        step_size = group["lr"] / (1 - beta1 ** _number(state["step"]))
+        step_size = _number(group["lr"]) / bias_correction1
         update = step_size * float((state["exp_avg"] / (preconditioner + group["eps"])).norm())
         ratios.append((update / max(float(p.detach().float().norm()), 1e-12), i, p))
     # A NaN ratio ranks first: it is the one to see.
     ratio, index, param = max(ratios, key=lambda r: math.inf if math.isnan(r[0]) else r[0])
     last = max((state for _, _, state in stepped), key=lambda state: _number(state["step"]))
-    step = _number(last["step"])
+    bias_correction1, bias_correction2 = opt._bias_corrections(group, last, power)
     report.update(
-        step=int(step), bias_correction1=1 - beta1 ** step,
-        bias_correction2=opt._bias_correction2_used(_number(last["bias_correction2"]), power),
+        step=int(_number(last["step"])), bias_correction1=bias_correction1,
+        bias_correction2=bias_correction2,
         hessian_zero_fraction=zeros / max(entries, 1),
         hessian_below_eps_fraction=below_eps / max(entries, 1),
         max_update_ratio=ratio,

@@ -1,7 +1,7 @@
 """M-SASSHA: SASSHA whose perturbation reuses the momentum, one backward per iteration
 (spec section 2)."""
 import contextlib
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -145,8 +145,11 @@ class MSASSHA(HessianOptimizer):
         super()._load_extra_state(extra)
         self._at_perturbed_point = extra.get("at_perturbed_point", True)
 
-    def _bias_correction2_used(self, bias_correction2: float, hessian_power: float) -> float:
-        return bias_correction2 ** hessian_power  # stored without its power
+    def _bias_corrections(self, group: dict, state: dict,
+                          hessian_power: float) -> Tuple[float, float]:
+        bias_correction1, bias_correction2 = super()._bias_corrections(group, state,
+                                                                       hessian_power)
+        return bias_correction1, bias_correction2 ** hessian_power  # stored without its power
 
     def _authors_bias_correction2(self, step: int, group: dict) -> float:
         # The authors keep it in a module global, set at each Hessian update.

@@ -85,3 +85,26 @@ def test_default_is_off_and_identical_to_no_floor():
 def test_invalid_floor_is_refused(value):
     with pytest.raises(ValueError, match="Invalid curvature_floor value"):
         sassha_fast.SASSHA([torch.zeros(1, requires_grad=True)], curvature_floor=value)
+
+
+def test_language_model_variant_takes_the_floor_and_reports_diagnostics():
+    from sassha_fast.lm import SASSHA as LMSASSHA
+
+    (x_dead, y), (x_alive, _) = batches()
+    moved = {}
+    for floor in (0.0, 0.01):
+        model = dead_unit_model()
+        start = [p.detach().clone() for p in model.parameters()]
+        opt = LMSASSHA(model.parameters(), curvature_floor=floor)
+        for i in range(4):
+            LOSS(model(x_dead if i == 0 else x_alive), y).backward(create_graph=i == 0)
+            if i == 0:
+                opt.set_hessian()
+            opt.step(i)
+            opt.zero_grad()
+        moved[floor] = max(float((p.detach() - s).abs().max())
+                           for p, s in zip(model.parameters(), start))
+        group = opt.diagnostics()["groups"][0]
+        assert group["bias_correction1"] == group["bias_correction2"] == 1.0
+        assert (group["hessian_zero_fraction"] > 0) == (floor == 0.0)
+    assert moved[0.0] > 10 * moved[0.01]  # no bias correction: every step is large here
