@@ -8,10 +8,11 @@ from typing import (Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTu
 import torch
 from torch import Tensor
 
-from . import amp, backends, checkpoint, errors, step_counters
+from . import amp, backends, checkpoint, diagnostics, errors, step_counters
 from ._validation import (check_dense, check_hessian_power, check_hyperparameters,
                           check_parameters, check_positive_int)
 from .backward_record import BackwardRecord
+from .curvature_guard import check_curvature_floor, floor_hessian_
 from .distributed import Averager, check_process_group
 from .hessian import RademacherSource, hutchinson
 from .skipped_steps import SkipCounter, capturing
@@ -90,11 +91,13 @@ class HessianOptimizer(torch.optim.Optimizer):
                  hessian_power_scheduler, backend: str, process_group=None,
                  sync_gradients: bool = False, nonfinite: str = "skip",
                  grad_reduce: str = "mean", capturable: Optional[bool] = None,
-                 skip_check_interval: int = 100, max_consecutive_skips: Optional[int] = 100):
+                 skip_check_interval: int = 100, max_consecutive_skips: Optional[int] = 100,
+                 curvature_floor: float = 0.0):
         # Before the parameters are read, as torch's optimizers do.
         check_hyperparameters(**{k: defaults[k] for k in _GROUP_HYPERPARAMETERS},
                               perturb_eps=defaults.get("perturb_eps", 0.0))
         check_positive_int("lazy_hessian", lazy_hessian)
+        check_curvature_floor(curvature_floor)
         check_positive_int("n_samples", n_samples)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"Invalid seed value: {seed} (expected an integer)")
@@ -120,6 +123,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         self.capturable = capturable
         # Iterations skipped for inf/NaN gradients or Hessian estimates.
         self._skips = SkipCounter(skip_check_interval, max_consecutive_skips)
+        self.curvature_floor = float(curvature_floor)  # see curvature_guard.py
         self.grad_reduce = grad_reduce.lower()
         self._averager = Averager(process_group, mean=self.grad_reduce == "mean")
         self._first_pass_nonfinite = False  # host path: the first pass held inf/NaN
@@ -480,6 +484,34 @@ class HessianOptimizer(torch.optim.Optimizer):
         """The update; ``found_inf`` (device path) is the skip flag the ops read."""
         raise NotImplementedError
 
+    def _hessian_ema(self, ops: backends.Ops, exp_hessians: List[Tensor],
+                     hessians: List[Tensor], beta2: float,
+                     found_inf: Optional[Tensor] = None) -> None:
+        """D = b2*D + (1-b2)*|h|, then the opt-in floor (see curvature_guard.py); neither
+        moves D when ``found_inf`` is set."""
+        ops.hessian_ema(exp_hessians, hessians, beta2, **found_inf_argument(found_inf))
+        floor_hessian_(exp_hessians, self.curvature_floor, found_inf)
+
+    def _bias_corrections(self, group: dict, state: dict,
+                          hessian_power: float) -> Tuple[float, float]:
+        """(bc1, bc2) as the parameter's last update used them (read on the host: for
+        diagnostics only). SASSHA stores bc2 with its power already applied."""
+        return 1 - group["betas"][0] ** float(state["step"]), float(state["bias_correction2"])
+
+    def diagnostics(self) -> dict:
+        """What to look at when training misbehaves, computed now from the state (no cost
+        during ``step()``): ``skipped_steps``, ``curvature_floor``, ``hessian_due`` and, per
+        parameter group, ``lr``, ``rho``, ``eps``, ``hessian_power`` (the scheduler's last
+        value if one is set), M-SASSHA's ``norm_factor``, and once the group has stepped:
+        ``step`` (the largest step count), ``bias_correction1`` and ``bias_correction2`` (as
+        that step's update used them), ``hessian_zero_fraction`` (entries of D exactly
+        zero), ``hessian_below_eps_fraction`` (entries whose D^hp / bc2 is below ``eps``,
+        where ``eps`` rather than the curvature sets the step), ``max_update_ratio`` (the
+        largest ||lr / bc1 * m / (D^hp / bc2 + eps)|| / ||p|| over the group's tensors for
+        their last step, weight decay aside; NaN ranks first) and
+        ``max_update_ratio_param`` (that tensor's index in the group and shape)."""
+        return diagnostics.report(self)
+
     def _update_buckets(self, plan: Plan, entries: List[Entry], beta2: float,
                         found_inf: Optional[Tensor], bias_correction2: Callable,
                         extra: Callable[[Tensor], object] = lambda p: None) -> Iterator[Bucket]:
@@ -500,8 +532,8 @@ class HessianOptimizer(torch.optim.Optimizer):
             exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
             flag = flags.get(counters)
             if hessian_now:
-                ops.hessian_ema(exp_hessians, [plan.hessians[p] for p in params], beta2,
-                                **found_inf_argument(flag))
+                self._hessian_ema(ops, exp_hessians, [plan.hessians[p] for p in params], beta2,
+                                  flag)
             yield Bucket(ops, params, [e.state["exp_avg"] for e in bucket], exp_hessians,
                          bucket[0].state["step"], bucket[0].state["bias_correction2"],
                          extra_value, flag)

@@ -13,7 +13,7 @@ the perturbed point before ``unperturb()``); rho comes from ``rho_scheduler``;
 with both bias corrections 1.
 """
 import numbers
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -175,6 +175,10 @@ class LanguageModelSASSHA(_SASSHA):
         # The authors' variant keeps its counters on the host: a skip is read there.
         return False
 
+    def _bias_corrections(self, group: dict, state: dict,
+                          hessian_power: float) -> Tuple[float, float]:
+        return 1.0, 1.0  # none, as the authors' language-model optimizer
+
     def _apply_update(self, plan: Plan, hessian_power: Optional[float],
                       found_inf: Optional[Tensor]) -> None:
         for group, entries in plan.groups:
@@ -188,7 +192,8 @@ class LanguageModelSASSHA(_SASSHA):
                 params = [e.param for e in bucket]
                 exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
                 if refresh:
-                    ops.hessian_ema(exp_hessians, [plan.hessians[p] for p in params], beta2)
+                    self._hessian_ema(ops, exp_hessians, [plan.hessians[p] for p in params],
+                                      beta2)
                 ops.sassha_update(
                     params, [p.grad for p in params], [e.state["exp_avg"] for e in bucket],
                     exp_hessians,

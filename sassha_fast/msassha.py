@@ -1,7 +1,7 @@
 """M-SASSHA: SASSHA whose perturbation reuses the momentum, one backward per iteration
 (spec section 2)."""
 import contextlib
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -26,10 +26,10 @@ class MSASSHA(HessianOptimizer):
     is correct too). ``loss = opt.step(closure)`` runs one whole iteration, with
     ``create_graph`` only when the Hessian is due. Several parameter groups share one
     momentum norm, each with its own ``rho``. ``process_group`` / ``sync_gradients``,
-    ``step(..., scaler=)``, ``nonfinite``, ``capturable``, ``skip_check_interval`` and
-    ``max_consecutive_skips`` work as in ``SASSHA``; a skipped step leaves the parameters
-    where the iteration found them (on the device path the norm factor, too, stays a
-    device tensor).
+    ``step(..., scaler=)``, ``nonfinite``, ``capturable``, ``skip_check_interval``,
+    ``max_consecutive_skips``, ``curvature_floor`` and ``diagnostics()`` work as in
+    ``SASSHA``; a skipped step leaves the parameters where the iteration found them (on the
+    device path the norm factor, too, stays a device tensor).
     """
 
     def __init__(self, params, lr: float = 0.15, betas=(0.9, 0.999), weight_decay: float = 1e-2,
@@ -38,7 +38,8 @@ class MSASSHA(HessianOptimizer):
                  maximize: bool = False, hessian_power_scheduler=None, backend: str = "auto",
                  process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
                  grad_reduce: str = "mean", capturable: Optional[bool] = None,
-                 skip_check_interval: int = 100, max_consecutive_skips: Optional[int] = 100):
+                 skip_check_interval: int = 100, max_consecutive_skips: Optional[int] = 100,
+                 curvature_floor: float = 0.0):
         if maximize:
             raise ValueError("Invalid maximize value: True (MSASSHA only minimizes)")
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
@@ -51,7 +52,8 @@ class MSASSHA(HessianOptimizer):
                          sync_gradients=sync_gradients, nonfinite=nonfinite,
                          grad_reduce=grad_reduce, capturable=capturable,
                          skip_check_interval=skip_check_interval,
-                         max_consecutive_skips=max_consecutive_skips)
+                         max_consecutive_skips=max_consecutive_skips,
+                         curvature_floor=curvature_floor)
 
     def _momentum_params(self, group: dict) -> List[Tensor]:
         return [p for p in group["params"] if "exp_avg" in self.state.get(p, {})]
@@ -179,6 +181,12 @@ class MSASSHA(HessianOptimizer):
         super()._load_extra_state(extra)
         self._at_perturbed_point = extra.get("at_perturbed_point", True)
         self._place_norm_factors()
+
+    def _bias_corrections(self, group: dict, state: dict,
+                          hessian_power: float) -> Tuple[float, float]:
+        bias_correction1, bias_correction2 = super()._bias_corrections(group, state,
+                                                                       hessian_power)
+        return bias_correction1, bias_correction2 ** hessian_power  # stored without its power
 
     def _authors_bias_correction2(self, step: int, group: dict) -> float:
         # The authors keep it in a module global, set at each Hessian update.

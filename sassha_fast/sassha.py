@@ -43,6 +43,9 @@ class SASSHA(HessianOptimizer):
     "sum", as the authors') is how the tensors the optimizer reduces across ranks are
     combined. Unknown keyword arguments are ignored with a warning, as the authors'
     constructor ignores them (silently).
+    ``curvature_floor`` (default 0, off) raises each tensor's Hessian EMA to at least that
+    fraction of its mean on Hessian steps, against the blow-up of weights with zero
+    curvature; ``diagnostics()`` reports what to look at when training misbehaves.
     ``hessian_power`` is the constant power of the Hessian; a ``hessian_power_scheduler``
     (an object whose ``step()`` returns the power) overrides it and is stepped once per
     ``step()``. ``backend`` picks the implementation of the fused ops ("auto", "reference",
@@ -56,7 +59,8 @@ class SASSHA(HessianOptimizer):
                  seed: int = 0, hessian_power: float = 0.5, backend: str = "auto",
                  process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
                  capturable: Optional[bool] = None, skip_check_interval: int = 100,
-                 max_consecutive_skips: Optional[int] = 100, **kwargs):
+                 max_consecutive_skips: Optional[int] = 100, curvature_floor: float = 0.0,
+                 **kwargs):
         warn_on_unknown_keywords(type(self).__name__, kwargs)
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
                         weight_decay=weight_decay, rho=rho, perturb_eps=perturb_eps, eps=eps,
@@ -70,7 +74,8 @@ class SASSHA(HessianOptimizer):
                          sync_gradients=sync_gradients, nonfinite=nonfinite,
                          grad_reduce=grad_reduce, capturable=capturable,
                          skip_check_interval=skip_check_interval,
-                         max_consecutive_skips=max_consecutive_skips)
+                         max_consecutive_skips=max_consecutive_skips,
+                         curvature_floor=curvature_floor)
 
     @torch.no_grad()
     def perturb_weights(self, zero_grad: bool = True, scaler=None) -> None:
