@@ -6,7 +6,6 @@ from typing import Callable, List, Optional
 import torch
 from torch import Tensor
 
-from . import amp
 from ._base import HessianOptimizer, Plan, buckets, group_scalars, sqrt_of_sum
 from .checkpoint import last_hessian_step
 
@@ -25,8 +24,10 @@ class MSASSHA(HessianOptimizer):
     is correct too). ``loss = opt.step(closure)`` runs one whole iteration, with
     ``create_graph`` only when the Hessian is due. Several parameter groups share one
     momentum norm, each with its own ``rho``. ``process_group`` / ``sync_gradients``,
-    ``step(..., scaler=)`` and ``nonfinite`` work as in ``SASSHA``; a skipped step leaves
-    the parameters at the perturbed point where the iteration found them.
+    ``step(..., scaler=)``, ``nonfinite`` and ``hessian_estimator`` work as in ``SASSHA``
+    (the finite-difference estimate is taken at the perturbed point, where the one
+    gradient is); a skipped step leaves the parameters at the perturbed point where the
+    iteration found them.
     """
 
     def __init__(self, params, lr: float = 0.15, betas=(0.9, 0.999), weight_decay: float = 1e-2,
@@ -34,7 +35,8 @@ class MSASSHA(HessianOptimizer):
                  eps: float = 1e-4, hessian_power: float = 0.5, seed: int = 0,
                  maximize: bool = False, hessian_power_scheduler=None, backend: str = "auto",
                  process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
-                 grad_reduce: str = "mean"):
+                 grad_reduce: str = "mean", hessian_estimator: str = "autograd",
+                 fd_scheme: str = "one_sided", fd_eps: Optional[float] = None):
         if maximize:
             raise ValueError("Invalid maximize value: True (MSASSHA only minimizes)")
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
@@ -45,7 +47,8 @@ class MSASSHA(HessianOptimizer):
                          seed=seed, hessian_power_scheduler=hessian_power_scheduler,
                          backend=backend, process_group=process_group,
                          sync_gradients=sync_gradients, nonfinite=nonfinite,
-                         grad_reduce=grad_reduce)
+                         grad_reduce=grad_reduce, hessian_estimator=hessian_estimator,
+                         fd_scheme=fd_scheme, fd_eps=fd_eps)
 
     def _momentum_params(self, group: dict) -> List[Tensor]:
         return [p for p in group["params"] if "exp_avg" in self.state.get(p, {})]
@@ -132,10 +135,9 @@ class MSASSHA(HessianOptimizer):
             self._step_from_gradients(scaler)
             return None
         self.zero_grad(set_to_none=True)
-        loss = self._evaluate(closure)
-        self._backward(amp.scale_loss(scaler, loss), create_graph=self.hessian_due)
+        loss = self._gradient_pass(closure, scaler, self.hessian_due)
         self._step_from_gradients(scaler)
-        return loss.detach()
+        return loss.detach() if isinstance(loss, Tensor) else loss
 
     def _extra_state(self) -> dict:
         return {**super()._extra_state(), "at_perturbed_point": self._at_perturbed_point}
