@@ -8,7 +8,7 @@ from typing import (Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTu
 import torch
 from torch import Tensor
 
-from . import amp, backends, checkpoint, diagnostics, errors, step_counters
+from . import amp, backends, checkpoint, diagnostics, errors, finite_difference, step_counters
 from ._validation import (check_dense, check_hessian_power, check_hyperparameters,
                           check_parameters, check_positive_int)
 from .backward_record import BackwardRecord
@@ -92,7 +92,8 @@ class HessianOptimizer(torch.optim.Optimizer):
                  sync_gradients: bool = False, nonfinite: str = "skip",
                  grad_reduce: str = "mean", capturable: Optional[bool] = None,
                  skip_check_interval: int = 100, max_consecutive_skips: Optional[int] = 100,
-                 curvature_floor: float = 0.0):
+                 curvature_floor: float = 0.0, hessian_estimator: str = "autograd",
+                 fd_scheme: str = "one_sided", fd_eps: Optional[float] = None):
         # Before the parameters are read, as torch's optimizers do.
         check_hyperparameters(**{k: defaults[k] for k in _GROUP_HYPERPARAMETERS},
                               perturb_eps=defaults.get("perturb_eps", 0.0))
@@ -118,6 +119,11 @@ class HessianOptimizer(torch.optim.Optimizer):
         check_positive_int("skip_check_interval", skip_check_interval)
         if max_consecutive_skips is not None:
             check_positive_int("max_consecutive_skips", max_consecutive_skips)
+        self._finite_difference = finite_difference.make_estimator(hessian_estimator,
+                                                                   fd_scheme, fd_eps)
+        self.hessian_estimator = hessian_estimator
+        # (params, estimate, generator states before its draws) from hessian_probes().
+        self._probed: Optional[Tuple[List[Tensor], List[Tensor], dict]] = None
         self.sync_gradients = sync_gradients
         self.nonfinite = nonfinite
         self.capturable = capturable
@@ -261,8 +267,43 @@ class HessianOptimizer(torch.optim.Optimizer):
     @property
     def hessian_due(self) -> bool:
         """Whether the next step estimates a Hessian for some parameter, i.e. whether the
-        backward pass that precedes it needs ``create_graph=True``."""
+        backward pass that precedes it needs ``create_graph=True`` (with
+        ``hessian_estimator="finite_difference"``: whether ``hessian_probes()`` runs)."""
         return any([self._hessian_due_for(p) for p in self.get_params()])  # reads every key
+
+    def hessian_probes(self, rng_state: Optional["finite_difference.RNGState"] = None):
+        """With ``hessian_estimator="finite_difference"``, the gradient evaluations the
+        Hessian estimate needs, for a loop of one's own::
+
+            for _ in opt.hessian_probes(rng_state):
+                loss_fn(model(x), y).backward()
+
+        Call it once the gradients of the point to estimate at are in ``.grad`` (SASSHA:
+        the perturbed pass, before ``unperturb()``; M-SASSHA: its one pass). Each
+        iteration moves the parameters to w + eps*z (central: then w - eps*z), freezes
+        BatchNorm statistics and replays ``rng_state`` (``sassha_fast.capture_rng_state()``
+        taken before that pass's forward, so dropout draws the same masks); the body runs
+        the same loss on the same batch (same loss scale) and calls ``backward()``. After
+        the loop the parameters and ``.grad`` are as before and ``step()`` uses the
+        estimate. On steps where the Hessian is not due it yields nothing."""
+        if self._finite_difference is None:
+            raise RuntimeError("hessian_probes() belongs to "
+                               "hessian_estimator='finite_difference'; this optimizer uses "
+                               "the double backward (backward(create_graph=True))")
+        self._probed = None
+        params = [p for group in self.param_groups for p in self._params_with_grad(group)
+                  if self._hessian_due_for(p)]
+        if not params:
+            return
+        before = self._rademacher.state_dict()
+        try:
+            estimate = yield from finite_difference.estimate(
+                self._finite_difference, params, self._rademacher, self.n_samples,
+                lambda ps: self._global_norm(ps, ps, False), rng_state)
+        except BaseException:
+            self._rademacher.load_state_dict(before)
+            raise
+        self._probed = (params, estimate, before)
 
     def zero_hessian(self) -> None:
         """Drop the estimates ``set_hessian()`` summed since the last step. Estimates are
@@ -303,6 +344,10 @@ class HessianOptimizer(torch.optim.Optimizer):
         Hessian is taken where the backward pass ran. ``step()`` estimates the Hessian
         itself when no call came before it; the Hessian counters advance when the step is
         applied, so a failed or skipped step leaves no trace."""
+        if self._finite_difference is not None:
+            raise RuntimeError("set_hessian() sums double-backward estimates; with "
+                               "hessian_estimator='finite_difference' the estimate comes from "
+                               "hessian_probes() (or step(closure)) and step() folds it in")
         self._estimate_hessian(accumulate=True)
 
     def _plan_step(self) -> Plan:
@@ -327,29 +372,14 @@ class HessianOptimizer(torch.optim.Optimizer):
         hessians: Dict[Tensor, Tensor] = dict(previous.hessians) if previous else {}
         rademacher_before = previous.rademacher_before if previous else None
         graph_params = set(previous.graph_params) if previous else set()
+        probed, self._probed = self._probed, None
         if due_params:
             if not accumulate:
                 self._before_hessian()
-            # Not while a CUDA graph is captured (replays advance the generator themselves).
-            before_this = None if capturing() else self._rademacher.state_dict()
-            try:
-                if self._backward_record.create_graph and \
-                        not any(p.grad.requires_grad for p in due_params):
-                    # A create_graph pass whose gradients do not depend on the parameters.
-                    estimate = [torch.zeros_like(p) for p in due_params]
-                else:
-                    with torch.enable_grad():
-                        # Summed estimates need z * Hz; a lone one may keep Hz (same |h|).
-                        estimate = hutchinson([p.grad for p in due_params], due_params,
-                                              self._rademacher, self.n_samples,
-                                              signed=accumulate)
-            except RuntimeError as exc:
-                if before_this is not None:
-                    self._rademacher.load_state_dict(before_this)
-                clearer = errors.compiled_double_backward_error(exc)
-                if clearer is None:
-                    raise
-                raise clearer from exc
+            if self._finite_difference is not None:
+                estimate, before_this = self._take_probed(probed, due_params)
+            else:
+                estimate, before_this = self._double_backward_estimate(due_params, accumulate)
             if rademacher_before is None:
                 rademacher_before = before_this
             for p, h in zip(due_params, estimate):
@@ -361,6 +391,40 @@ class HessianOptimizer(torch.optim.Optimizer):
                         graph_params.add(entry.param)
                         entry.param.grad = entry.param.grad.detach()
         self._plan = Plan(groups, hessians, rademacher_before, frozenset(graph_params))
+
+    def _double_backward_estimate(self, due_params: List[Tensor],
+                                  signed: bool) -> Tuple[List[Tensor], Optional[dict]]:
+        # Not while a CUDA graph is captured (replays advance the generator themselves).
+        before = None if capturing() else self._rademacher.state_dict()
+        try:
+            if self._backward_record.create_graph and \
+                    not any(p.grad.requires_grad for p in due_params):
+                # A create_graph pass whose gradients do not depend on the parameters.
+                return [torch.zeros_like(p) for p in due_params], before
+            with torch.enable_grad():
+                # Summed estimates need z * Hz; a lone one may keep Hz (same |h|).
+                estimate = hutchinson([p.grad for p in due_params], due_params,
+                                      self._rademacher, self.n_samples, signed=signed)
+        except RuntimeError as exc:
+            if before is not None:
+                self._rademacher.load_state_dict(before)
+            clearer = errors.double_backward_error(exc)
+            if clearer is None:
+                raise
+            raise clearer from exc
+        return estimate, before
+
+    def _take_probed(self, probed, due_params: List[Tensor]) -> Tuple[List[Tensor], dict]:
+        if probed is None or [id(p) for p in probed[0]] != [id(p) for p in due_params]:
+            if probed is not None:
+                self._rademacher.load_state_dict(probed[2])
+            raise RuntimeError(
+                "the Hessian is due at this step, but hessian_probes() did not run for the "
+                "parameters that have gradients now: after the backward pass of the point "
+                "to estimate at, run `for _ in optimizer.hessian_probes(rng_state): "
+                "loss_fn(model(x), y).backward()`, or let the optimizer run the iteration "
+                "with optimizer.step(closure)")
+        return probed[1], probed[2]
 
     def _next_hessian_power(self) -> Optional[float]:
         """The scheduler's power for this step, or None to use each group's constant."""
@@ -389,7 +453,11 @@ class HessianOptimizer(torch.optim.Optimizer):
         hessians = list(plan.hessians.values())
         # DDP cannot have averaged the gradients of a create_graph backward (it fails on one).
         to_average = grads if self.sync_gradients else [p.grad for p in carrying_graph]
-        self._averager.average_(to_average + hessians)
+        # A finite-difference estimate differences gradients that DDP has averaged (or,
+        # with sync_gradients, local ones: then it is averaged here as they are).
+        if self._finite_difference is None or self.sync_gradients:
+            to_average = to_average + hessians
+        self._averager.average_(to_average)
         amp.unscale_(scaler, grads + hessians)
         found_inf = self._found_inf(plan, scaler)
         if self._reads_flags_on_host(scaler):
@@ -559,15 +627,38 @@ class HessianOptimizer(torch.optim.Optimizer):
                             "authors' language-model SASSHA's step(iter_num) is "
                             "sassha_fast.lm.SASSHA)")
 
-    def _evaluate(self, closure: Callable[[], Tensor]) -> Tensor:
+    def _closure_pass(self, closure: Callable[[], Tensor], scaler, create_graph: bool,
+                      capture_rng: bool = False):
+        """The closure's loss, back-propagated, and (with ``capture_rng``) the RNG states
+        its forward started from. With the finite-difference estimator a closure may run
+        ``backward()`` itself (the torch / Lightning convention, found by the gradients it
+        leaves; with a scaler it back-propagates ``scaler.scale(loss)``)."""
+        rng = finite_difference.capture_rng_state() if capture_rng else None
         with torch.enable_grad():
             loss = closure()
+        if self._finite_difference is not None and \
+                any(p.grad is not None for p in self.get_params()):
+            return loss, rng
         if not isinstance(loss, Tensor) or not loss.requires_grad:
             raise ValueError("the closure must return the loss as a tensor that requires grad "
                              "(compute it; do not call backward: the optimizer does)")
         if any(p.grad is not None for p in self.get_params()):
             raise ValueError("the closure must not call backward(): it returns the loss and "
-                             "the optimizer runs the backward passes itself")
+                             "the optimizer runs the backward passes itself (a closure that "
+                             "calls backward() works with hessian_estimator="
+                             "'finite_difference')")
+        self._backward(amp.scale_loss(scaler, loss), create_graph)
+        return loss, rng
+
+    def _gradient_pass(self, closure: Callable[[], Tensor], scaler, hessian_due: bool):
+        """The pass whose gradient the update uses, with what the Hessian estimate needs:
+        its graph (double backward) or the probes around it (finite difference)."""
+        probing = hessian_due and self._finite_difference is not None
+        loss, rng = self._closure_pass(closure, scaler, hessian_due and not probing,
+                                       capture_rng=probing)
+        if probing:
+            for _ in self.hessian_probes(rng):
+                self._closure_pass(closure, scaler, False)
         return loss
 
     # -- pickling and deep copies -------------------------------------------------------
@@ -661,6 +752,7 @@ class HessianOptimizer(torch.optim.Optimizer):
                             if i in state_dict["state"]], self.device_path)
         self._load_extra_state(extra)
         self._plan = None
+        self._probed = None
         self._first_pass_nonfinite = False
         self._first_pass_found_inf = None
 

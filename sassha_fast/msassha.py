@@ -27,9 +27,11 @@ class MSASSHA(HessianOptimizer):
     ``create_graph`` only when the Hessian is due. Several parameter groups share one
     momentum norm, each with its own ``rho``. ``process_group`` / ``sync_gradients``,
     ``step(..., scaler=)``, ``nonfinite``, ``capturable``, ``skip_check_interval``,
-    ``max_consecutive_skips``, ``curvature_floor`` and ``diagnostics()`` work as in
-    ``SASSHA``; a skipped step leaves the parameters where the iteration found them (on the
-    device path the norm factor, too, stays a device tensor).
+    ``max_consecutive_skips``, ``curvature_floor``, ``diagnostics()`` and
+    ``hessian_estimator`` work as in ``SASSHA`` (the finite-difference estimate is taken at
+    the perturbed point, where the one gradient is); a skipped step leaves the parameters
+    where the iteration found them (on the device path the norm factor, too, stays a device
+    tensor).
     """
 
     def __init__(self, params, lr: float = 0.15, betas=(0.9, 0.999), weight_decay: float = 1e-2,
@@ -39,7 +41,8 @@ class MSASSHA(HessianOptimizer):
                  process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
                  grad_reduce: str = "mean", capturable: Optional[bool] = None,
                  skip_check_interval: int = 100, max_consecutive_skips: Optional[int] = 100,
-                 curvature_floor: float = 0.0):
+                 curvature_floor: float = 0.0, hessian_estimator: str = "autograd",
+                 fd_scheme: str = "one_sided", fd_eps: Optional[float] = None):
         if maximize:
             raise ValueError("Invalid maximize value: True (MSASSHA only minimizes)")
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
@@ -53,7 +56,8 @@ class MSASSHA(HessianOptimizer):
                          grad_reduce=grad_reduce, capturable=capturable,
                          skip_check_interval=skip_check_interval,
                          max_consecutive_skips=max_consecutive_skips,
-                         curvature_floor=curvature_floor)
+                         curvature_floor=curvature_floor, hessian_estimator=hessian_estimator,
+                         fd_scheme=fd_scheme, fd_eps=fd_eps)
 
     def _momentum_params(self, group: dict) -> List[Tensor]:
         return [p for p in group["params"] if "exp_avg" in self.state.get(p, {})]
@@ -169,10 +173,9 @@ class MSASSHA(HessianOptimizer):
             self._step_from_gradients(scaler)
             return None
         self.zero_grad(set_to_none=True)
-        loss = self._evaluate(closure)
-        self._backward(amp.scale_loss(scaler, loss), create_graph=self.hessian_due)
+        loss = self._gradient_pass(closure, scaler, self.hessian_due)
         self._step_from_gradients(scaler)
-        return loss.detach()
+        return loss.detach() if isinstance(loss, Tensor) else loss
 
     def _extra_state(self) -> dict:
         return {**super()._extra_state(), "at_perturbed_point": self._at_perturbed_point}

@@ -50,6 +50,14 @@ class SASSHA(HessianOptimizer):
     (an object whose ``step()`` returns the power) overrides it and is stepped once per
     ``step()``. ``backend`` picks the implementation of the fused ops ("auto", "reference",
     "foreach", "cpu", "triton", "cuda"; see ``sassha_fast.available_backends()``).
+
+    ``hessian_estimator="finite_difference"`` takes the Hessian-vector product from two
+    first-order gradients instead of a double backward (``fd_scheme`` "one_sided" or
+    "central", ``fd_eps`` the relative step; see ``sassha_fast.finite_difference``), at
+    the perturbed point w + e, where the second pass's gradient is: ``step(closure)`` runs
+    the extra pass itself on Hessian steps (and accepts a closure that calls
+    ``backward()``); the method-level loop runs ``opt.hessian_probes()`` after the second
+    backward, before ``unperturb()``.
     """
 
     def __init__(self, params, hessian_power_scheduler=None, lr: float = 0.15,
@@ -60,7 +68,8 @@ class SASSHA(HessianOptimizer):
                  process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
                  capturable: Optional[bool] = None, skip_check_interval: int = 100,
                  max_consecutive_skips: Optional[int] = 100, curvature_floor: float = 0.0,
-                 **kwargs):
+                 hessian_estimator: str = "autograd", fd_scheme: str = "one_sided",
+                 fd_eps: Optional[float] = None, **kwargs):
         warn_on_unknown_keywords(type(self).__name__, kwargs)
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
                         weight_decay=weight_decay, rho=rho, perturb_eps=perturb_eps, eps=eps,
@@ -75,7 +84,8 @@ class SASSHA(HessianOptimizer):
                          grad_reduce=grad_reduce, capturable=capturable,
                          skip_check_interval=skip_check_interval,
                          max_consecutive_skips=max_consecutive_skips,
-                         curvature_floor=curvature_floor)
+                         curvature_floor=curvature_floor, hessian_estimator=hessian_estimator,
+                         fd_scheme=fd_scheme, fd_eps=fd_eps)
 
     @torch.no_grad()
     def perturb_weights(self, zero_grad: bool = True, scaler=None) -> None:
@@ -170,21 +180,19 @@ class SASSHA(HessianOptimizer):
             self._step_from_gradients(scaler)
             return None
         self.zero_grad(set_to_none=True)
-        loss = self._evaluate(closure)
         due = self.hessian_due
         if any(group["rho"] != 0 for group in self.param_groups):
-            self._backward(amp.scale_loss(scaler, loss), create_graph=False)
+            loss, _ = self._closure_pass(closure, scaler, create_graph=False)
             self.perturb_weights(zero_grad=True, scaler=scaler)
             if not self._first_pass_nonfinite:  # else the step is skipped: save the pass
                 try:
                     with frozen_batchnorm_stats():
-                        self._backward(amp.scale_loss(scaler, self._evaluate(closure)),
-                                       create_graph=due)
+                        self._gradient_pass(closure, scaler, due)
                 except BaseException:
                     self.unperturb()
                     self.zero_grad(set_to_none=True)
                     raise
         else:
-            self._backward(amp.scale_loss(scaler, loss), create_graph=due)
+            loss = self._gradient_pass(closure, scaler, due)
         self._step_from_gradients(scaler)
-        return loss.detach()
+        return loss.detach() if isinstance(loss, Tensor) else loss
