@@ -68,9 +68,10 @@ def cuda_arch_flags() -> List[str]:
 
 
 def arch_codes(flags: List[str]) -> List[str]:
-    """["sm_80", "sm_90", "compute_90"] for the matching -gencode flags, in numeric order."""
+    """["sm_80", "sm_90", "compute_90"] for the matching -gencode flags: in numeric order,
+    machine code before PTX."""
     return sorted((flag.rsplit("code=", 1)[-1] for flag in flags),
-                  key=lambda code: int(re.sub(r"\D", "", code)))
+                  key=lambda code: (int(re.sub(r"\D", "", code)), code.startswith("compute_")))
 
 
 def describe_arch_flags(flags: List[str]) -> str:

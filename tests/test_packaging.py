@@ -24,6 +24,10 @@ from sassha_fast import extension
 
 TORCH_SITE = pathlib.Path(torch.__file__).resolve().parents[1]
 
+# The wheel's build compiles _C once (about 4 CPU-minutes); on a machine shared with other
+# jobs that can take several times the suite's default limit per test.
+pytestmark = pytest.mark.timeout(2400)
+
 # Run in each environment: one step of SASSHA on the backend named in argv[1], checked
 # against the reference backend; prints what the test inspects.
 STEP_SCRIPT = r"""
