@@ -7,9 +7,13 @@ Environment: TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX"), SASSHA_FAST_NO_CUDA=1
 the CUDA part, MAX_JOBS for parallel compilation, CUDA_HOME to pick a toolkit.
 The build log's lines starting with "sassha_fast build:" say what was built, naming the
 GPU targets passed to nvcc (e.g. "CUDA part built for sm_80, sm_90 (+PTX compute_90)").
+The same facts, and the torch version built against, are written next to _C as
+sassha_fast/_build_config.py, which sassha_fast checks before it loads _C.
+The project's metadata is in pyproject.toml.
 """
 import glob
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -63,10 +67,16 @@ def cuda_arch_flags() -> List[str]:
     return cpp_extension._get_cuda_arch_flags()
 
 
+def arch_codes(flags: List[str]) -> List[str]:
+    """["sm_80", "sm_90", "compute_90"] for the matching -gencode flags: in numeric order,
+    machine code before PTX."""
+    return sorted((flag.rsplit("code=", 1)[-1] for flag in flags),
+                  key=lambda code: (int(re.sub(r"\D", "", code)), code.startswith("compute_")))
+
+
 def describe_arch_flags(flags: List[str]) -> str:
     """"sm_80, sm_90 (+PTX compute_90)" for the matching -gencode flags."""
-    codes = sorted((flag.rsplit("code=", 1)[-1] for flag in flags),
-                   key=lambda code: int(re.sub(r"\D", "", code)))
+    codes = arch_codes(flags)
     machine = [code for code in codes if code.startswith("sm_")]
     ptx = [code for code in codes if code.startswith("compute_")]
     return (", ".join(machine) or "no machine code") + (f" (+PTX {', '.join(ptx)})" if ptx else "")
@@ -128,20 +138,53 @@ def write_build_status(cuda_status: str) -> None:
         f.write(f'#pragma once\n#define SASSHA_CUDA_STATUS "{text}"\n')
 
 
+def cpu_isas() -> List[str]:
+    """The instruction sets the CPU kernels are compiled for, best first: csrc/cpu/kernels.h
+    adds the AVX-512 and AVX2 builds on x86-64; the best the CPU has is picked at run time."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return ["avx512", "avx2", "generic"] if x86 else ["generic"]
+
+
+def write_build_config(package_dir: str, ext) -> None:
+    """Records what _C was built against and for in <package_dir>/_build_config.py, which
+    sassha_fast reads before it loads _C (to refuse an extension built for another torch)."""
+    facts = {
+        "TORCH_VERSION": torch.__version__,
+        "TORCH_CUDA_VERSION": torch.version.cuda,
+        "CUDA_PART": ext.cuda_status,
+        "CUDA_TARGETS": ext.cuda_targets,
+        "CPU_ISAS": cpu_isas(),
+    }
+    os.makedirs(package_dir, exist_ok=True)
+    with open(os.path.join(package_dir, "_build_config.py"), "w") as f:
+        f.write("# Written by setup.py when sassha_fast._C was built.\n")
+        f.writelines(f"{name} = {value!r}\n" for name, value in facts.items())
+
+
 class BuildWithOptionalCuda(cpp_extension.BuildExtension):
+    def run(self):
+        super().run()
+        for ext in self.extensions:  # next to _C: the build tree, or the sources when in place
+            write_build_config(os.path.dirname(self.get_ext_fullpath(ext.name)), ext)
+
     def build_extension(self, ext):
+        ext.cuda_targets = []
         if not getattr(ext, "with_cuda", False):
             log(f"CUDA part {cuda_problem()}; building the CPU part only")
-            write_build_status(cuda_problem())
+            ext.cuda_status = cuda_problem()
+            write_build_status(ext.cuda_status)
             return super().build_extension(ext)
         archs = describe_arch_flags(cuda_arch_flags())
-        write_build_status(f"built for {archs}")
+        ext.cuda_status = f"built for {archs}"
+        write_build_status(ext.cuda_status)
         try:
             super().build_extension(ext)
+            ext.cuda_targets = arch_codes(cuda_arch_flags())
             log(f"CUDA part built for {archs}")
         except Exception as exc:  # the CPU part must still install
             log(f"CUDA part FAILED to compile ({exc}); building the CPU part only")
-            write_build_status(f"failed to compile: {exc}")
+            ext.cuda_status = f"failed to compile: {exc}"
+            write_build_status(ext.cuda_status)
             # Same Extension object (setuptools has annotated it), CPU-only contents.
             for attr, value in vars(cpu_extension()).items():
                 if not attr.startswith("_"):
@@ -159,13 +202,6 @@ def extensions():
 
 if __name__ == "__main__":  # tests import this file to check the CUDA fallback
     setup(
-        name="sassha_fast",
-        version="0.1.0",
-        description="SASSHA and M-SASSHA optimizers with fused multi-tensor kernels",
-        packages=["sassha_fast", "sassha_fast.backends", "sassha_fast.triton_kernels"],
-        package_dir={"sassha_fast.triton_kernels": "triton_kernels"},
-        python_requires=">=3.9",
-        install_requires=["torch>=2.4"],
         ext_modules=extensions(),
         cmdclass={"build_ext": BuildWithOptionalCuda.with_options(use_ninja=True)},
     )

@@ -27,7 +27,7 @@ def load_digits_tensors():
         from sklearn.datasets import load_digits
     except ImportError as exc:
         raise RuntimeError("the quality suite needs scikit-learn (pip install scikit-learn; "
-                           "it is in requirements-dev.txt)") from exc
+                           "it is in the bench extra: pip install \".[bench]\")") from exc
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     return images, torch.tensor(digits.target, dtype=torch.long)

@@ -76,6 +76,7 @@ def test_a_cuda_compile_failure_falls_back_to_the_cpu_part(setup_py, monkeypatch
     log = capsys.readouterr().err
     assert "sassha_fast build: CUDA part FAILED to compile (nvcc: error in fused_ops.cu)" in log
     assert '"failed to compile: nvcc: error in fused_ops.cu"' in build_status(setup_py)
+    assert ext.cuda_targets == [] and ext.cuda_status.startswith("failed to compile: nvcc")
 
 
 def test_a_successful_build_logs_and_records_its_targets(setup_py, monkeypatch, capsys):
@@ -88,3 +89,17 @@ def test_a_successful_build_logs_and_records_its_targets(setup_py, monkeypatch, 
     assert ("sassha_fast build: CUDA part built for sm_80, sm_90 (+PTX compute_90)"
             in capsys.readouterr().err)
     assert '"built for sm_80, sm_90 (+PTX compute_90)"' in build_status(setup_py)
+    assert ext.cuda_targets == ["sm_80", "sm_90", "compute_90"]
+
+
+def test_the_build_config_records_the_torch_and_the_targets(setup_py, tmp_path):
+    """What sassha_fast compares with the running torch before it loads _C."""
+    ext = Extension("sassha_fast._C", [])
+    ext.cuda_status, ext.cuda_targets = "built for sm_90", ["sm_90"]
+    setup_py.write_build_config(str(tmp_path / "pkg"), ext)
+    recorded = {}
+    exec((tmp_path / "pkg" / "_build_config.py").read_text(), recorded)
+    assert recorded["TORCH_VERSION"] == setup_py.torch.__version__
+    assert recorded["TORCH_CUDA_VERSION"] == setup_py.torch.version.cuda
+    assert (recorded["CUDA_PART"], recorded["CUDA_TARGETS"]) == ("built for sm_90", ["sm_90"])
+    assert recorded["CPU_ISAS"][-1] == "generic"

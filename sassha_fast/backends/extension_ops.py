@@ -6,14 +6,8 @@ from typing import Callable, List, Optional, Tuple, Union
 
 from torch import Tensor
 
+from ..extension import IMPORT_ERROR, _C  # noqa: F401 (the backends read them from here)
 from .reference import Scalar
-
-try:
-    from .. import _C
-    IMPORT_ERROR: Optional[str] = None
-except ImportError as exc:  # an install without its extension still offers other backends
-    _C = None
-    IMPORT_ERROR = f"cannot import the extension sassha_fast._C ({exc}); reinstall to build it"
 
 KernelScalar = Callable[[Scalar], Union[float, Tensor]]
 
