@@ -7,7 +7,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optiona
 import torch
 from torch import Tensor
 
-from . import amp, backends, checkpoint, errors
+from . import amp, backends, checkpoint, dtensor, errors
 from ._validation import (check_dense, check_hessian_power, check_hyperparameters,
                           check_parameters, check_positive_int)
 from .distributed import Averager, check_process_group
@@ -98,6 +98,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         self.backend = backend
         self._rademacher = RademacherSource(seed)
         self._ops_by_device: Dict[torch.device, backends.Ops] = {}
+        self._has_dtensors = False  # set by add_param_group; the ops then take DTensors
         self._plan: Optional[Plan] = None
         super().__init__(params, defaults)
 
@@ -110,6 +111,12 @@ class HessianOptimizer(torch.optim.Optimizer):
             check_hyperparameters(**{k: group[k] for k in _GROUP_HYPERPARAMETERS},
                                   perturb_eps=group.get("perturb_eps", 0.0))
             check_parameters(type(self).__name__, group["params"])
+            if dtensor.any_dtensor(group["params"]):
+                for p in group["params"]:
+                    if dtensor.is_dtensor(p):
+                        dtensor.check_placements(p)
+                self._has_dtensors = True
+                self._ops_by_device.clear()
         except (ValueError, TypeError):
             self.param_groups.pop()
             raise
@@ -130,7 +137,10 @@ class HessianOptimizer(torch.optim.Optimizer):
         """The backend ops used for tensors on ``device`` (resolved once per device)."""
         ops = self._ops_by_device.get(device)
         if ops is None:
-            ops = self._ops_by_device[device] = backends.resolve(self.backend, device)
+            ops = backends.resolve(self.backend, device)
+            if self._has_dtensors:
+                ops = dtensor.local_ops(ops)
+            self._ops_by_device[device] = ops
         return ops
 
     @property
