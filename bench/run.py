@@ -10,13 +10,16 @@ from typing import Callable, List, NamedTuple, Optional
 
 import torch
 
-from . import backends, meta, ops_suite, output, step_suite, summary, table, traffic, train_suite
+from . import (authors, backends, meta, ops_suite, output, quality_output, quality_suite, step_suite,
+               summary, table, traffic, train_suite)
 from .config import Profile, profile
 from .progress import Progress
 from .results import add_ratios
 from .shapes import ParamSet
 
 SUITES = ("step", "ops", "train")
+# Suites that run only when named in --suite.
+EXTRA_SUITES = ("quality",)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -42,7 +45,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                       help="tiny sizes: checks the plumbing in seconds (numbers meaningless)")
     parser.set_defaults(profile="quick")
     parser.add_argument("--suite", default=",".join(SUITES),
-                        help="comma-separated suites among step, ops, train (default: all)")
+                        help="comma-separated suites among step, ops, train (the default: "
+                             "all three) and quality (label-noise accuracy on digits, run "
+                             "only when named; sized by --quick / --full, see bench/README.md)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda if present, else cpu)")
     parser.add_argument("--out", type=pathlib.Path, default=None,
@@ -59,6 +64,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                              "(default: both)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="parameter dtype of the step and ops suites (default float32)")
+    parser.add_argument("--authors-code", type=pathlib.Path, default=None, metavar="PATH",
+                        help="a checkout of the authors' SASSHA repository: adds their SASSHA "
+                             "and M-SASSHA to the step and train suites (bench/authors.py)")
     parser.add_argument("--list", action="store_true",
                         help="print the planned measurements and exit")
     parser.add_argument("--memory-cap-gib", type=float, default=16.0,
@@ -66,9 +74,14 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                              "is free) would be needed (default 16)")
     args = parser.parse_args(argv)
     args.suites = [s for s in args.suite.split(",") if s]
-    unknown = set(args.suites) - set(SUITES)
+    try:
+        args.authors = authors.load(args.authors_code) if args.authors_code else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    unknown = set(args.suites) - set(SUITES + EXTRA_SUITES)
     if unknown or not args.suites:
-        parser.error(f"--suite takes a comma-separated subset of {', '.join(SUITES)}")
+        parser.error(f"--suite takes a comma-separated subset of "
+                     f"{', '.join(SUITES + EXTRA_SUITES)}")
     return args
 
 
@@ -92,7 +105,7 @@ def release_memory() -> None:
 
 
 def step_jobs(prof: Profile, args, device, dtype, names: List[str]) -> List[Job]:
-    cases = step_suite.cases(names)
+    cases = step_suite.cases(names, args.authors)
 
     def run(param_set: ParamSet) -> List[dict]:
         tensors = step_suite.materialize(param_set, device, dtype)
@@ -118,8 +131,10 @@ def train_jobs(prof: Profile, args, device) -> List[Job]:
     if prefixes and not models:
         raise SystemExit(f"--models {args.models} matches none of "
                          f"{', '.join(m.label for m in prof.train_models)}")
-    return [Job("train", f"{model.label}: {len(train_suite.METHODS)} methods in turns",
-                lambda model=model: train_suite.run_model(model, device, prof))
+    methods = train_suite.METHODS + (train_suite.AUTHORS_METHODS if args.authors else ())
+    code = str(args.authors.path) if args.authors else None
+    return [Job("train", f"{model.label}: {len(methods)} methods in turns",
+                lambda model=model: train_suite.run_model(model, device, prof, methods, code))
             for model in models]
 
 
@@ -142,6 +157,29 @@ def run_jobs(jobs: List[Job], progress: Progress, errors: List[str]) -> List[dic
     return rows
 
 
+def run_quality(profile: quality_suite.QualityProfile, out: pathlib.Path, info: dict,
+                errors: List[str]) -> None:
+    progress = Progress(quality_suite.plan_size(profile))
+
+    def show(label: str) -> None:
+        progress.show(f"quality {label}")
+        progress.advance()
+    try:
+        rows, curves = quality_suite.run(profile, progress=show)
+    except Exception as exc:  # the throughput suites still run
+        progress.clear()
+        errors.append(f"quality: {type(exc).__name__}: {exc}")
+        print(f"FAILED quality: {type(exc).__name__}: {exc}", file=sys.stderr)
+        traceback.print_exc(limit=3)
+        return
+    progress.clear()
+    quality_info = dict(info, load_average_after=os.getloadavg())
+    written = quality_output.write_all(rows, curves, out, quality_info, profile)
+    print("\nQuality: clean test accuracy (%) under symmetric label noise, mean ± std over "
+          f"{profile.seeds} seeds\n" + quality_output.table_markdown(rows))
+    print("wrote " + ", ".join(written), flush=True)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -153,15 +191,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     info = meta.collect(device)
     info.update(profile=args.profile, suites=args.suites, dtype=args.dtype,
                 backends=backends.report(device))
+    if args.authors:
+        info.update(authors_code=str(args.authors.path), authors_workarounds=authors.WORKAROUNDS)
     out = args.out or RESULTS / info["device_kind"]
 
     planned = {"step": lambda: step_jobs(prof, args, device, dtype, names),
                "ops": lambda: ops_jobs(prof, args, device, dtype, names),
                "train": lambda: train_jobs(prof, args, device)}
     jobs = {suite: planned[suite]() for suite in SUITES if suite in args.suites}
+    quality = (quality_suite.quality_profile(args.profile) if "quality" in args.suites
+               else None)
     if args.list:
         for suite_jobs in jobs.values():
             print("\n".join(f"{job.suite} {job.label}" for job in suite_jobs))
+        if quality:
+            print(f"quality: {quality_suite.plan_size(quality)} training runs ({quality})")
         return 0
     print(f"sassha_fast benchmarks ({args.profile}) on {info['device_name']} [{device}], "
           f"torch {info['torch']}, backends: {', '.join(names)}", flush=True)
@@ -170,9 +214,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"warning: load average {load:.1f} on {os.cpu_count()} CPUs: other work shares "
               "the machine, timings will be noisy (compare ratios within one run)",
               file=sys.stderr)
+    errors: List[str] = []
+    if quality:
+        run_quality(quality, out / f"quality-{args.profile}", info, errors)
+    if not jobs:
+        return 1 if errors else 0
     progress = Progress(sum(len(j) for j in jobs.values()))
     rows: List[dict] = []
-    errors: List[str] = []
     for suite, suite_jobs in jobs.items():
         suite_rows = run_jobs(suite_jobs, progress, errors)
         add_ratios(suite_rows)

@@ -8,17 +8,21 @@ a set timed in turns (bench/timing.py):
   SASSHA per sassha_fast backend: ``perturb_weights()`` with g1, then ``step()`` with g2 (the
   update also leaves x + e) on a non-Hessian step, through the package's frontend, with
   ``nonfinite="ignore"`` (as AdamW, no inf/NaN check);
-  plus, per backend, the extra work of a Hessian step (the ``hessian_ema`` op alone).
+  plus, per backend, the extra work of a Hessian step (the ``hessian_ema`` op alone);
+  given the authors' code (bench/authors.py): their SASSHA in their loop
+  (``perturb_weights()`` with g1, ``unperturb()`` and ``step()`` with g2), their M-SASSHA's
+  ``step()``, and M-SASSHA per backend beside it, all on a non-Hessian step.
 """
-from typing import Callable, List, NamedTuple
+from typing import Callable, List, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-from sassha_fast import SASSHA
+from sassha_fast import MSASSHA, SASSHA
 from sassha_fast import backends as sassha_backends
 
 from . import traffic
+from .authors import AUTHORS, AuthorsCode
 from .sam import SAM
 from .shapes import ParamSet, random_tensors
 from .timing import Budget, measure_all
@@ -96,14 +100,61 @@ def seed_sassha_state(opt: SASSHA, beta2: float = BETAS[1]) -> None:
             bias_correction2=(1 - beta2) ** 0.5)
 
 
+# The authors' defaults but for the learning rate and weight decay, which follow AdamW's.
+SASSHA_HP = dict(lr=ADAMW["lr"], betas=BETAS, weight_decay=ADAMW["weight_decay"],
+                 lazy_hessian=NEVER)
+
+
 def _sassha(backend: str) -> Callable[[Tensors, torch.device], Iteration]:
     def build(t: Tensors, device: torch.device) -> Iteration:
         # nonfinite="ignore": like AdamW without a GradScaler, no inf/NaN check (the default
         # "skip" adds one read of g2 and a host synchronisation per step).
-        opt = SASSHA(t.params, lr=ADAMW["lr"], betas=BETAS, weight_decay=ADAMW["weight_decay"],
-                     lazy_hessian=NEVER, backend=backend, nonfinite="ignore")
+        opt = SASSHA(t.params, **SASSHA_HP, backend=backend, nonfinite="ignore")
         seed_sassha_state(opt)
         return _two_pass(opt, opt.perturb_weights, t)
+    return build
+
+
+def _msassha(backend: str) -> Callable[[Tensors, torch.device], Iteration]:
+    def build(t: Tensors, device: torch.device) -> Iteration:
+        opt = MSASSHA(t.params, **SASSHA_HP, backend=backend, nonfinite="ignore")
+        seed_sassha_state(opt)
+        return _one_pass(opt, t)
+    return build
+
+
+def _one_pass(optimizer, t: Tensors) -> Iteration:
+    def iteration():
+        set_grads(t.params, t.g2)
+        optimizer.step()
+    return iteration
+
+
+def _authors_sassha(authors: AuthorsCode) -> Callable[[Tensors, torch.device], Iteration]:
+    def build(t: Tensors, device: torch.device) -> Iteration:
+        opt = authors.sassha(t.params, rho=0.05, **SASSHA_HP)
+        authors.seed_sassha_state(opt)
+
+        def iteration():  # their training loop, without the model
+            set_grads(t.params, t.g1)
+            opt.perturb_weights(zero_grad=True)
+            set_grads(t.params, t.g2)
+            opt.unperturb()
+            opt.step()
+        return iteration
+    return build
+
+
+def _authors_msassha(authors: AuthorsCode) -> Callable[[Tensors, torch.device], Iteration]:
+    def build(t: Tensors, device: torch.device) -> Iteration:
+        # Their constructor sets p.hess = 0.0 on every parameter; the authors' SASSHA, timed
+        # on the same tensors, needs the estimate its seeded state holds there.
+        estimates = {p: p.hess for p in t.params if isinstance(getattr(p, "hess", None), Tensor)}
+        opt = authors.msassha(t.params, **SASSHA_HP)
+        for p, estimate in estimates.items():
+            p.hess = estimate
+        authors.seed_msassha_state(opt)
+        return _one_pass(opt, t)
     return build
 
 
@@ -115,7 +166,7 @@ def _hessian_ema(backend: str) -> Callable[[Tensors, torch.device], Iteration]:
     return build
 
 
-def cases(backends: List[str]) -> List[Case]:
+def cases(backends: List[str], authors: Optional[AuthorsCode] = None) -> List[Case]:
     out = [Case("adamw-forloop", "torch", "adamw", _adamw(dict(foreach=False))),
            Case("adamw-foreach", "torch", "adamw", _adamw(dict(foreach=True))),
            Case("adamw-fused", "torch", "adamw", _adamw(dict(fused=True))),
@@ -124,6 +175,10 @@ def cases(backends: List[str]) -> List[Case]:
     out += [Case("sassha", name, "sassha", _sassha(name)) for name in backends]
     out += [Case("sassha-hessian-ema", name, "hessian_ema", _hessian_ema(name))
             for name in backends]
+    if authors is not None:
+        out.append(Case("sassha", AUTHORS, "sassha", _authors_sassha(authors)))
+        out += [Case("msassha", name, "msassha", _msassha(name)) for name in backends]
+        out.append(Case("msassha", AUTHORS, "msassha", _authors_msassha(authors)))
     return out
 
 

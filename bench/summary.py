@@ -2,9 +2,12 @@
 issue 2: foreach vs reference SASSHA on a set of >= 150 tensors and >= 20M parameters;
 issue 3: reference / foreach / cpu SASSHA vs fused AdamW on >= 160 tensors and >= 50M
          (targets: cpu >= 90% of fused AdamW's GB/s and >= 5x faster than reference);
-issues 4 and 5: each op's GB/s as a fraction of a copy's on a GPU (target >= 85%)."""
+issues 4 and 5: each op's GB/s as a fraction of a copy's on a GPU (target >= 85%);
+with --authors-code: each sassha_fast row's speed-up over the authors' implementation of
+the same method, beside its time over the baseline (fused AdamW)."""
 from typing import List, Optional
 
+from .authors import AUTHORS
 from .results import find
 from .shapes import format_count
 
@@ -94,8 +97,36 @@ def issues4_5(rows: List[dict], device_type: str) -> List[str]:
     return lines
 
 
+# The sassha_fast methods each authors' row is compared with, per suite.
+AUTHORS_PARTNERS = {("step", "sassha"): "sassha", ("step", "msassha"): "msassha",
+                    ("train", "sassha-authors"): "sassha",
+                    ("train", "msassha-authors"): "msassha"}
+
+
+def versus_authors(rows: List[dict]) -> List[str]:
+    """Per workload and authors' row: each sassha_fast row of that method as "N x faster
+    than the authors'" and "M x fused AdamW's time" (the train suite's AdamW is fused)."""
+    theirs = [r for r in rows if r["backend"] == AUTHORS]
+    if not theirs:
+        return []
+    lines = ["versus the authors' code (speed-up over it, and time over fused AdamW's):"]
+    for their in theirs:
+        method = AUTHORS_PARTNERS[their["suite"], their["method"]]
+        ours = [r for r in rows if r["suite"] == their["suite"] and r["method"] == method
+                and r["workload"] == their["workload"] and r["backend"] != AUTHORS]
+        base = f" ({their['vs_baseline']:.2f}x AdamW's time)" if their.get("vs_baseline") else ""
+        parts = [f"{r['backend']} {r['median_ms']:.1f} ms: "
+                 f"{their['median_ms'] / r['median_ms']:.2f}x the authors' speed"
+                 + (f" ({r['vs_baseline']:.2f}x AdamW's time)" if r.get("vs_baseline") else "")
+                 for r in ours]
+        lines.append(f"  {their['suite']} {their['workload']} {method}: authors "
+                     f"{their['median_ms']:.1f} ms{base}; " + ("; ".join(parts) or
+                                                               "no sassha_fast row"))
+    return lines
+
+
 def summarize(rows: List[dict], backend_report: dict, device_type: str) -> List[str]:
     lines = []
     if any(r["suite"] == "step" for r in rows):
         lines += issue2(rows) + issue3(rows, backend_report)
-    return lines + issues4_5(rows, device_type)
+    return lines + issues4_5(rows, device_type) + versus_authors(rows)

@@ -49,6 +49,9 @@ METHODS: Dict[str, Method] = {
     # SASSHA, non-Hessian iteration: norm of g1; e = s * g1 (into g1's buffer), p += e; then
     # the update that also leaves x + e. A Hessian iteration adds "hessian_ema".
     "sassha": Method(_SAM_PERTURB + (_pass("p e g2 m d", "p m"),), fp32_state=True),
+    # M-SASSHA, non-Hessian iteration: leave the perturbed point and update (the norm of
+    # the new m reduced while it is written), then move to the new perturbed point.
+    "msassha": Method((_pass("p g m d", "p m"), _pass("p m", "p")), fp32_state=True),
     # The backend ops one by one (ops suite).
     "global_norm": Method((_pass("g"),), fp32_state=True),
     "perturb": Method((_pass("p g", "p e"),), fp32_state=True),

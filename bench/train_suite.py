@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -18,13 +18,17 @@ from .config import Profile, TrainModel
 from .train_worker import DONE, RESULT_PREFIX
 
 METHODS = ("adamw", "sam-adamw", "sassha-authors-loop", "sassha", "msassha")
+# With --authors-code: the authors' optimizers in their loops (bench/train_worker.py).
+AUTHORS_METHODS = ("sassha-authors", "msassha-authors")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def spec(model: TrainModel, method: str, device: torch.device, profile: Profile) -> dict:
+def spec(model: TrainModel, method: str, device: torch.device, profile: Profile,
+         authors_code: Optional[str] = None) -> dict:
     return dict(model=model.model, model_kwargs=model.model_kwargs, batch=model.batch,
                 method=method, device=str(device), warmup=profile.train_warmup,
-                windows=profile.train_windows, lazy_hessian=profile.lazy_hessian, seed=0)
+                windows=profile.train_windows, lazy_hessian=profile.lazy_hessian, seed=0,
+                authors_code=authors_code)
 
 
 class Worker:
@@ -71,8 +75,8 @@ class Worker:
 
 
 def run_model(model: TrainModel, device: torch.device, profile: Profile,
-              methods: Sequence[str] = METHODS) -> List[dict]:
-    workers = [Worker(spec(model, method, device, profile)) for method in methods]
+              methods: Sequence[str] = METHODS, authors_code: Optional[str] = None) -> List[dict]:
+    workers = [Worker(spec(model, method, device, profile, authors_code)) for method in methods]
     try:
         for worker in workers:
             worker.ready()

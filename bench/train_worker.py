@@ -10,7 +10,7 @@ import statistics
 import sys
 import time
 import warnings
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch.nn import functional as F
@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from sassha_fast import MSASSHA, SASSHA
 from sassha_fast.batchnorm import frozen_batchnorm_stats
 
+from . import authors
 from .meta import proc_status_bytes
 from .models import GPT, CifarResNet, GPTConfig
 from .sam import SAM
@@ -51,8 +52,10 @@ def build_model(spec: dict, device: torch.device, generator: torch.Generator):
     return model.to(device).train(), x.to(device), y.to(device), loss_fn
 
 
-def make_iteration(method: str, model, x, y, loss_fn, lazy_hessian: int):
-    """(one training iteration, a callable naming the implementation once it has run)."""
+def make_iteration(method: str, model, x, y, loss_fn, lazy_hessian: int,
+                   authors_code: Optional[str] = None):
+    """(one training iteration, a callable naming the implementation once it has run).
+    ``authors_code``: the checkout the "-authors" methods load (bench/authors.py)."""
     params = list(model.parameters())
 
     def loss():
@@ -91,11 +94,44 @@ def make_iteration(method: str, model, x, y, loss_fn, lazy_hessian: int):
             opt.unperturb()
             opt.step()
         return iteration, lambda: "reference"
+    if method.endswith("-authors"):
+        return _authors_iteration(method, params, loss, lazy_hessian, authors_code)
     if method in ("sassha", "msassha"):
         cls = SASSHA if method == "sassha" else MSASSHA
         opt = cls(params, lazy_hessian=lazy_hessian, **SASSHA_HP)
         return (lambda: opt.step(loss)), lambda: ",".join(opt.backends_in_use.values())
     raise ValueError(f"unknown training method {method!r}")
+
+
+def _authors_iteration(method: str, params, loss, lazy_hessian: int, authors_code):
+    """Their optimizers in their scripts' loops: create_graph on every iteration."""
+    if not authors_code:
+        raise ValueError(f"training method {method!r} needs the authors' code (--authors-code)")
+    code = authors.load(authors_code)
+    if method == "sassha-authors":
+        opt = code.sassha(params, lazy_hessian=lazy_hessian, rho=0.05, **SASSHA_HP)
+
+        def iteration():
+            opt.zero_grad(set_to_none=True)
+            loss().backward()
+            opt.perturb_weights(zero_grad=True)
+            with frozen_batchnorm_stats(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=CREATE_GRAPH_WARNING)
+                loss().backward(create_graph=True)
+            opt.unperturb()
+            opt.step()
+    elif method == "msassha-authors":
+        opt = code.msassha(params, lazy_hessian=lazy_hessian, **SASSHA_HP)
+
+        def iteration():
+            opt.zero_grad(set_to_none=True)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=CREATE_GRAPH_WARNING)
+                loss().backward(create_graph=True)
+            opt.step()
+    else:
+        raise ValueError(f"unknown training method {method!r}")
+    return iteration, lambda: authors.AUTHORS
 
 
 class MemoryProbe:
@@ -146,7 +182,8 @@ class Session:
         torch.manual_seed(spec.get("seed", 0))
         self.model, x, y, loss_fn = build_model(spec, self.device, generator)
         self.iteration, self.backend = make_iteration(spec["method"], self.model, x, y,
-                                                      loss_fn, spec["lazy_hessian"])
+                                                      loss_fn, spec["lazy_hessian"],
+                                                      spec.get("authors_code"))
         self.probe = MemoryProbe(self.device)
         self.probe.start()
         self.times: List[float] = []

@@ -2,19 +2,24 @@
 schedule, backend dispatch and checkpointing. The update rules live in the subclasses."""
 import warnings
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import (Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple,
+                    Optional, Tuple, Union)
 
 import torch
 from torch import Tensor
 
-from . import amp, backends, checkpoint, dtensor, errors
+from . import (amp, backends, checkpoint, diagnostics, dtensor, errors, finite_difference,
+               step_counters)
 from ._validation import (check_dense, check_hessian_power, check_hyperparameters,
                           check_parameters, check_positive_int)
+from .backward_record import BackwardRecord
+from .curvature_guard import check_curvature_floor, floor_hessian_
 from .distributed import Averager, check_process_group
 from .hessian import RademacherSource, hutchinson
+from .skipped_steps import SkipCounter, capturing
 
 # State kept in fp32 whatever the parameter's dtype (PyTorch's loader would cast it).
-FP32_STATE_KEYS = ("exp_avg", "exp_hessian_diag")
+STATE_TENSOR_KEYS = ("exp_avg", "exp_hessian_diag")  # in backends.state_dtype(p.dtype)
 _GROUP_HYPERPARAMETERS = ("lr", "betas", "weight_decay", "rho", "eps", "hessian_power")
 _CREATE_GRAPH_WARNING = r"Using backward\(\) with create_graph=True"
 NONFINITE_POLICIES = ("skip", "raise", "ignore")
@@ -29,14 +34,23 @@ class Entry(NamedTuple):
 
 class Bucket(NamedTuple):
     """Parameters of one group that one op call updates: same device, dtype, step count,
-    Hessian refresh, second bias correction and subclass-specific ``extra``."""
+    Hessian refresh, second bias correction and subclass-specific ``extra``. On the device
+    path the counters are 0-d tensors and ``found_inf`` is the ops' skip flag."""
     ops: "backends.Ops"
     params: List[Tensor]
     exp_avgs: List[Tensor]
     exp_hessians: List[Tensor]
-    step: int
-    bias_correction2: float
+    step: Union[int, Tensor]
+    bias_correction2: Union[float, Tensor]
     extra: object
+    found_inf: Optional[Tensor]
+
+    def scalar(self, value):
+        """``value`` as the ops take it for these parameters."""
+        return kernel_scalar(value, self.params[0].device, self.params[0].dtype)
+
+    def bias_correction1(self, beta1: float):
+        return self.scalar(step_counters.bias_correction1(self.step, beta1))
 
 
 class Plan(NamedTuple):
@@ -44,6 +58,8 @@ class Plan(NamedTuple):
     groups: List[Tuple[dict, List[Entry]]]
     hessians: Dict[Tensor, Tensor]
     rademacher_before: Optional[dict]  # generator states before this step's draws
+    # Parameters whose gradients carried a graph (set_hessian() detaches them).
+    graph_params: FrozenSet[Tensor] = frozenset()
 
     def params(self) -> List[Tensor]:
         return [entry.param for _, entries in self.groups for entry in entries]
@@ -65,14 +81,25 @@ def buckets(items: Iterable, key: Callable) -> "OrderedDict":
 class HessianOptimizer(torch.optim.Optimizer):
     """Base class; subclasses define ``_apply_update(plan, hessian_power)``."""
 
+    # Per-parameter state of the authors' checkpoints that is not kept (see checkpoint.py).
+    _AUTHORS_DROPPED_KEYS: Tuple[str, ...] = ("e_w",)
+
     # GradScaler.step(opt) then hands the optimizer its scale instead of unscaling .grad
     # blindly; the step refuses it and says what to call (see amp.refuse_scaler_step).
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults: dict, *, lazy_hessian: int, n_samples: int, seed: int,
                  hessian_power_scheduler, backend: str, process_group=None,
-                 sync_gradients: bool = False, nonfinite: str = "skip"):
+                 sync_gradients: bool = False, nonfinite: str = "skip",
+                 grad_reduce: str = "mean", capturable: Optional[bool] = None,
+                 skip_check_interval: int = 100, max_consecutive_skips: Optional[int] = 100,
+                 curvature_floor: float = 0.0, hessian_estimator: str = "autograd",
+                 fd_scheme: str = "one_sided", fd_eps: Optional[float] = None):
+        # Before the parameters are read, as torch's optimizers do.
+        check_hyperparameters(**{k: defaults[k] for k in _GROUP_HYPERPARAMETERS},
+                              perturb_eps=defaults.get("perturb_eps", 0.0))
         check_positive_int("lazy_hessian", lazy_hessian)
+        check_curvature_floor(curvature_floor)
         check_positive_int("n_samples", n_samples)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"Invalid seed value: {seed} (expected an integer)")
@@ -85,11 +112,31 @@ class HessianOptimizer(torch.optim.Optimizer):
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"Invalid nonfinite value: {nonfinite!r} (choose from "
                              + ", ".join(repr(p) for p in NONFINITE_POLICIES) + ")")
+        if not isinstance(grad_reduce, str) or grad_reduce.lower() not in ("mean", "sum"):
+            raise ValueError('"grad_reduce" should be one of ["mean", "sum"].')
+        if capturable not in (None, True, False):
+            raise ValueError(f"Invalid capturable value: {capturable!r} (expected None, True "
+                             "or False)")
+        check_positive_int("skip_check_interval", skip_check_interval)
+        if max_consecutive_skips is not None:
+            check_positive_int("max_consecutive_skips", max_consecutive_skips)
+        self._finite_difference = finite_difference.make_estimator(hessian_estimator,
+                                                                   fd_scheme, fd_eps)
+        self.hessian_estimator = hessian_estimator
+        # (params, estimate, generator states before its draws) from hessian_probes().
+        self._probed: Optional[Tuple[List[Tensor], List[Tensor], dict]] = None
         self.sync_gradients = sync_gradients
         self.nonfinite = nonfinite
-        self.skipped_steps = 0  # iterations skipped for inf/NaN gradients or Hessian estimates
-        self._averager = Averager(process_group)
-        self._first_pass_nonfinite = False
+        self.capturable = capturable
+        # Iterations skipped for inf/NaN gradients or Hessian estimates.
+        self._skips = SkipCounter(skip_check_interval, max_consecutive_skips)
+        self.curvature_floor = float(curvature_floor)  # see curvature_guard.py
+        self.grad_reduce = grad_reduce.lower()
+        self._averager = Averager(process_group, mean=self.grad_reduce == "mean")
+        self._first_pass_nonfinite = False  # host path: the first pass held inf/NaN
+        self._first_pass_found_inf: Optional[Tensor] = None  # device path: its flag
+        # The parameters and skip flag of the step last captured in a CUDA graph.
+        self._captured: Tuple[List[Tensor], Optional[Tensor]] = ([], None)
         self.lazy_hessian = lazy_hessian
         self.n_samples = n_samples
         self.seed = seed
@@ -97,9 +144,10 @@ class HessianOptimizer(torch.optim.Optimizer):
         self.hessian_power_t: Optional[float] = None
         self.backend = backend
         self._rademacher = RademacherSource(seed)
-        self._ops_by_device: Dict[torch.device, backends.Ops] = {}
+        self._ops_by_device: Dict[Tuple[torch.device, torch.dtype], backends.Ops] = {}
         self._has_dtensors = False  # set by add_param_group; the ops then take DTensors
         self._plan: Optional[Plan] = None
+        self._backward_record = BackwardRecord()
         super().__init__(params, defaults)
 
     # -- parameter groups -------------------------------------------------------------
@@ -120,6 +168,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         except (ValueError, TypeError):
             self.param_groups.pop()
             raise
+        self._backward_record.watch(group["params"])
 
     def get_params(self):
         """Every parameter that requires a gradient, across all groups."""
@@ -133,58 +182,145 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     # -- backends ---------------------------------------------------------------------
 
-    def ops(self, device: torch.device) -> backends.Ops:
-        """The backend ops used for tensors on ``device`` (resolved once per device)."""
-        ops = self._ops_by_device.get(device)
+    def ops(self, device: torch.device, dtype: torch.dtype) -> backends.Ops:
+        """The backend ops used for parameters of ``dtype`` on ``device`` (resolved once
+        per pair: "auto" may pick another backend for float64 than for float32)."""
+        ops = self._ops_by_device.get((device, dtype))
         if ops is None:
-            ops = backends.resolve(self.backend, device)
+            ops = backends.resolve(self.backend, device, dtype)
             if self._has_dtensors:
                 ops = dtensor.local_ops(ops)
-            self._ops_by_device[device] = ops
+            self._ops_by_device[(device, dtype)] = ops
         return ops
 
     @property
     def backends_in_use(self) -> Dict[str, str]:
-        """``{device: backend name}`` for every device this optimizer has stepped on."""
-        return {str(device): ops.name for device, ops in self._ops_by_device.items()}
+        """``{device: backend name}`` for every device this optimizer has stepped on; a
+        device whose dtypes use different backends gets one ``"device dtype"`` key each."""
+        by_device: Dict[str, Dict[torch.dtype, str]] = {}
+        for (device, dtype), ops in self._ops_by_device.items():
+            by_device.setdefault(str(device), {})[dtype] = ops.name
+        names = {}
+        for device, by_dtype in by_device.items():
+            if len(set(by_dtype.values())) == 1:
+                names[device] = next(iter(by_dtype.values()))
+            else:
+                names.update({f"{device} {str(dtype).replace('torch.', '')}": name
+                              for dtype, name in by_dtype.items()})
+        return names
+
+    @property
+    def _home_device(self) -> torch.device:
+        """Where the step's flags and norms meet: the first parameter's device."""
+        return self.param_groups[0]["params"][0].device
+
+    @property
+    def device_path(self) -> bool:
+        """Whether steps keep their skip decision, counters and norms on the device (no host
+        synchronisation, capturable in a CUDA graph): ``capturable``, or, when None, whether
+        the parameters are CUDA tensors."""
+        if self.capturable is not None:
+            return self.capturable
+        return self._home_device.type == "cuda"
+
+    def _reads_flags_on_host(self, scaler) -> bool:
+        """The host path, and ``nonfinite="raise"``, which must read the flag to raise."""
+        return not self.device_path or (self.nonfinite == "raise" and not amp.enabled(scaler))
+
+    @property
+    def skipped_steps(self) -> int:
+        """Iterations skipped for inf/NaN gradients or Hessian estimates (on the device
+        path, reading it waits for the device)."""
+        return self._skips.count
+
+    def check_skipped_steps(self) -> None:
+        """Read the skip counts now and warn (``SkippedStepWarning``) or raise as ``step()``
+        does every ``skip_check_interval`` steps on the device path."""
+        self._skips.check()
 
     def _global_norm(self, params: List[Tensor], tensors: List[Tensor],
                      weighted: bool) -> Tensor:
         """||(|p| if weighted else 1) * t|| over all the tensors, whatever their device/dtype."""
         if not params:
-            return torch.zeros((), dtype=torch.float32)
+            return torch.zeros((), dtype=torch.float32, device=self._home_device)
         squares = []
-        for (device, _), indices in buckets(range(len(params)),
-                                            lambda i: (params[i].device, params[i].dtype)).items():
-            norm = self.ops(device).global_norm([tensors[i] for i in indices],
+        for (device, dtype), indices in buckets(
+                range(len(params)), lambda i: (params[i].device, params[i].dtype)).items():
+            norm = self.ops(device, dtype).global_norm([tensors[i] for i in indices],
                                                 [params[i] for i in indices] if weighted else None)
             squares.append(norm.square())
         return sqrt_of_sum(squares)
 
     # -- state ------------------------------------------------------------------------
 
-    def _state_of(self, p: Tensor) -> dict:
+    def _state_of(self, p: Tensor, fresh: Optional[dict] = None) -> dict:
+        """The parameter's state, created when missing. On the device path the states that
+        one step creates share their counters through ``fresh`` ({device: counters})."""
         state = self.state[p]
         if "step" not in state:
-            state["step"] = 0
+            if self.device_path:
+                fresh = {} if fresh is None else fresh
+                if p.device not in fresh:
+                    fresh[p.device] = step_counters.new_counters(p.device)
+                state["step"], correction = fresh[p.device]
+            else:
+                state["step"], correction = 0, 0.0
             state.setdefault("hessian_step", 0)
-            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32,
+            dtype = backends.state_dtype(p.dtype)
+            state["exp_avg"] = torch.zeros_like(p, dtype=dtype,
                                                 memory_format=torch.preserve_format)
-            state["exp_hessian_diag"] = torch.zeros_like(p, dtype=torch.float32,
+            state["exp_hessian_diag"] = torch.zeros_like(p, dtype=dtype,
                                                          memory_format=torch.preserve_format)
-            state["bias_correction2"] = 0.0
+            state["bias_correction2"] = correction
         return state
 
     @property
     def hessian_due(self) -> bool:
         """Whether the next step estimates a Hessian for some parameter, i.e. whether the
-        backward pass that precedes it needs ``create_graph=True``."""
-        return any(self.state.get(p, {}).get("hessian_step", 0) % self.lazy_hessian == 0
-                   for p in self.get_params())
+        backward pass that precedes it needs ``create_graph=True`` (with
+        ``hessian_estimator="finite_difference"``: whether ``hessian_probes()`` runs)."""
+        return any([self._hessian_due_for(p) for p in self.get_params()])  # reads every key
+
+    def hessian_probes(self, rng_state: Optional["finite_difference.RNGState"] = None):
+        """With ``hessian_estimator="finite_difference"``, the gradient evaluations the
+        Hessian estimate needs, for a loop of one's own::
+
+            for _ in opt.hessian_probes(rng_state):
+                loss_fn(model(x), y).backward()
+
+        Call it once the gradients of the point to estimate at are in ``.grad`` (SASSHA:
+        the perturbed pass, before ``unperturb()``; M-SASSHA: its one pass). Each
+        iteration moves the parameters to w + eps*z (central: then w - eps*z), freezes
+        BatchNorm statistics and replays ``rng_state`` (``sassha_fast.capture_rng_state()``
+        taken before that pass's forward, so dropout draws the same masks); the body runs
+        the same loss on the same batch (same loss scale) and calls ``backward()``. After
+        the loop the parameters and ``.grad`` are as before and ``step()`` uses the
+        estimate. On steps where the Hessian is not due it yields nothing."""
+        if self._finite_difference is None:
+            raise RuntimeError("hessian_probes() belongs to "
+                               "hessian_estimator='finite_difference'; this optimizer uses "
+                               "the double backward (backward(create_graph=True))")
+        self._probed = None
+        params = [p for group in self.param_groups for p in self._params_with_grad(group)
+                  if self._hessian_due_for(p)]
+        if not params:
+            return
+        before = self._rademacher.state_dict()
+        try:
+            estimate = yield from finite_difference.estimate(
+                self._finite_difference, params, self._rademacher, self.n_samples,
+                lambda ps: self._global_norm(ps, ps, False), rng_state)
+        except BaseException:
+            self._rademacher.load_state_dict(before)
+            raise
+        self._probed = (params, estimate, before)
 
     def zero_hessian(self) -> None:
-        """Kept for the authors' API. Estimates are not accumulated across steps here (no
-        per-parameter Hessian buffer is kept), so there is nothing to zero."""
+        """Drop the estimates ``set_hessian()`` summed since the last step. Estimates are
+        not kept across steps here (no per-parameter Hessian buffer), so a step always
+        starts a fresh sum."""
+        if self._plan is not None:
+            self._plan = self._plan._replace(hessians={})
 
     def _before_hessian(self) -> None:
         """Hook run before the Hessian-vector product (SASSHA leaves the perturbed point)."""
@@ -192,40 +328,113 @@ class HessianOptimizer(torch.optim.Optimizer):
     def _abandon_step(self) -> None:
         """Hook run when a step is skipped (SASSHA leaves the perturbed point)."""
 
+    def _hessian_step_of(self, p: Tensor) -> int:
+        """The parameter's Hessian counter. The authors' resume path writes
+        ``state[p]["hessian step"] = 0`` to force a fresh estimate: that key is honoured
+        here, taken over as ``hessian_step``."""
+        state = self.state.get(p)
+        if state is None:
+            return 0
+        if "hessian step" in state:
+            state["hessian_step"] = int(state.pop("hessian step"))
+        return state.get("hessian_step", 0)
+
+    def _hessian_due_for(self, p: Tensor) -> bool:
+        """Whether a Hessian estimate is computed for ``p`` in this step."""
+        return self._hessian_step_of(p) % self.lazy_hessian == 0
+
     @torch.no_grad()
     def set_hessian(self) -> None:
-        """Estimate the Hessian diagonal for the parameters whose lazy interval is over.
-        ``step()`` calls it when the caller has not; the Hessian counters advance when the
-        step is applied, so a failed or skipped step leaves no trace."""
-        if self._plan is not None:
-            return
+        """Add this backward pass's Hessian estimate, for the parameters whose lazy interval
+        is over, to the one the next ``step()`` uses. Call it after each micro-batch's
+        ``backward(create_graph=True)``: the estimates are summed (scale the micro-batch
+        losses as for the gradients), each with fresh Rademacher vectors, and the
+        gradients are detached so that the next micro-batch's graph is the only one the
+        next call goes through. A held perturbation stays until ``unperturb()``, so the
+        Hessian is taken where the backward pass ran. ``step()`` estimates the Hessian
+        itself when no call came before it; the Hessian counters advance when the step is
+        applied, so a failed or skipped step leaves no trace."""
+        if self._finite_difference is not None:
+            raise RuntimeError("set_hessian() sums double-backward estimates; with "
+                               "hessian_estimator='finite_difference' the estimate comes from "
+                               "hessian_probes() (or step(closure)) and step() folds it in")
+        self._estimate_hessian(accumulate=True)
+
+    def _plan_step(self) -> Plan:
+        """The plan of this step: the accumulated estimates, or a fresh one."""
+        if self._plan is None:
+            self._estimate_hessian(accumulate=False)
+        plan, self._plan = self._plan, None
+        return plan
+
+    def _estimate_hessian(self, accumulate: bool) -> None:
         groups = []
         due_params: List[Tensor] = []
         for group in self.param_groups:
             entries = []
             for p in self._params_with_grad(group):
-                now = self.state.get(p, {}).get("hessian_step", 0) % self.lazy_hessian == 0
+                now = self._hessian_due_for(p)
                 if now:
                     due_params.append(p)
                 entries.append(Entry(p, None, now))
             groups.append((group, entries))
-        hessians: Dict[Tensor, Tensor] = {}
-        rademacher_before = None
+        previous = self._plan
+        hessians: Dict[Tensor, Tensor] = dict(previous.hessians) if previous else {}
+        rademacher_before = previous.rademacher_before if previous else None
+        graph_params = set(previous.graph_params) if previous else set()
+        probed, self._probed = self._probed, None
         if due_params:
-            self._before_hessian()
-            rademacher_before = self._rademacher.state_dict()
-            try:
-                with torch.enable_grad():
-                    estimate = hutchinson([p.grad for p in due_params], due_params,
-                                          self._rademacher, self.n_samples)
-            except RuntimeError as exc:
-                self._rademacher.load_state_dict(rademacher_before)
-                clearer = errors.compiled_double_backward_error(exc)
-                if clearer is None:
-                    raise
-                raise clearer from exc
-            hessians = dict(zip(due_params, estimate))
-        self._plan = Plan(groups, hessians, rademacher_before)
+            if not accumulate:
+                self._before_hessian()
+            if self._finite_difference is not None:
+                estimate, before_this = self._take_probed(probed, due_params)
+            else:
+                estimate, before_this = self._double_backward_estimate(due_params, accumulate)
+            if rademacher_before is None:
+                rademacher_before = before_this
+            for p, h in zip(due_params, estimate):
+                hessians[p] = hessians[p].add_(h) if p in hessians else h
+        if accumulate:
+            for _, entries in groups:
+                for entry in entries:
+                    if entry.param.grad.grad_fn is not None:
+                        graph_params.add(entry.param)
+                        entry.param.grad = entry.param.grad.detach()
+        self._plan = Plan(groups, hessians, rademacher_before, frozenset(graph_params))
+
+    def _double_backward_estimate(self, due_params: List[Tensor],
+                                  signed: bool) -> Tuple[List[Tensor], Optional[dict]]:
+        # Not while a CUDA graph is captured (replays advance the generator themselves).
+        before = None if capturing() else self._rademacher.state_dict()
+        try:
+            if self._backward_record.create_graph and \
+                    not any(p.grad.requires_grad for p in due_params):
+                # A create_graph pass whose gradients do not depend on the parameters.
+                return [torch.zeros_like(p) for p in due_params], before
+            with torch.enable_grad():
+                # Summed estimates need z * Hz; a lone one may keep Hz (same |h|).
+                estimate = hutchinson([p.grad for p in due_params], due_params,
+                                      self._rademacher, self.n_samples, signed=signed)
+        except RuntimeError as exc:
+            if before is not None:
+                self._rademacher.load_state_dict(before)
+            clearer = errors.double_backward_error(exc)
+            if clearer is None:
+                raise
+            raise clearer from exc
+        return estimate, before
+
+    def _take_probed(self, probed, due_params: List[Tensor]) -> Tuple[List[Tensor], dict]:
+        if probed is None or [id(p) for p in probed[0]] != [id(p) for p in due_params]:
+            if probed is not None:
+                self._rademacher.load_state_dict(probed[2])
+            raise RuntimeError(
+                "the Hessian is due at this step, but hessian_probes() did not run for the "
+                "parameters that have gradients now: after the backward pass of the point "
+                "to estimate at, run `for _ in optimizer.hessian_probes(rng_state): "
+                "loss_fn(model(x), y).backward()`, or let the optimizer run the iteration "
+                "with optimizer.step(closure)")
+        return probed[1], probed[2]
 
     def _next_hessian_power(self) -> Optional[float]:
         """The scheduler's power for this step, or None to use each group's constant."""
@@ -240,11 +449,12 @@ class HessianOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def _step_from_gradients(self, scaler=None) -> bool:
         """The step from the gradients present: Hessian estimate, averaging across ranks,
-        unscaling, the finite check, then the update. False when the step was skipped."""
+        unscaling, the finite check, then the update. False when the step is known on the
+        host to be skipped (on the device path the ops skip it on the device)."""
         amp.refuse_scaler_step(self)
-        self.set_hessian()
-        plan, self._plan = self._plan, None
-        carrying_graph = [p for p in plan.params() if p.grad.grad_fn is not None]
+        plan = self._plan_step()
+        carrying_graph = [p for p in plan.params()
+                          if p.grad.grad_fn is not None or p in plan.graph_params]
         # The gradients of a create_graph backward hold the whole double-backward graph.
         for p in self.get_params():
             if p.grad is not None and p.grad.grad_fn is not None:
@@ -253,46 +463,78 @@ class HessianOptimizer(torch.optim.Optimizer):
         hessians = list(plan.hessians.values())
         # DDP cannot have averaged the gradients of a create_graph backward (it fails on one).
         to_average = grads if self.sync_gradients else [p.grad for p in carrying_graph]
-        self._averager.average_(to_average + hessians)
+        # A finite-difference estimate differences gradients that DDP has averaged (or,
+        # with sync_gradients, local ones: then it is averaged here as they are).
+        if self._finite_difference is None or self.sync_gradients:
+            to_average = to_average + hessians
+        self._averager.average_(to_average)
         amp.unscale_(scaler, grads + hessians)
-        if not self._finite(plan, scaler):
-            return False
-        self._apply_update(self._commit(plan), self._next_hessian_power())
+        found_inf = self._found_inf(plan, scaler)
+        if self._reads_flags_on_host(scaler):
+            if found_inf is not None and found_inf.item():
+                self._skip(plan, scaler)
+                return False
+            found_inf = None
+            self._skips.record(False)
+        elif found_inf is not None:
+            self._skips.record(found_inf)
+        self._apply_update(self._commit(plan), self._next_hessian_power(), found_inf)
+        self._finish_iteration(plan.params(), found_inf)
         return True
 
     def _commit(self, plan: Plan) -> Plan:
-        """The plan with each parameter's state, its Hessian counter advanced."""
+        """The plan with each parameter's state (created when missing)."""
         groups = []
         for group, entries in plan.groups:
-            committed = []
-            for entry in entries:
-                state = self._state_of(entry.param)
-                state["hessian_step"] += 1
-                committed.append(Entry(entry.param, state, entry.hessian_now))
+            fresh: dict = {}
+            committed = [Entry(entry.param, self._state_of(entry.param, fresh), entry.hessian_now)
+                         for entry in entries]
+            if self.device_path:
+                step_counters.unshare([e.state for e in committed],
+                                      [self.state[p] for p in group["params"] if p in self.state])
             groups.append((group, committed))
         return plan._replace(groups=groups)
 
-    def _finite(self, plan: Plan, scaler) -> bool:
-        """Whether the step's gradients and Hessian estimates (and the first pass's
-        gradients) are finite on every rank. When not, the iteration is undone: the
-        parameters leave the perturbed point, the generator rewinds and no state moves."""
+    def _finish_iteration(self, params: List[Tensor], found_inf: Optional[Tensor]) -> None:
+        """The host's bookkeeping of an iteration that was applied, or, on the device path,
+        attempted: the lazy-Hessian counters and the skip report. While a CUDA graph is
+        captured nothing runs, so it is left to each replay (see ``cuda_graphs``)."""
+        if capturing():
+            self._captured = (params, found_inf)
+            return
+        for p in params:
+            state = self.state[p]
+            if "hessian_step" in state:  # the language-model variant keeps no such counter
+                state["hessian_step"] += 1
+        self._skips.tick()
+
+    def _found_inf(self, plan: Plan, scaler) -> Optional[Tensor]:
+        """1.0 (a 0-d float32 tensor on the first parameter's device) when the step's
+        gradients or Hessian estimates, or the first pass's gradients, hold inf/NaN on some
+        rank, else 0.0; reported to the scaler. None when nothing is checked."""
         first_pass_nonfinite, self._first_pass_nonfinite = self._first_pass_nonfinite, False
+        first_pass_found_inf, self._first_pass_found_inf = self._first_pass_found_inf, None
         if self.nonfinite == "ignore" and not amp.enabled(scaler):
-            return True
+            return None
         params = plan.params()
         norm = self._global_norm(params, [p.grad for p in params], False)
         hessian_norm = self._global_norm(list(plan.hessians), list(plan.hessians.values()),
                                          False)
-        # On a parameter's device: NCCL reduces no CPU tensor, and the norms of no tensors
-        # (a skipped second pass) are CPU zeros.
-        device = self.param_groups[0]["params"][0].device
+        # On a parameter's device: NCCL reduces no CPU tensor.
+        device = self._home_device
         found_inf = (~torch.isfinite(norm.to(device) + hessian_norm.to(device))).float()
         if first_pass_nonfinite:
             found_inf.fill_(1.0)
+        if first_pass_found_inf is not None:
+            found_inf = torch.maximum(found_inf, first_pass_found_inf)
         found_inf = self._averager.any(found_inf)
         amp.record_found_inf(scaler, self, found_inf)
-        if not found_inf.item():
-            return True
+        return found_inf
+
+    def _skip(self, plan: Plan, scaler) -> None:
+        """Undo an iteration known on the host to hold inf/NaN: the parameters leave the
+        perturbed point, the generator rewinds and no state moves; raise or count it."""
+        params = plan.params()
         if plan.rademacher_before is not None:
             self._rademacher.load_state_dict(plan.rademacher_before)
         self._abandon_step()
@@ -300,8 +542,8 @@ class HessianOptimizer(torch.optim.Optimizer):
             raise FloatingPointError(self._nonfinite_message(
                 [(p, "gradient", p.grad) for p in params]
                 + [(p, "Hessian estimate", h) for p, h in plan.hessians.items()]))
-        self.skipped_steps += 1
-        return False
+        self._skips.record(True)
+        self._skips.tick()
 
     def _nonfinite_message(self, items: List[Tuple[Tensor, str, Tensor]]) -> str:
         """Names the first (parameter, what, tensor) whose tensor holds inf or NaN."""
@@ -315,26 +557,64 @@ class HessianOptimizer(torch.optim.Optimizer):
         return "a gradient or Hessian estimate on another rank holds inf or NaN; the step " \
                "was not applied"
 
-    def _apply_update(self, plan: Plan, hessian_power: Optional[float]) -> None:
+    def _apply_update(self, plan: Plan, hessian_power: Optional[float],
+                      found_inf: Optional[Tensor]) -> None:
+        """The update; ``found_inf`` (device path) is the skip flag the ops read."""
         raise NotImplementedError
 
-    def _update_buckets(self, plan: Plan, entries: List[Entry], beta2: float,
-                        extra: Callable[[Tensor], object] = lambda p: None) -> Iterator[Bucket]:
-        """A group's entries split into op calls, each with its fresh Hessian estimates
-        already folded into D (the EMA), ready for the subclass's update op."""
-        def key(entry):
-            return (entry.param.device, entry.param.dtype, entry.state["step"],
-                    entry.hessian_now, entry.state["bias_correction2"], extra(entry.param))
+    def _hessian_ema(self, ops: backends.Ops, exp_hessians: List[Tensor],
+                     hessians: List[Tensor], beta2: float,
+                     found_inf: Optional[Tensor] = None) -> None:
+        """D = b2*D + (1-b2)*|h|, then the opt-in floor (see curvature_guard.py); neither
+        moves D when ``found_inf`` is set."""
+        ops.hessian_ema(exp_hessians, hessians, beta2, **found_inf_argument(found_inf))
+        floor_hessian_(exp_hessians, self.curvature_floor, found_inf)
 
-        for (device, _, step, hessian_now, bias_correction2, extra_value), bucket in \
+    def _bias_corrections(self, group: dict, state: dict,
+                          hessian_power: float) -> Tuple[float, float]:
+        """(bc1, bc2) as the parameter's last update used them (read on the host: for
+        diagnostics only). SASSHA stores bc2 with its power already applied."""
+        return 1 - group["betas"][0] ** float(state["step"]), float(state["bias_correction2"])
+
+    def diagnostics(self) -> dict:
+        """What to look at when training misbehaves, computed now from the state (no cost
+        during ``step()``): ``skipped_steps``, ``curvature_floor``, ``hessian_due`` and, per
+        parameter group, ``lr``, ``rho``, ``eps``, ``hessian_power`` (the scheduler's last
+        value if one is set), M-SASSHA's ``norm_factor``, and once the group has stepped:
+        ``step`` (the largest step count), ``bias_correction1`` and ``bias_correction2`` (as
+        that step's update used them), ``hessian_zero_fraction`` (entries of D exactly
+        zero), ``hessian_below_eps_fraction`` (entries whose D^hp / bc2 is below ``eps``,
+        where ``eps`` rather than the curvature sets the step), ``max_update_ratio`` (the
+        largest ||lr / bc1 * m / (D^hp / bc2 + eps)|| / ||p|| over the group's tensors for
+        their last step, weight decay aside; NaN ranks first) and
+        ``max_update_ratio_param`` (that tensor's index in the group and shape)."""
+        return diagnostics.report(self)
+
+    def _update_buckets(self, plan: Plan, entries: List[Entry], beta2: float,
+                        found_inf: Optional[Tensor], bias_correction2: Callable,
+                        extra: Callable[[Tensor], object] = lambda p: None) -> Iterator[Bucket]:
+        """A group's entries split into op calls after their step counters advanced (and,
+        on Hessian steps, ``bias_correction2(step)`` was stored), each with its fresh Hessian
+        estimates already folded into D (the EMA), ready for the subclass's update op."""
+        flags = step_counters.advance([(e.state, e.hessian_now) for e in entries], found_inf,
+                                      bias_correction2)
+
+        def key(entry):
+            return (entry.param.device, entry.param.dtype, step_counters.key(entry.state),
+                    entry.hessian_now, extra(entry.param))
+
+        for (device, dtype, counters, hessian_now, extra_value), bucket in \
                 buckets(entries, key).items():
-            ops = self.ops(device)
+            ops = self.ops(device, dtype)
             params = [e.param for e in bucket]
             exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
+            flag = flags.get(counters)
             if hessian_now:
-                ops.hessian_ema(exp_hessians, [plan.hessians[p] for p in params], beta2)
+                self._hessian_ema(ops, exp_hessians, [plan.hessians[p] for p in params], beta2,
+                                  flag)
             yield Bucket(ops, params, [e.state["exp_avg"] for e in bucket], exp_hessians,
-                         step, bias_correction2, extra_value)
+                         bucket[0].state["step"], bucket[0].state["bias_correction2"],
+                         extra_value, flag)
 
     @staticmethod
     def _backward(loss: Tensor, create_graph: bool) -> None:
@@ -350,28 +630,74 @@ class HessianOptimizer(torch.optim.Optimizer):
                     raise
                 raise clearer from exc
 
-    def _evaluate(self, closure: Callable[[], Tensor]) -> Tensor:
+    @staticmethod
+    def _check_closure(closure) -> None:
+        if closure is not None and not callable(closure):
+            raise TypeError(f"step(closure) takes a callable, got {type(closure).__name__} (the "
+                            "authors' language-model SASSHA's step(iter_num) is "
+                            "sassha_fast.lm.SASSHA)")
+
+    def _closure_pass(self, closure: Callable[[], Tensor], scaler, create_graph: bool,
+                      capture_rng: bool = False):
+        """The closure's loss, back-propagated, and (with ``capture_rng``) the RNG states
+        its forward started from. With the finite-difference estimator a closure may run
+        ``backward()`` itself (the torch / Lightning convention, found by the gradients it
+        leaves; with a scaler it back-propagates ``scaler.scale(loss)``)."""
+        rng = finite_difference.capture_rng_state() if capture_rng else None
         with torch.enable_grad():
             loss = closure()
+        if self._finite_difference is not None and \
+                any(p.grad is not None for p in self.get_params()):
+            return loss, rng
         if not isinstance(loss, Tensor) or not loss.requires_grad:
             raise ValueError("the closure must return the loss as a tensor that requires grad "
                              "(compute it; do not call backward: the optimizer does)")
         if any(p.grad is not None for p in self.get_params()):
             raise ValueError("the closure must not call backward(): it returns the loss and "
-                             "the optimizer runs the backward passes itself")
+                             "the optimizer runs the backward passes itself (a closure that "
+                             "calls backward() works with hessian_estimator="
+                             "'finite_difference')")
+        self._backward(amp.scale_loss(scaler, loss), create_graph)
+        return loss, rng
+
+    def _gradient_pass(self, closure: Callable[[], Tensor], scaler, hessian_due: bool):
+        """The pass whose gradient the update uses, with what the Hessian estimate needs:
+        its graph (double backward) or the probes around it (finite difference)."""
+        probing = hessian_due and self._finite_difference is not None
+        loss, rng = self._closure_pass(closure, scaler, hessian_due and not probing,
+                                       capture_rng=probing)
+        if probing:
+            for _ in self.hessian_probes(rng):
+                self._closure_pass(closure, scaler, False)
         return loss
+
+    # -- pickling and deep copies -------------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        # torch.optim.Optimizer pickles defaults, state and param_groups only; every
+        # setting and counter of this package must survive too (resolved backends are
+        # looked up again; hooks are dropped, as torch drops them).
+        state = super().__getstate__()
+        state.update({key: value for key, value in self.__dict__.items()
+                      if key not in _TORCH_OPTIMIZER_ATTRIBUTES and key != "_ops_by_device"})
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._ops_by_device = {}
+        for group in self.param_groups:
+            self._backward_record.watch(group["params"])
 
     # -- checkpoints ------------------------------------------------------------------
 
     def _extra_state(self) -> dict:
-        return {"rademacher": self._rademacher.state_dict(),
-                "skipped_steps": self.skipped_steps}
+        return {"rademacher": self._rademacher.state_dict(), **self._skips.state_dict()}
 
     def _load_extra_state(self, extra: dict) -> None:
         devices = [p.device for p in self.get_params()]
         self._rademacher.load_state_dict(
             checkpoint.generator_states_for(extra.get("rademacher", {}), devices))
-        self.skipped_steps = extra.get("skipped_steps", 0)
+        self._skips.load_state_dict(extra)
 
     def _authors_bias_correction2(self, step: int, group: dict) -> float:
         """``bias_correction2`` for an authors' checkpoint that lacks it."""
@@ -388,33 +714,82 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Loads this package's checkpoints and the authors' optimizers' (converted, see
-        ``checkpoint.from_authors_format``), from any device and backend."""
+        ``checkpoint.from_authors_format``), from any device and backend. Pre-hooks see
+        the dict as saved, and the dict a pre-hook returns is the one loaded; post-hooks
+        run once everything is loaded."""
+        pre_hooks = self._optimizer_load_state_dict_pre_hooks
+        post_hooks = self._optimizer_load_state_dict_post_hooks
+        for hook in pre_hooks.values():
+            replaced = hook(self, state_dict)
+            if replaced is not None:
+                state_dict = replaced
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        try:
+            self._load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = pre_hooks
+            self._optimizer_load_state_dict_post_hooks = post_hooks
+        for hook in post_hooks.values():
+            hook(self)
+
+    def _load_state_dict(self, state_dict: dict) -> None:
         if checkpoint.is_authors_format(state_dict):
             state_dict = checkpoint.from_authors_format(state_dict, self,
-                                                        self._authors_bias_correction2)
+                                                        self._authors_bias_correction2,
+                                                        self._AUTHORS_DROPPED_KEYS)
             extra = self._authors_extra_state()
         else:
             state_dict = dict(state_dict)
             extra = state_dict.pop("sassha_fast")
         super().load_state_dict(state_dict)
-        # PyTorch casts floating state to the parameter's dtype; ours stays fp32.
+        # PyTorch casts floating state to the parameter's dtype; ours stays in the state
+        # dtype (float32, float64 for float64 parameters).
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params):
             saved = state_dict["state"].get(saved_id, {})
-            for key in FP32_STATE_KEYS:
+            for key in STATE_TENSOR_KEYS:
                 if key in saved:
-                    self.state[p][key] = saved[key].to(device=p.device, dtype=torch.float32,
+                    self.state[p][key] = saved[key].to(device=p.device,
+                                                       dtype=backends.state_dtype(p.dtype),
                                                        copy=True)
+        # Counters in the representation of this optimizer's path, whichever path saved them.
+        step_counters.load([(g, p, self.state[p], state_dict["state"][i])
+                            for g, (saved_group, group) in enumerate(
+                                zip(state_dict["param_groups"], self.param_groups))
+                            for i, p in zip(saved_group["params"], group["params"])
+                            if i in state_dict["state"]], self.device_path)
         self._load_extra_state(extra)
         self._plan = None
+        self._probed = None
         self._first_pass_nonfinite = False
+        self._first_pass_found_inf = None
+
+
+# What torch.optim.Optimizer keeps in an instance (its own pickling handles these).
+_TORCH_OPTIMIZER_ATTRIBUTES = frozenset(
+    torch.optim.Optimizer([torch.zeros(1, requires_grad=True)], {}).__dict__)
 
 
 def group_scalars(group: dict, hessian_power: Optional[float]) -> Tuple[float, float, float]:
     """(beta1, beta2, power) of a group for this step."""
     beta1, beta2 = group["betas"]
     return beta1, beta2, group["hessian_power"] if hessian_power is None else hessian_power
+
+
+def kernel_scalar(value, device: torch.device, dtype: torch.dtype):
+    """A per-step scalar as the ops take it for parameters of ``device`` and ``dtype``: a
+    Python float as it is, a tensor as a 0-d float32 tensor there (float64 for float64
+    parameters)."""
+    if not isinstance(value, Tensor):
+        return value
+    return value.to(device=device, dtype=backends.state_dtype(dtype))
+
+
+def found_inf_argument(flag: Optional[Tensor]) -> dict:
+    """The ops' ``found_inf`` keyword, passed only when there is a flag."""
+    return {} if flag is None else {"found_inf": flag}
 
 
 def sqrt_of_sum(squares: List[Tensor]) -> Tensor:

@@ -1,25 +1,41 @@
 """Checks of hyper-parameters and parameters, with errors that name the offending value."""
 import math
 import numbers
+import warnings
 
 import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def _real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _learning_rate(lr):
+    """``lr`` as a number: a float, or a one-element floating tensor (as torch's Adam
+    takes, so that a compiled or captured step reads it on the device)."""
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1 or not lr.is_floating_point():
+            raise ValueError(f"Invalid learning rate: {lr} (a tensor lr must be a "
+                             "one-element floating tensor)")
+        return lr.item()
+    return lr
+
+
 def check_hyperparameters(*, lr, betas, weight_decay, rho, eps, hessian_power,
                           perturb_eps=0.0) -> None:
-    if not (_real(lr) and lr >= 0.0):
-        raise ValueError(f"Invalid learning rate: {lr}")
+    """The wording of torch's and the authors' optimizers."""
+    value = _learning_rate(lr)
+    if not (_real(value) and value >= 0.0):
+        raise ValueError(f"Invalid learning rate: {value}")
     if not (_real(eps) and eps >= 0.0):
-        raise ValueError(f"Invalid eps value: {eps}")
+        raise ValueError(f"Invalid epsilon value: {eps}")
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise ValueError(f"Invalid betas value: {betas} (expected a pair of floats)")
     for index, beta in enumerate(betas):
         if not (_real(beta) and 0.0 <= beta < 1.0):
-            raise ValueError(f"Invalid betas value at index {index}: {beta}")
+            raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
     if not (_real(weight_decay) and weight_decay >= 0.0):
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
     if not (_real(rho) and rho >= 0.0):
@@ -47,11 +63,18 @@ def check_parameters(optimizer_name: str, params) -> None:
             raise ValueError(f"{optimizer_name} does not support complex parameters "
                              f"(got a {p.dtype} parameter of shape {tuple(p.shape)}); "
                              "optimize torch.view_as_real(p) instead")
-        if p.is_floating_point() and p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"{optimizer_name} supports float32, bfloat16 and float16 "
-                             f"parameters, got {p.dtype}")
+        if p.is_floating_point() and p.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{optimizer_name} supports float32, float64, bfloat16 and "
+                             f"float16 parameters, got {p.dtype}")
 
 
 def check_dense(optimizer_name: str, grad: torch.Tensor) -> None:
     if grad.is_sparse:
         raise RuntimeError(f"{optimizer_name} does not support sparse gradients")
+
+
+def warn_on_unknown_keywords(optimizer_name: str, kwargs: dict) -> None:
+    """The authors' constructors take ``**kwargs`` and ignore them; so do these, aloud."""
+    if kwargs:
+        warnings.warn(f"{optimizer_name} ignores the unknown keyword arguments "
+                      + ", ".join(sorted(kwargs)), stacklevel=3)

@@ -2,7 +2,7 @@
 format, and saved Rademacher generator states matched to the devices the parameters now
 live on."""
 import warnings
-from typing import Callable, Dict, Iterable
+from typing import Callable, Dict, Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -20,14 +20,17 @@ def is_authors_format(state_dict: dict) -> bool:
 
 
 def from_authors_format(state_dict: dict, optimizer,
-                        bias_correction2: Callable[[int, dict], float]) -> dict:
+                        bias_correction2: Optional[Callable[[int, dict], float]],
+                        dropped_keys: Iterable[str] = ("e_w",)) -> dict:
     """The authors' ``state_dict`` in this package's format.
 
     State keys are renamed (``AUTHORS_STATE_KEYS``); a parameter group keeps the saved value
     of every hyper-parameter this optimizer has and takes the optimizer's own for the rest
     (``hessian_power``); M-SASSHA's ``norm_factor`` list becomes a float; a missing
     ``bias_correction2`` (M-SASSHA keeps it in a module global) is rebuilt from the step by
-    ``bias_correction2(step, group)``. The last Hessian estimate the authors keep on
+    ``bias_correction2(step, group)`` (None: the optimizer has none). ``dropped_keys`` are
+    per-parameter state that means nothing here: the perturbation ``e_w`` of a past
+    iteration (the authors save at the clean point). The last Hessian estimate the authors keep on
     ``p.hess`` is not in their ``state_dict`` and is not needed: estimates are not
     accumulated across steps here."""
     groups = []
@@ -42,8 +45,10 @@ def from_authors_format(state_dict: dict, optimizer,
     group_of = {index: group for group in groups for index in group["params"]}
     state = {}
     for index, saved in state_dict["state"].items():
-        converted = {AUTHORS_STATE_KEYS.get(key, key): value for key, value in saved.items()}
-        if "step" in converted and "bias_correction2" not in converted:
+        converted = {AUTHORS_STATE_KEYS.get(key, key): value for key, value in saved.items()
+                     if key not in dropped_keys}
+        if bias_correction2 is not None and "step" in converted and \
+                "bias_correction2" not in converted:
             converted["bias_correction2"] = bias_correction2(int(converted["step"]),
                                                              group_of[index])
         state[index] = converted

@@ -20,12 +20,15 @@ BUCKET_BYTES = 32 * 2 ** 20
 
 
 class Averager:
-    """Means over the ranks of ``process_group`` (None: the default group, once
-    ``torch.distributed`` is initialised). Does nothing in a single process."""
+    """Means (``mean=False``: sums, the authors' ``grad_reduce='sum'``) over the ranks of
+    ``process_group`` (None: the default group, once ``torch.distributed`` is
+    initialised). Does nothing in a single process."""
 
-    def __init__(self, process_group=None, bucket_bytes: int = BUCKET_BYTES):
+    def __init__(self, process_group=None, bucket_bytes: int = BUCKET_BYTES,
+                 mean: bool = True):
         self.process_group = process_group
         self.bucket_bytes = bucket_bytes
+        self.mean = mean
 
     def world_size(self) -> int:
         if not (dist.is_available() and dist.is_initialized()):
@@ -38,8 +41,8 @@ class Averager:
 
     @torch.no_grad()
     def average_(self, tensors: List[Tensor]) -> None:
-        """Replace every tensor by its mean over the ranks. Every rank must pass tensors of
-        the same shapes, dtypes and order (as DDP requires of the parameters)."""
+        """Replace every tensor by its mean (or sum) over the ranks. Every rank must pass
+        tensors of the same shapes, dtypes and order (as DDP requires of the parameters)."""
         world = self.world_size()
         # A DTensor's gradient was reduced by FSDP / tensor parallelism, and what is derived
         # from it (a finite-difference Hessian estimate) is global already.
@@ -49,7 +52,9 @@ class Averager:
         pending = []
         for bucket in self._buckets(tensors):
             # Dividing first keeps a low-precision sum from overflowing (as DDP does).
-            flat = _flatten_dense_tensors(bucket).div_(world)
+            flat = _flatten_dense_tensors(bucket)
+            if self.mean:
+                flat.div_(world)
             pending.append((bucket, flat, dist.all_reduce(flat, group=self.process_group,
                                                           async_op=True)))
         for bucket, flat, work in pending:

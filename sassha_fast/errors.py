@@ -7,8 +7,28 @@ import torch.distributed as dist
 # create_graph backward through a region compiled without one fails on its donated buffers,
 # and a Hessian-vector product through it fails outright.
 COMPILED_DOUBLE_BACKWARD = ("does not currently support double backward", "donated buffers")
+# autograd's message for an operation whose backward has no derivative of its own
+# (F.scaled_dot_product_attention's fused CPU / flash / memory-efficient kernels).
+MISSING_DERIVATIVE = ("derivative for ", "is not implemented")
 # DDP's reducer writes into the gradients of a create_graph backward (torch 2.14).
 LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-place operation"
+
+
+def double_backward_error(exc: RuntimeError) -> Optional[RuntimeError]:
+    """A clearer error for a Hessian-vector product that autograd cannot run, or None."""
+    compiled = compiled_double_backward_error(exc)
+    if compiled is not None:
+        return compiled
+    message = str(exc)
+    if not (message.startswith(MISSING_DERIVATIVE[0]) and MISSING_DERIVATIVE[1] in message):
+        return None
+    return RuntimeError(
+        "the optimizer's Hessian-vector product (a double backward through the model, "
+        "hessian_estimator='autograd') reached an operation that has no double backward "
+        "(e.g. F.scaled_dot_product_attention, which nn.MultiheadAttention and "
+        "nn.TransformerEncoderLayer use). Construct the optimizer with "
+        "hessian_estimator='finite_difference', which needs first-order gradients only. "
+        "Original error: " + message)
 
 
 def compiled_double_backward_error(exc: RuntimeError) -> Optional[RuntimeError]:

@@ -26,6 +26,10 @@ class RademacherSource:
         z = torch.randint(0, 2, shape, generator=self.generator(device), device=device) * 2.0 - 1.0
         return z if z.dtype == dtype else z.to(dtype)
 
+    def generators(self) -> List[torch.Generator]:
+        """The generators created so far (a CUDA graph that draws from one must register it)."""
+        return list(self._generators.values())
+
     def draw(self, params: List[Tensor]) -> List[Tensor]:
         return [draw_like(p, lambda shape, p=p: self._draw(shape, p.device, p.dtype))
                 if is_dtensor(p) else self._draw(p.shape, p.device, p.dtype) for p in params]
@@ -44,11 +48,12 @@ class RademacherSource:
 
 
 def hutchinson(grads: List[Tensor], params: List[Tensor], source: RademacherSource,
-               n_samples: int) -> List[Tensor]:
+               n_samples: int, signed: bool = False) -> List[Tensor]:
     """The Hessian-diagonal estimate for ``params`` from gradients that carry their graph.
 
-    With one draw the estimate is returned as H z itself: the ops only use |h|, and
-    |z * Hz| == |Hz| exactly because z is +-1. A parameter the gradients do not depend on
+    With one draw and ``signed=False`` the estimate is returned as H z itself: the ops only
+    use |h|, and |z * Hz| == |Hz| exactly because z is +-1 (estimates that are summed need
+    ``signed=True``). A parameter the gradients do not depend on
     gets a zero estimate."""
     with_graph = [i for i, g in enumerate(grads) if g.requires_grad]
     if not with_graph:
@@ -66,7 +71,7 @@ def hutchinson(grads: List[Tensor], params: List[Tensor], source: RademacherSour
         full = [by_index.get(i) if by_index.get(i) is not None else torch.zeros_like(p)
                 for i, p in enumerate(params)]
         if n_samples == 1:
-            return full
+            return torch._foreach_mul(full, zs) if signed else full
         terms = torch._foreach_div(torch._foreach_mul(full, zs), float(n_samples))
         if draw == 0:
             estimate = terms

@@ -1,13 +1,14 @@
 """M-SASSHA: SASSHA whose perturbation reuses the momentum, one backward per iteration
 (spec section 2)."""
 import contextlib
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from . import amp
-from ._base import HessianOptimizer, Plan, buckets, group_scalars, sqrt_of_sum
+from ._base import (HessianOptimizer, Plan, buckets, found_inf_argument, group_scalars,
+                    kernel_scalar, sqrt_of_sum)
 from .checkpoint import last_hessian_step
 
 NORM_EPS = 1e-12
@@ -25,15 +26,23 @@ class MSASSHA(HessianOptimizer):
     is correct too). ``loss = opt.step(closure)`` runs one whole iteration, with
     ``create_graph`` only when the Hessian is due. Several parameter groups share one
     momentum norm, each with its own ``rho``. ``process_group`` / ``sync_gradients``,
-    ``step(..., scaler=)`` and ``nonfinite`` work as in ``SASSHA``; a skipped step leaves
-    the parameters at the perturbed point where the iteration found them.
+    ``step(..., scaler=)``, ``nonfinite``, ``capturable``, ``skip_check_interval``,
+    ``max_consecutive_skips``, ``curvature_floor``, ``diagnostics()`` and
+    ``hessian_estimator`` work as in ``SASSHA`` (the finite-difference estimate is taken at
+    the perturbed point, where the one gradient is); a skipped step leaves the parameters
+    where the iteration found them (on the device path the norm factor, too, stays a device
+    tensor).
     """
 
     def __init__(self, params, lr: float = 0.15, betas=(0.9, 0.999), weight_decay: float = 1e-2,
                  lazy_hessian: int = 10, rho: float = 0.3, n_samples: int = 1,
                  eps: float = 1e-4, hessian_power: float = 0.5, seed: int = 0,
                  maximize: bool = False, hessian_power_scheduler=None, backend: str = "auto",
-                 process_group=None, sync_gradients: bool = False, nonfinite: str = "skip"):
+                 process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
+                 grad_reduce: str = "mean", capturable: Optional[bool] = None,
+                 skip_check_interval: int = 100, max_consecutive_skips: Optional[int] = 100,
+                 curvature_floor: float = 0.0, hessian_estimator: str = "autograd",
+                 fd_scheme: str = "one_sided", fd_eps: Optional[float] = None):
         if maximize:
             raise ValueError("Invalid maximize value: True (MSASSHA only minimizes)")
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
@@ -43,7 +52,12 @@ class MSASSHA(HessianOptimizer):
         super().__init__(params, defaults, lazy_hessian=lazy_hessian, n_samples=n_samples,
                          seed=seed, hessian_power_scheduler=hessian_power_scheduler,
                          backend=backend, process_group=process_group,
-                         sync_gradients=sync_gradients, nonfinite=nonfinite)
+                         sync_gradients=sync_gradients, nonfinite=nonfinite,
+                         grad_reduce=grad_reduce, capturable=capturable,
+                         skip_check_interval=skip_check_interval,
+                         max_consecutive_skips=max_consecutive_skips,
+                         curvature_floor=curvature_floor, hessian_estimator=hessian_estimator,
+                         fd_scheme=fd_scheme, fd_eps=fd_eps)
 
     def _momentum_params(self, group: dict) -> List[Tensor]:
         return [p for p in group["params"] if "exp_avg" in self.state.get(p, {})]
@@ -57,9 +71,10 @@ class MSASSHA(HessianOptimizer):
             self._add_momentum(self._momentum_params(group), alpha)
         self._at_perturbed_point = to_perturbed
 
-    def _add_momentum(self, params: List[Tensor], alpha: float) -> None:
-        for (device, _), ps in buckets(params, lambda p: (p.device, p.dtype)).items():
-            self.ops(device).add_scaled(ps, [self.state[p]["exp_avg"] for p in ps], alpha)
+    def _add_momentum(self, params: List[Tensor], alpha) -> None:
+        for (device, dtype), ps in buckets(params, lambda p: (p.device, p.dtype)).items():
+            self.ops(device, dtype).add_scaled(ps, [self.state[p]["exp_avg"] for p in ps],
+                                               kernel_scalar(alpha, device, dtype))
 
     def move_up_to_momentumAscent(self) -> None:
         """Move to the perturbed point w - nf * m (no-op when already there)."""
@@ -83,26 +98,30 @@ class MSASSHA(HessianOptimizer):
         finally:
             self._move(to_perturbed=was_perturbed)
 
-    def _apply_update(self, plan: Plan, hessian_power: Optional[float]) -> None:
+    def _apply_update(self, plan: Plan, hessian_power: Optional[float],
+                      found_inf: Optional[Tensor]) -> None:
+        if self.device_path:
+            self._place_norm_factors()
         leaving = [group["norm_factor"] if self._at_perturbed_point else 0.0
                    for group in self.param_groups]
         squares = []
+        updated = []  # per group: (parameters, skip flag) of each op call
         stale = []  # parameters with momentum but no gradient now: they move with the norm
         for (group, entries), norm_factor in zip(plan.groups, leaving):
             beta1, beta2, power = group_scalars(group, hessian_power)
-            for entry in entries:
-                entry.state["step"] += 1
-                if entry.hessian_now:
-                    entry.state["bias_correction2"] = 1 - beta2 ** entry.state["step"]
-
-            for bucket in self._update_buckets(plan, entries, beta2):
+            calls = []
+            for bucket in self._update_buckets(plan, entries, beta2, found_inf,
+                                               lambda step: 1 - beta2 ** step):
                 squares.append(bucket.ops.msassha_update(
                     bucket.params, [p.grad for p in bucket.params], bucket.exp_avgs,
-                    bucket.exp_hessians, norm_factor=norm_factor, lr=group["lr"],
-                    weight_decay=group["weight_decay"], beta1=beta1,
-                    bias_correction1=1 - beta1 ** bucket.step,
-                    bias_correction2=bucket.bias_correction2 ** power, hessian_power=power,
-                    eps=group["eps"]))
+                    bucket.exp_hessians, norm_factor=bucket.scalar(norm_factor),
+                    lr=group["lr"], weight_decay=group["weight_decay"], beta1=beta1,
+                    bias_correction1=bucket.bias_correction1(beta1),
+                    bias_correction2=bucket.scalar(bucket.bias_correction2 ** power),
+                    hessian_power=power, eps=group["eps"],
+                    **found_inf_argument(bucket.found_inf)))
+                calls.append((bucket.params, bucket.found_inf))
+            updated.append(calls)
             stepped = {id(e.param) for e in entries}
             stale.append([p for p in self._momentum_params(group) if id(p) not in stepped])
         stale_params = [p for ps in stale for p in ps]
@@ -111,12 +130,36 @@ class MSASSHA(HessianOptimizer):
                 stale_params, [self.state[p]["exp_avg"] for p in stale_params], False).square())
         if not squares:
             return
-        norm = sqrt_of_sum(squares).item()
-        for (group, entries), norm_factor, stale_in_group in zip(plan.groups, leaving, stale):
-            group["norm_factor"] = group["rho"] / (norm + NORM_EPS)
-            self._add_momentum([e.param for e in entries], -group["norm_factor"])
-            self._add_momentum(stale_in_group, norm_factor - group["norm_factor"])
+        norm = sqrt_of_sum(squares)
+        # The host path reads the norm (float64 arithmetic from here); the device path keeps
+        # it there, in float64 too.
+        norm = norm.to(self._home_device, torch.float64) if self.device_path else norm.item()
+        for group, norm_factor, calls, stale_in_group in zip(self.param_groups, leaving,
+                                                             updated, stale):
+            new = group["rho"] / (norm + NORM_EPS)
+            if found_inf is not None:  # a skipped step keeps the old factor
+                new = torch.where(found_inf.bool(), group["norm_factor"], new)
+            # Updated parameters are at their clean point and move up to w - nf * m; skipped
+            # ones are still where the iteration found them (w - leaving * m).
+            for params, skipped in calls:
+                self._add_momentum(params, -new if skipped is None else skipped * norm_factor - new)
+            self._add_momentum(stale_in_group, norm_factor - new)
+            if isinstance(group["norm_factor"], Tensor):
+                group["norm_factor"].copy_(new)  # in place: a captured graph reads it there
+            else:
+                group["norm_factor"] = new
         self._at_perturbed_point = True
+
+    def _place_norm_factors(self) -> None:
+        """Each group's norm factor as a 0-d float64 tensor on the first parameter's device
+        (device path), a float (host path); reading a tensor synchronises, at load time only."""
+        for group in self.param_groups:
+            value = group["norm_factor"]
+            if self.device_path and not isinstance(value, Tensor):
+                group["norm_factor"] = torch.tensor(value, dtype=torch.float64,
+                                                    device=self._home_device)
+            elif not self.device_path and isinstance(value, Tensor):
+                group["norm_factor"] = float(value)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None,
@@ -125,14 +168,14 @@ class MSASSHA(HessianOptimizer):
         with ``create_graph=opt.hessian_due``), or, given ``closure`` (which returns the loss
         without calling backward), a whole iteration. Returns the loss, or None.
         ``scaler``: a ``torch.amp.GradScaler``, as in ``SASSHA.step``."""
+        self._check_closure(closure)
         if closure is None:
             self._step_from_gradients(scaler)
             return None
         self.zero_grad(set_to_none=True)
-        loss = self._evaluate(closure)
-        self._backward(amp.scale_loss(scaler, loss), create_graph=self.hessian_due)
+        loss = self._gradient_pass(closure, scaler, self.hessian_due)
         self._step_from_gradients(scaler)
-        return loss.detach()
+        return loss.detach() if isinstance(loss, Tensor) else loss
 
     def _extra_state(self) -> dict:
         return {**super()._extra_state(), "at_perturbed_point": self._at_perturbed_point}
@@ -140,6 +183,13 @@ class MSASSHA(HessianOptimizer):
     def _load_extra_state(self, extra: dict) -> None:
         super()._load_extra_state(extra)
         self._at_perturbed_point = extra.get("at_perturbed_point", True)
+        self._place_norm_factors()
+
+    def _bias_corrections(self, group: dict, state: dict,
+                          hessian_power: float) -> Tuple[float, float]:
+        bias_correction1, bias_correction2 = super()._bias_corrections(group, state,
+                                                                       hessian_power)
+        return bias_correction1, bias_correction2 ** hessian_power  # stored without its power
 
     def _authors_bias_correction2(self, step: int, group: dict) -> float:
         # The authors keep it in a module global, set at each Hessian update.

@@ -6,7 +6,9 @@ import torch
 from torch import Tensor
 
 from . import amp
-from ._base import HessianOptimizer, Plan, buckets, group_scalars
+from ._base import (HessianOptimizer, Plan, buckets, found_inf_argument, group_scalars,
+                    kernel_scalar)
+from ._validation import warn_on_unknown_keywords
 from .batchnorm import frozen_batchnorm_stats
 
 
@@ -32,19 +34,43 @@ class SASSHA(HessianOptimizer):
     ``step()`` without a preceding ``perturb_weights()`` is SASSHA with ``rho = 0``.
     Production options (see the README): ``process_group`` / ``sync_gradients`` for data
     parallelism, ``scaler=`` on ``step`` / ``perturb_weights`` for a GradScaler, and
-    ``nonfinite`` ("skip", "raise" or "ignore") for inf/NaN gradients or Hessian estimates.
+    ``nonfinite`` ("skip", "raise" or "ignore") for inf/NaN gradients or Hessian estimates,
+    reported by a ``SkippedStepWarning`` and, after ``max_consecutive_skips`` skipped steps in
+    a row (None: never), a ``FloatingPointError``. ``capturable`` (None: True for CUDA
+    parameters) keeps the skip decision and the counters on the device: no host
+    synchronisation, a step that a CUDA graph can capture (``sassha_fast.cuda_graphs``); the
+    skip counts are then read every ``skip_check_interval`` steps. ``grad_reduce`` ("mean" or
+    "sum", as the authors') is how the tensors the optimizer reduces across ranks are
+    combined. Unknown keyword arguments are ignored with a warning, as the authors'
+    constructor ignores them (silently).
+    ``curvature_floor`` (default 0, off) raises each tensor's Hessian EMA to at least that
+    fraction of its mean on Hessian steps, against the blow-up of weights with zero
+    curvature; ``diagnostics()`` reports what to look at when training misbehaves.
     ``hessian_power`` is the constant power of the Hessian; a ``hessian_power_scheduler``
     (an object whose ``step()`` returns the power) overrides it and is stepped once per
     ``step()``. ``backend`` picks the implementation of the fused ops ("auto", "reference",
     "foreach", "cpu", "triton", "cuda"; see ``sassha_fast.available_backends()``).
+
+    ``hessian_estimator="finite_difference"`` takes the Hessian-vector product from two
+    first-order gradients instead of a double backward (``fd_scheme`` "one_sided" or
+    "central", ``fd_eps`` the relative step; see ``sassha_fast.finite_difference``), at
+    the perturbed point w + e, where the second pass's gradient is: ``step(closure)`` runs
+    the extra pass itself on Hessian steps (and accepts a closure that calls
+    ``backward()``); the method-level loop runs ``opt.hessian_probes()`` after the second
+    backward, before ``unperturb()``.
     """
 
     def __init__(self, params, hessian_power_scheduler=None, lr: float = 0.15,
                  betas=(0.9, 0.999), weight_decay: float = 0.0, rho: float = 0.05,
                  lazy_hessian: int = 10, n_samples: int = 1, perturb_eps: float = 1e-12,
-                 eps: float = 1e-4, adaptive: bool = False, seed: int = 0,
-                 hessian_power: float = 0.5, backend: str = "auto", process_group=None,
-                 sync_gradients: bool = False, nonfinite: str = "skip"):
+                 eps: float = 1e-4, adaptive: bool = False, grad_reduce: str = "mean",
+                 seed: int = 0, hessian_power: float = 0.5, backend: str = "auto",
+                 process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
+                 capturable: Optional[bool] = None, skip_check_interval: int = 100,
+                 max_consecutive_skips: Optional[int] = 100, curvature_floor: float = 0.0,
+                 hessian_estimator: str = "autograd", fd_scheme: str = "one_sided",
+                 fd_eps: Optional[float] = None, **kwargs):
+        warn_on_unknown_keywords(type(self).__name__, kwargs)
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
                         weight_decay=weight_decay, rho=rho, perturb_eps=perturb_eps, eps=eps,
                         hessian_power=hessian_power)
@@ -54,7 +80,12 @@ class SASSHA(HessianOptimizer):
         super().__init__(params, defaults, lazy_hessian=lazy_hessian, n_samples=n_samples,
                          seed=seed, hessian_power_scheduler=hessian_power_scheduler,
                          backend=backend, process_group=process_group,
-                         sync_gradients=sync_gradients, nonfinite=nonfinite)
+                         sync_gradients=sync_gradients, nonfinite=nonfinite,
+                         grad_reduce=grad_reduce, capturable=capturable,
+                         skip_check_interval=skip_check_interval,
+                         max_consecutive_skips=max_consecutive_skips,
+                         curvature_floor=curvature_floor, hessian_estimator=hessian_estimator,
+                         fd_scheme=fd_scheme, fd_eps=fd_eps)
 
     @torch.no_grad()
     def perturb_weights(self, zero_grad: bool = True, scaler=None) -> None:
@@ -63,7 +94,8 @@ class SASSHA(HessianOptimizer):
         With ``zero_grad`` the gradients are cleared and e reuses their memory. The
         gradients are first averaged across ranks (with ``sync_gradients``) and unscaled
         (given the GradScaler that scaled the loss). When they hold inf or NaN nothing
-        moves and the following ``step()`` is skipped (``nonfinite="raise"``: raises)."""
+        moves and the following ``step()`` is skipped (``nonfinite="raise"``: raises); on
+        the device path the ops decide that on the device (e = 0, the weights stay)."""
         if self._perturbation:
             raise RuntimeError("perturb_weights() called twice: call unperturb() or step() "
                                "before perturbing again")
@@ -73,19 +105,27 @@ class SASSHA(HessianOptimizer):
                                  if self.sync_gradients or p.grad.grad_fn is not None])
         amp.unscale_(scaler, [p.grad for p in params])
         norm = self._global_norm(params, [p.grad for p in params], self.adaptive)
-        if (self.nonfinite != "ignore" or amp.enabled(scaler)) and not torch.isfinite(norm):
-            if self.nonfinite == "raise" and not amp.enabled(scaler):
-                raise FloatingPointError(self._nonfinite_message(
-                    [(p, "first pass's gradient", p.grad) for p in params]))
-            self._first_pass_nonfinite = True
-            if zero_grad:
-                self.zero_grad(set_to_none=True)
-            return
+        checked = self.nonfinite != "ignore" or amp.enabled(scaler)
+        found_inf = None
+        if checked and self._reads_flags_on_host(scaler):
+            if not torch.isfinite(norm):
+                if self.nonfinite == "raise" and not amp.enabled(scaler):
+                    raise FloatingPointError(self._nonfinite_message(
+                        [(p, "first pass's gradient", p.grad) for p in params]))
+                self._first_pass_nonfinite = True
+                if zero_grad:
+                    self.zero_grad(set_to_none=True)
+                return
+        elif checked:
+            found_inf = self._first_pass_found_inf = (~torch.isfinite(norm)).float()
         for group, group_params in per_group:
             scale = group["rho"] / (norm + group["perturb_eps"])
-            for (device, _), ps in buckets(group_params, lambda p: (p.device, p.dtype)).items():
+            for (device, dtype), ps in buckets(group_params,
+                                               lambda p: (p.device, p.dtype)).items():
                 es = [p.grad if zero_grad else p.grad.clone() for p in ps]
-                self.ops(device).perturb(ps, es, scale.to(device), self.adaptive)
+                self.ops(device, dtype).perturb(
+                    ps, es, kernel_scalar(scale, device, dtype), self.adaptive,
+                    **found_inf_argument(None if found_inf is None else found_inf.to(device)))
                 self._perturbation.update(zip(ps, es))
         if zero_grad:
             self.zero_grad(set_to_none=True)
@@ -95,8 +135,10 @@ class SASSHA(HessianOptimizer):
         """Return to w (through ``.data``, as the authors do: the second pass's graph then
         sees the restored weights when the Hessian-vector product runs)."""
         pending, self._perturbation = list(self._perturbation.items()), {}
-        for (device, _), items in buckets(pending, lambda kv: (kv[0].device, kv[0].dtype)).items():
-            self.ops(device).add_scaled([p.data for p, _ in items], [e for _, e in items], -1.0)
+        for (device, dtype), items in buckets(pending,
+                                              lambda kv: (kv[0].device, kv[0].dtype)).items():
+            self.ops(device, dtype).add_scaled([p.data for p, _ in items],
+                                               [e for _, e in items], -1.0)
 
     def _before_hessian(self) -> None:
         self.unperturb()
@@ -104,24 +146,22 @@ class SASSHA(HessianOptimizer):
     def _abandon_step(self) -> None:
         self.unperturb()
 
-    def _apply_update(self, plan: Plan, hessian_power: Optional[float]) -> None:
+    def _apply_update(self, plan: Plan, hessian_power: Optional[float],
+                      found_inf: Optional[Tensor]) -> None:
         for group, entries in plan.groups:
             beta1, beta2, power = group_scalars(group, hessian_power)
-            for entry in entries:
-                entry.state["step"] += 1
-                if entry.hessian_now:
-                    entry.state["bias_correction2"] = (1 - beta2 ** entry.state["step"]) ** power
-
-            for bucket in self._update_buckets(plan, entries, beta2,
+            for bucket in self._update_buckets(plan, entries, beta2, found_inf,
+                                               lambda step: (1 - beta2 ** step) ** power,
                                                extra=lambda p: p in self._perturbation):
                 bucket.ops.sassha_update(
                     bucket.params, [p.grad for p in bucket.params], bucket.exp_avgs,
                     bucket.exp_hessians,
                     [self._perturbation.pop(p) for p in bucket.params] if bucket.extra else None,
                     lr=group["lr"], weight_decay=group["weight_decay"], beta1=beta1,
-                    bias_correction1=1 - beta1 ** bucket.step,
-                    bias_correction2=bucket.bias_correction2, hessian_power=power,
-                    eps=group["eps"])
+                    bias_correction1=bucket.bias_correction1(beta1),
+                    bias_correction2=bucket.scalar(bucket.bias_correction2),
+                    hessian_power=power, eps=group["eps"],
+                    **found_inf_argument(bucket.found_inf))
         # Perturbed parameters that got no gradient in the second pass.
         self.unperturb()
 
@@ -135,25 +175,24 @@ class SASSHA(HessianOptimizer):
         the optimizer scales it). The gradients and the Hessian estimate are unscaled, an
         inf/NaN anywhere skips the iteration and is reported to the scaler, whose
         ``update()`` the caller then calls."""
+        self._check_closure(closure)
         if closure is None:
             self._step_from_gradients(scaler)
             return None
         self.zero_grad(set_to_none=True)
-        loss = self._evaluate(closure)
         due = self.hessian_due
         if any(group["rho"] != 0 for group in self.param_groups):
-            self._backward(amp.scale_loss(scaler, loss), create_graph=False)
+            loss, _ = self._closure_pass(closure, scaler, create_graph=False)
             self.perturb_weights(zero_grad=True, scaler=scaler)
             if not self._first_pass_nonfinite:  # else the step is skipped: save the pass
                 try:
                     with frozen_batchnorm_stats():
-                        self._backward(amp.scale_loss(scaler, self._evaluate(closure)),
-                                       create_graph=due)
+                        self._gradient_pass(closure, scaler, due)
                 except BaseException:
                     self.unperturb()
                     self.zero_grad(set_to_none=True)
                     raise
         else:
-            self._backward(amp.scale_loss(scaler, loss), create_graph=due)
+            loss = self._gradient_pass(closure, scaler, due)
         self._step_from_gradients(scaler)
-        return loss.detach()
+        return loss.detach() if isinstance(loss, Tensor) else loss

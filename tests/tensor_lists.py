@@ -7,8 +7,15 @@ STORED_TOLERANCE = {  # one rounding of a stored value may land on either neighb
     torch.float32: dict(rtol=1e-5, atol=1e-6),
     torch.bfloat16: dict(rtol=2 ** -7, atol=1e-5),
     torch.float16: dict(rtol=2 ** -10, atol=1e-5),
+    # Computed in double: a float32 computation anywhere would miss this by ~1e-7.
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
 }
 STATE_TOLERANCE = dict(rtol=1e-5, atol=1e-6)
+
+
+def state_tolerance(param_dtype: torch.dtype) -> dict:
+    """The tolerance of optimizer state, which is float64 for float64 parameters."""
+    return STORED_TOLERANCE[torch.float64] if param_dtype == torch.float64 else STATE_TOLERANCE
 
 
 def clone(tensors):

@@ -79,8 +79,8 @@ def skipped_iteration(optimizer, poisoned_call=None, poison_hessian=False, monke
     scale_before = grad_scaler.get_scale()
     if poison_hessian:
         real = base.hutchinson
-        monkeypatch.setattr(base, "hutchinson", lambda *args: [
-            h * float("inf") for h in real(*args)])
+        monkeypatch.setattr(base, "hutchinson", lambda *args, **kwargs: [
+            h * float("inf") for h in real(*args, **kwargs)])
     else:
         closure.poisoned_call = 2 * calls_per_step + poisoned_call
     assert opt.hessian_due  # the third step is a Hessian step

@@ -55,9 +55,9 @@ def assert_same_run(a, b, **tolerance):
 
 BAD_VALUES = [
     ("lr", -0.1, "Invalid learning rate: -0.1"),
-    ("eps", -1e-3, "Invalid eps value: -0.001"),
-    ("betas", (1.0, 0.999), "Invalid betas value at index 0: 1.0"),
-    ("betas", (0.9, -0.5), "Invalid betas value at index 1: -0.5"),
+    ("eps", -1e-3, "Invalid epsilon value: -0.001"),
+    ("betas", (1.0, 0.999), "Invalid beta parameter at index 0: 1.0"),
+    ("betas", (0.9, -0.5), "Invalid beta parameter at index 1: -0.5"),
     ("weight_decay", -1.0, "Invalid weight_decay value: -1.0"),
     ("rho", -0.05, "Invalid rho value: -0.05"),
     ("lazy_hessian", 0, "Invalid lazy_hessian value: 0"),

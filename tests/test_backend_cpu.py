@@ -1,6 +1,7 @@
 """What only the cpu backend (the C++ kernels in csrc/cpu) has: work split across threads
 by ranges of the whole flattened list, huge and numerous tensors, the AVX-512 / AVX2 /
-generic builds, staged non-contiguous tensors, input checks and the released GIL. The
+generic builds, staged non-contiguous tensors, input checks (tensor subclasses, meta
+tensors, scalar tensors), scalars read in C++ and the released GIL. The
 op-by-op and optimizer-level comparisons with the reference that every backend passes are
 in test_backend_ops.py, test_backend_optimizer.py and test_golden.py."""
 import json
@@ -16,8 +17,9 @@ import torch
 
 from sassha_fast import SASSHA, available_backends
 from sassha_fast.backends import reference, resolve
+from sassha_fast.backends.reference import compute_dtype
 
-from tensor_lists import STATE_TOLERANCE, STORED_TOLERANCE, clone
+from tensor_lists import STATE_TOLERANCE, STORED_TOLERANCE, clone, state_tolerance
 
 pytestmark = pytest.mark.skipif(not available_backends()["cpu"].available,
                                 reason=f"cpu backend unavailable: {available_backends()['cpu']}")
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.skipif(not available_backends()["cpu"].available,
 if available_backends()["cpu"].available:
     from sassha_fast.backends import cpu
 
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 HYPER = dict(lr=0.05, weight_decay=1e-2, beta1=0.9, bias_correction1=0.271, eps=1e-4)
 # Sizes around the smallest chunk threads take (16384 elements), so that chunks start and
 # end inside tensors and some chunks cover several tensors.
@@ -39,9 +41,10 @@ def inputs(shapes, dtype):
             t = torch.randn(shape) * scale
             out.append((t.abs() if positive else t).to(dt))
         return out
+    state = compute_dtype(dtype)
     return dict(params=make(dtype), grads=make(dtype), perturbations=make(dtype, scale=0.01),
-                exp_avgs=make(torch.float32, scale=0.1),
-                exp_hessians=make(torch.float32, positive=True), hessians=make(dtype))
+                exp_avgs=make(state, scale=0.1),
+                exp_hessians=make(state, positive=True), hessians=make(dtype))
 
 
 def run_every_op(ops, x, hessian_power=0.5):
@@ -50,7 +53,7 @@ def run_every_op(ops, x, hessian_power=0.5):
            "weighted_norm": ops.global_norm(x["grads"], x["params"])}
     for adaptive in (False, True):
         p, g = clone(x["params"]), clone(x["grads"])
-        ops.perturb(p, g, torch.tensor(0.037), adaptive)
+        ops.perturb(p, g, torch.tensor(0.037, dtype=x["exp_avgs"][0].dtype), adaptive)
         out[f"perturb_p_{adaptive}"], out[f"perturb_e_{adaptive}"] = p, g
     hyper = dict(HYPER, hessian_power=hessian_power, bias_correction2=0.3)
     p, m, d = clone(x["params"]), clone(x["exp_avgs"]), clone(x["exp_hessians"])
@@ -70,13 +73,14 @@ def run_every_op(ops, x, hessian_power=0.5):
 
 def assert_close_to_reference(got, want, dtype):
     for key, value in want.items():
-        tolerance = STATE_TOLERANCE if key.endswith(("_m", "ema")) else STORED_TOLERANCE[dtype]
+        tolerance = state_tolerance(dtype) if key.endswith(("_m", "ema")) else \
+            STORED_TOLERANCE[dtype]
         if isinstance(value, list):
             for a, b in zip(got[key], value):
                 torch.testing.assert_close(a, b, **tolerance, msg=lambda m: f"{key}: {m}")
         else:
-            assert got[key].dim() == 0 and got[key].dtype == torch.float32
-            torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6)
+            assert got[key].dim() == 0 and got[key].dtype == compute_dtype(dtype)
+            torch.testing.assert_close(got[key], value, **state_tolerance(dtype))
 
 
 @pytest.fixture
@@ -174,15 +178,122 @@ def test_non_contiguous_and_channels_last_tensors():
     (lambda: cpu.hessian_ema([torch.zeros(3, dtype=torch.float16)], [torch.zeros(3)], 0.9),
      r"exp_hessians\[0\] is Half; optimizer state must be float32"),
     (lambda: cpu.add_scaled([torch.zeros(3, dtype=torch.float64)], [torch.zeros(3)], 1.0),
-     "expected float32, bfloat16 or float16"),
+     r"tensors\[0\] is Float; the op's first tensor is float64, so every tensor"),
+    (lambda: cpu.add_scaled([torch.zeros(3)], [torch.zeros(3, dtype=torch.float64)], 1.0),
+     r"tensors\[0\] is Double; expected float32, bfloat16 or float16 \(or float64, when"),
+    (lambda: cpu.hessian_ema([torch.zeros(3)], [torch.zeros(3, dtype=torch.float64)], 0.9),
+     r"hessians\[0\] is Double; expected float32"),
+    (lambda: cpu.sassha_update([torch.zeros(3, dtype=torch.float64)],
+                               [torch.zeros(3, dtype=torch.float64)], [torch.zeros(3)],
+                               [torch.zeros(3, dtype=torch.float64)], None, lr=0.1,
+                               weight_decay=0.0, beta1=0.9, bias_correction1=1.0,
+                               bias_correction2=1.0, hessian_power=0.5, eps=1e-8),
+     r"exp_avgs\[0\] is Float; the op's first tensor is float64"),
     (lambda: cpu.add_scaled([torch.zeros(3)], [torch.zeros(4)], 1.0),
      r"tensors\[0\] has shape \[4\], expected \[3\]"),
     (lambda: cpu.perturb([torch.zeros(3, device="meta")], [torch.zeros(3)], 1.0, False),
-     r"params\[0\] is on meta; the cpu backend takes CPU tensors only"),
+     r"perturb: params\[0\] is a meta tensor, which holds no data"),
+    (lambda: cpu.global_norm([torch.zeros(3), torch.zeros(3, device="meta")]),
+     r"global_norm: tensors\[1\] is a meta tensor"),
+    (lambda: cpu.add_scaled([torch.zeros(3)], [torch.zeros(3)], torch.ones(2)),
+     r"add_scaled: alpha is a Float tensor of 2 elements; expected a number or a one-element"),
+    (lambda: cpu.add_scaled([torch.zeros(3)], [torch.zeros(3)], torch.ones((), device="meta")),
+     r"add_scaled: alpha is a tensor on meta; the cpu backend reads scalars from numbers or "
+     "CPU tensors"),
+    (lambda: cpu.hessian_ema([torch.zeros(3)], [torch.zeros(3)], 0.9,
+                             found_inf=torch.ones((), device="meta")),
+     r"hessian_ema: found_inf is a tensor on meta"),
+    (lambda: cpu.perturb([torch.zeros(3)], [torch.zeros(3)], 1.0, False,
+                         found_inf=torch.ones((), dtype=torch.int64)),
+     r"perturb: found_inf is a Long tensor of 1 elements; expected a number or a one-element "
+     "floating-point tensor"),
 ])
 def test_bad_inputs_are_refused_clearly(call, message):
     with pytest.raises(RuntimeError, match=message):
         call()
+
+
+class Subclass(torch.Tensor):
+    pass
+
+
+class ParameterSubclass(torch.nn.Parameter):
+    pass
+
+
+@pytest.fixture
+def one_rank_mesh():
+    """A one-rank gloo device mesh on the CPU, torn down after the test."""
+    import torch.distributed as dist
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this build of torch")
+    from torch.distributed.device_mesh import init_device_mesh
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
+
+
+def assert_refused_as(odd, type_name):
+    """A subclass's memory may not hold what the kernels would read and write: the C++ side
+    refuses it (TypeError) before touching any memory, naming the op, list and index."""
+    params = [torch.zeros(3), torch.zeros(4)]
+    with pytest.raises(TypeError, match=rf"perturb: grads\[1\] is a {type_name}; the cpu "
+                       "backend takes plain torch.Tensor objects"):
+        cpu.perturb(params, [torch.ones(3), odd], 1.0, False)
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in params)
+
+
+@pytest.mark.parametrize("make,type_name", [
+    (lambda t: torch.Tensor._make_subclass(Subclass, t), "Subclass"),
+    (lambda t: ParameterSubclass(t), "ParameterSubclass"),
+])
+def test_tensor_subclasses_are_refused_by_name(make, type_name):
+    assert_refused_as(make(torch.ones(4)), type_name)
+
+
+def test_a_dtensor_is_refused_by_name(one_rank_mesh):
+    from torch.distributed.tensor import DTensor, Replicate
+    assert_refused_as(DTensor.from_local(torch.ones(4), one_rank_mesh, [Replicate()]),
+                      "DTensor")
+
+
+def test_a_parameter_is_a_plain_tensor():
+    p = torch.nn.Parameter(torch.ones(3))
+    with torch.no_grad():
+        cpu.add_scaled([p], [torch.ones(3)], 2.0)
+    assert torch.equal(p.detach(), torch.full((3,), 3.0))
+
+
+def test_tensor_scalars_and_found_inf_are_read_in_cpp(monkeypatch):
+    """No Python conversion of a scalar tensor (no Tensor.item / __float__ / __bool__)."""
+    x = inputs([(5,), (300,)], torch.float32)
+    scalars = {name: torch.tensor(value) for name, value in
+               dict(lr=0.05, bias_correction1=0.271, bias_correction2=0.3, scale=0.037,
+                    norm_factor=0.3, alpha=-0.25).items()}
+    want = run_tensor_scalar_ops(reference, x, scalars, torch.tensor(0.0))
+    for name in ("item", "__float__", "__bool__", "tolist", "__index__"):
+        def refuse(*args, _name=name, **kwargs):
+            raise AssertionError(f"Tensor.{_name} called in Python")
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    got = run_tensor_scalar_ops(cpu, x, scalars, torch.tensor(0.0))
+    monkeypatch.undo()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **STATE_TOLERANCE)
+
+
+def run_tensor_scalar_ops(ops, x, scalars, found_inf):
+    p, g, m = clone(x["params"]), clone(x["grads"]), clone(x["exp_avgs"])
+    step = dict(lr=scalars["lr"], weight_decay=1e-2, beta1=0.9, hessian_power=0.5, eps=1e-4,
+                bias_correction1=scalars["bias_correction1"],
+                bias_correction2=scalars["bias_correction2"], found_inf=found_inf)
+    ops.perturb(p, g, scalars["scale"], True, found_inf=found_inf)
+    ops.sassha_update(p, x["grads"], m, x["exp_hessians"], g, **step)
+    sq = ops.msassha_update(p, x["grads"], m, x["exp_hessians"],
+                            norm_factor=scalars["norm_factor"], **step)
+    ops.add_scaled(p, m, scalars["alpha"])
+    return p + g + m + [sq]
 
 
 def test_a_missing_tensor_is_refused():
@@ -219,7 +330,7 @@ sys.path.insert(0, {tests!r})
 from test_backend_cpu import inputs, run_every_op
 torch.manual_seed(0)
 out = run_every_op(cpu, inputs({shapes!r}, getattr(torch, {dtype!r})), hessian_power=0.5)
-flat = {{k: [t.float().tolist() for t in v] if isinstance(v, list) else v.item()
+flat = {{k: [t.double().tolist() for t in v] if isinstance(v, list) else v.item()
         for k, v in out.items()}}
 print(json.dumps(dict(isa=cpu.isa(), out=flat)))
 """
@@ -236,7 +347,7 @@ def run_with_isa(isa: str, dtype: str) -> dict:
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
                     reason="only x86-64 builds carry AVX2 / AVX-512 kernels")
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
 def test_instruction_set_builds_agree(dtype):
     order = ["avx512", "avx2", "generic"]
     runs = {isa: run_with_isa(isa, dtype) for isa in order}
@@ -247,7 +358,11 @@ def test_instruction_set_builds_agree(dtype):
     # The vector builds are the same arithmetic; the generic build differs only by the
     # multiply-adds that the vector builds fuse, as PyTorch's vector kernels do.
     if len(ran) == 2:
-        assert ran["avx512"] == ran["avx2"]
+        for key, value in ran["avx512"].items():
+            if isinstance(value, list) or dtype != "float64":
+                assert value == ran["avx2"][key], key
+            else:  # float64 squares are inexact: 8 or 4 lanes add them in different orders
+                assert value == pytest.approx(ran["avx2"][key], rel=1e-14), key
     tolerance = STORED_TOLERANCE[getattr(torch, dtype)]
     for out in ran.values():
         for key, value in out.items():

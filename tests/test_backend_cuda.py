@@ -5,8 +5,10 @@ graph capture. Without a GPU, what can still be checked: that the extension was 
 its CUDA part, why the backend is unavailable, and how the launcher cuts lists."""
 import math
 import os
+import pathlib
 import re
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -95,7 +97,7 @@ def test_global_norm(layout, dtype, weights_dtype):
     got = cuda_backend.global_norm(tensors, weights)
     want = reference.global_norm(tensors, weights)
     assert got.dim() == 0 and got.dtype == torch.float32
-    assert got.device.type == ("cuda" if tensors else "cpu")
+    assert got.device.type == "cuda"  # an empty list's zero too
     torch.testing.assert_close(got.cpu(), want.cpu(), rtol=1e-5, atol=1e-6)
 
 
@@ -158,7 +160,7 @@ def test_msassha_update(layout, dtype, kind):
     assert_lists_close(inputs["exp_avgs"], expected["exp_avgs"], **STATE_TOLERANCE)
     assert_lists_close(inputs["params"], expected["params"], **STORED_TOLERANCE[dtype])
     assert got.dim() == 0 and got.dtype == torch.float32
-    assert got.device.type == ("cuda" if inputs["params"] else "cpu")
+    assert got.device.type == "cuda"  # an empty list's zero too
     torch.testing.assert_close(got.cpu(), want.cpu(), rtol=1e-5, atol=1e-6)
 
 
@@ -210,7 +212,7 @@ def test_state_laid_out_unlike_its_parameter_is_refused():
     ("bf16-state", r"exp_avgs\[0\] is BFloat16, expected Float"),
     ("fp64-param", "must be fp32, bf16 or fp16"),
     ("short-list", "exp_hessians holds 0 tensors but params holds 1"),
-    ("cpu-state", r"exp_avgs\[0\] is on cpu"),
+    ("cpu-state", r"takes CUDA tensors, got exp_avgs\[0\] on cpu"),
     ("lr-of-two-elements", "lr must be a number or a one-element fp32 tensor"),
 ])
 def test_bad_input_is_refused_with_a_clear_error(bad, message):
@@ -236,6 +238,73 @@ def test_bad_input_is_refused_with_a_clear_error(bad, message):
     with pytest.raises(RuntimeError, match=message):
         cuda_backend.sassha_update(*args.values(), None, **options)
     assert torch.equal(args["params"][0], before)
+
+
+@needs_gpu
+@pytest.mark.parametrize("layout", ["odd-sizes", "misaligned", "large"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("value", [1.0, math.nan, 0.0], ids=["inf-found", "nan", "clear"])
+def test_found_inf_is_read_on_the_device(layout, dtype, value):
+    """Every op with found_inf against the reference's contract (skipped when nonzero)."""
+    make = ListMaker(layout)
+    found_inf = torch.tensor(value, device="cuda")
+    inputs = update_inputs(make, dtype)
+    perturbations = make(dtype, scale=0.01)
+    expected = {name: clone(ts) for name, ts in inputs.items()}
+    want_e = clone(perturbations)
+    reference.perturb(expected["params"], want_e, 0.1, True, found_inf=found_inf)
+    cuda_backend.perturb(inputs["params"], perturbations, 0.1, True, found_inf=found_inf)
+    assert_lists_close(perturbations, want_e, **STORED_TOLERANCE[dtype])
+    assert_lists_close(inputs["params"], expected["params"], **STORED_TOLERANCE[dtype])
+    reference.sassha_update(*expected.values(), want_e, **hyper("cuda-tensor", 0.7),
+                            found_inf=found_inf)
+    cuda_backend.sassha_update(*inputs.values(), perturbations, **hyper("cuda-tensor", 0.7),
+                               found_inf=found_inf)
+    for name in inputs:
+        assert_lists_close(inputs[name], expected[name], **STORED_TOLERANCE[dtype])
+    reference.hessian_ema(expected["exp_hessians"], want_e, 0.9, found_inf=found_inf)
+    cuda_backend.hessian_ema(inputs["exp_hessians"], perturbations, 0.9, found_inf=found_inf)
+    assert_lists_close(inputs["exp_hessians"], expected["exp_hessians"], **STATE_TOLERANCE)
+    want = reference.msassha_update(*expected.values(), norm_factor=0.3, **hyper("float"),
+                                    found_inf=found_inf)
+    got = cuda_backend.msassha_update(*inputs.values(), norm_factor=scalar(0.3, "cuda-tensor"),
+                                      **hyper("cuda-tensor"), found_inf=found_inf)
+    for name in inputs:
+        assert_lists_close(inputs[name], expected[name], **STORED_TOLERANCE[dtype])
+    torch.testing.assert_close(got.cpu(), want.cpu(), rtol=1e-5, atol=1e-6)
+
+
+class PythonDispatched(torch.Tensor):
+    """A tensor subclass dispatched to Python, as DTensor and FakeTensor are."""
+
+    @staticmethod
+    def __new__(cls, data):
+        return torch.Tensor._make_wrapper_subclass(cls, data.shape, dtype=data.dtype,
+                                                   device=data.device)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise AssertionError("the backend must not run ops on the subclass")
+
+
+@needs_cuda_part
+@pytest.mark.parametrize("bad,message", [
+    ("subclass", r"add_scaled: tensors\[1\] is a tensor subclass dispatched to Python"),
+    ("meta", r"add_scaled: tensors\[0\] is a meta tensor"),
+    ("cpu", r"add_scaled: the cuda backend takes CUDA tensors, got params\[0\] on cpu"),
+])
+def test_tensors_the_kernels_cannot_read_are_refused(bad, message):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    params = [torch.zeros(3, device=device), torch.zeros(2, device=device)]
+    tensors = [torch.ones(3, device=device), torch.ones(2, device=device)]
+    if bad == "subclass":
+        tensors[1] = PythonDispatched(tensors[1])
+    elif bad == "meta":
+        tensors[0] = torch.empty(3, device="meta")
+    elif device == "cuda":
+        params[0] = params[0].cpu()
+    with pytest.raises(RuntimeError, match=message):
+        cuda_backend.add_scaled(params, tensors, 1.0)
 
 
 @needs_cuda_part
@@ -332,24 +401,73 @@ def test_runs_on_cuda_devices_only():
     assert not cuda_backend.supports(torch.device("cpu"))
 
 
-def plan(numels, depth):
-    return _C.cuda_launch_plan(numels, depth)
+def test_supports_dtype():
+    assert all(cuda_backend.supports_dtype(d) for d in DTYPES)
+    assert not cuda_backend.supports_dtype(torch.float64)
+
+
+ARG_BYTES = [4096, 32764]  # every CUDA version; CUDA 12.1+ toolkits and drivers
+OP_BYTES = 160  # what the op's functor and the kernel's other arguments may take
+
+
+def plan(numels, depth, arg_bytes=4096):
+    return _C.cuda_launch_plan(numels, depth, arg_bytes)
 
 
 @needs_cuda_part
+@pytest.mark.parametrize("arg_bytes", ARG_BYTES)
 @pytest.mark.parametrize("depth", [1, 2, 4, 5])
-def test_launch_plan_limits(depth):
-    limits = plan([], depth)
+def test_launch_plan_limits(depth, arg_bytes):
+    limits = plan([], depth, arg_bytes)
     assert limits["launches"] == []
     assert limits["chunk"] == CHUNK
-    assert 0 < limits["max_blocks"] and 0 < limits["max_tensors"] <= 255
-    # The 4 KiB of kernel arguments hold the address table, the sizes and the block map.
-    assert limits["max_tensors"] * (8 * depth + 8) + limits["max_blocks"] * 5 <= 4096
+    slot_bytes = 1 if arg_bytes == 4096 else 2
+    assert 0 < limits["max_blocks"] and 0 < limits["max_tensors"] < 256 ** slot_bytes
+    # The kernel arguments hold the address table, the sizes and the block map, and leave
+    # room for the op.
+    table = limits["max_tensors"] * (8 * depth + 8) + 8 + limits["max_blocks"] * (4 + slot_bytes)
+    assert table <= limits["args_bytes"] <= arg_bytes - OP_BYTES
+    if arg_bytes > 4096:  # eight times the blocks, and many more tensors, per launch
+        small = plan([], depth, 4096)
+        assert limits["max_blocks"] >= 6 * small["max_blocks"]
+        assert limits["max_tensors"] >= 6 * small["max_tensors"]
 
 
-def numel_sets(depth):
-    max_tensors = plan([], depth)["max_tensors"]
-    max_blocks = plan([], depth)["max_blocks"]
+@needs_cuda_part
+def test_launch_plan_refuses_other_argument_sizes():
+    with pytest.raises(RuntimeError, match="4096 or 32764"):
+        plan([1], 1, 8192)
+
+
+@needs_gpu
+def test_kernel_argument_size_in_use():
+    assert _C.cuda_kernel_arg_bytes() in ARG_BYTES
+
+
+def test_launch_plan_header_compiles_on_its_own(tmp_path):
+    """launch_plan.h is plain C++ with every include it needs (no CUDA, no torch)."""
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler on PATH")
+    source = tmp_path / "alone.cpp"
+    header = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "cuda" / "launch_plan.h"
+    source.write_text(f'#include "{header}"\n'
+                      "template struct sassha::cuda::LaunchArgs<5, sassha::cuda::kLargeArgBytes>;\n"
+                      "int main() {\n"
+                      "  std::vector<std::array<void*, 1>> a(1);\n"
+                      "  int launches = 0;\n"
+                      "  sassha::cuda::plan_launches<1, sassha::cuda::kSmallArgBytes>(\n"
+                      "      a, {5}, [&](const auto&, int) { ++launches; });\n"
+                      "  return launches == 1 ? 0 : 1;\n}\n")
+    done = subprocess.run([compiler, "-std=c++17", "-Wall", "-Werror", "-o",
+                           str(tmp_path / "alone"), str(source)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert subprocess.run([str(tmp_path / "alone")]).returncode == 0
+
+
+def numel_sets(depth, arg_bytes=4096):
+    max_tensors = plan([], depth, arg_bytes)["max_tensors"]
+    max_blocks = plan([], depth, arg_bytes)["max_blocks"]
     return {
         "zeros": [0, 0],
         "one": [1],
@@ -367,11 +485,12 @@ def numel_sets(depth):
 
 
 @needs_cuda_part
+@pytest.mark.parametrize("arg_bytes", ARG_BYTES)
 @pytest.mark.parametrize("depth", [1, 2, 4, 5])
 @pytest.mark.parametrize("case", numel_sets(1) if _C.with_cuda else [None])
-def test_launch_plan_runs_every_chunk_once_in_order(depth, case):
-    numels = numel_sets(depth)[case]
-    result = plan(numels, depth)
+def test_launch_plan_runs_every_chunk_once_in_order(depth, case, arg_bytes):
+    numels = numel_sets(depth, arg_bytes)[case]
+    result = plan(numels, depth, arg_bytes)
     seen, next_block = [], 0
     for launch in result["launches"]:
         assert launch["first_block"] == next_block

@@ -1,11 +1,13 @@
 """Whole optimizers on every fused backend against the reference backend: several parameter
 groups, a frozen parameter, a parameter without gradient, Hessian and non-Hessian steps,
-low-precision parameters (spec section 4: within 1e-4 relative after 100 steps in fp32)."""
+low-precision and float64 parameters (spec section 4: within 1e-4 relative after 100 steps
+in fp32; float64 runs compute in double and stay within 1e-9)."""
 import pytest
 import torch
 from torch import nn
 
 from sassha_fast import MSASSHA, SASSHA
+from sassha_fast.backends import _load
 
 from backend_params import backend_device_params
 
@@ -15,7 +17,10 @@ FINAL_TOLERANCE = {
     # Low-precision weights may round a step apart; the fp32 state keeps them close.
     torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
     torch.float16: dict(rtol=5e-3, atol=5e-3),
+    torch.float64: dict(rtol=1e-9, atol=1e-11),
 }
+FIRST_STEP_TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-6),
+                        torch.float64: dict(rtol=1e-12, atol=1e-14)}
 
 
 class TwoBranchNet(nn.Module):
@@ -44,33 +49,41 @@ def make_run(optimizer, backend, device, dtype):
     x = torch.randn(32, 6, generator=generator).to(device=device, dtype=dtype)
     y = torch.randint(0, 3, (32,), generator=generator).to(device)
 
+    loss_dtype = torch.promote_types(dtype, torch.float32)  # fp32, or float64 for float64
+
     def closure():
-        return nn.functional.cross_entropy(model(x).float(), y)
+        return nn.functional.cross_entropy(model(x).to(loss_dtype), y)
 
     return model, opt, closure
 
 
 @pytest.mark.parametrize("optimizer", [SASSHA, MSASSHA])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
-                         ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64],
+                         ids=["fp32", "bf16", "fp16", "fp64"])
 @pytest.mark.parametrize("backend,device", backend_device_params())
 def test_backend_follows_reference(optimizer, dtype, backend, device):
     ref_model, ref_opt, ref_closure = make_run(optimizer, "reference", device, dtype)
     model, opt, closure = make_run(optimizer, backend, device, dtype)
+    if not _load(backend).supports_dtype(dtype):
+        with pytest.raises(RuntimeError, match=f"{backend!r} does not run with {dtype}"):
+            opt.step(closure)
+        pytest.skip(f"backend {backend!r} does not run {dtype} parameters (and refuses them)")
     frozen = model.frozen.weight.detach().clone()
     unused = model.unused.weight.detach().clone()
     steps = STEPS if dtype == torch.float32 else 20
     for step in range(steps):
         ref_opt.step(ref_closure)
         opt.step(closure)
-        if step == 0 and dtype == torch.float32:  # one step: the per-step contract
+        if step == 0 and dtype in FIRST_STEP_TOLERANCE:  # one step: the per-step contract
             for p, q in zip(model.parameters(), ref_model.parameters()):
-                torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(p, q, **FIRST_STEP_TOLERANCE[dtype])
     assert opt.backends_in_use == {str(device): backend}
     for p, q in zip(model.parameters(), ref_model.parameters()):
         torch.testing.assert_close(p, q, **FINAL_TOLERANCE[dtype])
         if p in ref_opt.state:
             for key in ("exp_avg", "exp_hessian_diag"):
+                assert opt.state[p][key].dtype == (torch.float64 if dtype == torch.float64
+                                                   else torch.float32)
                 torch.testing.assert_close(opt.state[p][key], ref_opt.state[q][key],
                                            **FINAL_TOLERANCE[dtype])
             assert opt.state[p]["hessian_step"] == ref_opt.state[q]["hessian_step"] == steps

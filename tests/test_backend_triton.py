@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(REASON is not None,
                                 reason=f"triton backend unavailable here: {REASON}")
 
 if REASON is None:
-    from sassha_fast.triton_kernels import kernels, tables
+    from sassha_fast.triton_kernels import kernels, launch, tables
     INTERPRETED = bool(kernels.INTERPRETED)
     DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
     BLOCK_LIMIT = tables.block_size(1 << 40, INTERPRETED)  # the largest block
@@ -226,7 +226,7 @@ def test_one_launch_per_op(monkeypatch):
 def test_tables_are_cached_by_address_and_size(monkeypatch):
     builds = []
     build = tables._build
-    monkeypatch.setattr(tables, "_build", lambda *a: builds.append(a) or build(*a))
+    monkeypatch.setattr(tables, "_build", lambda *a, **k: builds.append(a) or build(*a, **k))
     tables.clear_cache()
     params, momenta = randn([(10,), (300,)]), randn([(10,), (300,)])
     backend.add_scaled(params, momenta, 0.5)
@@ -273,16 +273,26 @@ def test_layouts(dtype):
     assert channels_last.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_unaligned_tensors():
-    """Views that start between 16-byte boundaries take the kernels' unhinted path."""
-    base, other = torch.randn(1001, device=DEVICE), torch.randn(1003, device=DEVICE)
-    params, momenta = [base[1:800], base[803:810]], [other[3:802], other[805:812]]
+def aligned_rows(table):
+    n = table.plan.n_tensors
+    return table.data[2 * n + 1:3 * n + 1].tolist()
+
+
+def test_alignment_is_decided_per_tensor():
+    """Views that start between 16-byte boundaries take the kernels' unhinted path; the
+    aligned tensors beside them keep 16-byte accesses (a tensor is aligned when all its
+    lists are)."""
+    base, other = torch.randn(2001, device=DEVICE), torch.randn(2003, device=DEVICE)
+    assert base.data_ptr() % 16 == 0 and other.data_ptr() % 16 == 0
+    params = [base[1:800], base[804:1004], base[1005:1012]]
+    momenta = [other[3:802], other[804:1004], other[1009:1016]]
     want, want_momenta = on_cpu([params, momenta])
     tables.clear_cache()
     backend.add_scaled(params, momenta, 0.75)
     reference.add_scaled(want, want_momenta, 0.75)
     assert_lists_close(params, want, **STORED_TOLERANCE[torch.float32])
-    assert [table.aligned for table in tables._cache.values()] == [False]
+    (table,) = tables._cache.values()
+    assert aligned_rows(table) == [0, 1, 0]
 
 
 def test_clear_errors():
@@ -297,7 +307,7 @@ def test_clear_errors():
         backend.global_norm([p[0].double()])
     with pytest.raises(TypeError, match="float32"):  # optimizer state must be fp32
         backend.hessian_ema([p[0].half()], [p[0]], 0.9)
-    with pytest.raises(ValueError, match="scalar"):
+    with pytest.raises(ValueError, match="alpha must be a number or a one-element tensor"):
         backend.add_scaled(p, p, torch.ones(2, device=DEVICE))
 
 
@@ -404,3 +414,251 @@ def test_a_step_can_be_captured_in_a_cuda_graph():
     del scratch
     for got, want in zip(inputs, eager):
         assert_lists_close(got, [t.cpu() for t in want], **STATE_TOLERANCE)
+
+
+# -- the op contract: found_inf, tensor scalars, empty lists, dtypes, tensor kinds ----
+
+FOUND_INF_SHAPES = [(5,), (1000,), (0,), (130,)]
+
+
+@pytest.mark.parametrize("value", [1.0, math.nan, 0.0], ids=["inf-found", "nan", "clear"])
+@dtype_param
+def test_found_inf_skips_on_the_device(value, dtype):
+    """found_inf nonzero (NaN included): perturb stores e = 0 and leaves p; sassha_update
+    only leaves the perturbed point; hessian_ema and msassha_update change nothing (the
+    latter returns sum m^2 of the unchanged m). Zero: the ordinary ops."""
+    found_inf = torch.tensor(value, device=DEVICE)
+    skip = value != 0.0
+    hyper = dict(STEP, hessian_power=0.7, bias_correction2=0.03)
+    params, grads, exp_avgs, exp_hessians = update_inputs(FOUND_INF_SHAPES, dtype)
+    perturbations = randn(FOUND_INF_SHAPES, dtype, 0.01)
+    before = on_cpu([params, grads, exp_avgs, exp_hessians, perturbations])
+
+    p, g = on_cpu([params, grads])
+    backend.perturb(p, g, 0.1, True, found_inf=found_inf)
+    want_p, want_g = on_cpu([params, grads])
+    if skip:
+        want_g = [torch.zeros_like(t) for t in want_g]
+    else:
+        reference.perturb(want_p, want_g, 0.1, True)
+    p_tolerance = dict(rtol=0, atol=0) if skip else STORED_TOLERANCE[dtype]
+    assert_lists_close(p, want_p, **p_tolerance)
+    assert_lists_close(g, want_g, **STORED_TOLERANCE[dtype])
+
+    inputs = on_cpu([params, grads, exp_avgs, exp_hessians, perturbations])
+    backend.sassha_update(*inputs, **hyper, found_inf=found_inf)
+    want = on_cpu(before)
+    if skip:
+        want[0] = [(x.float() - e.float()).to(dtype) for x, e in zip(want[0], want[4])]
+    else:
+        reference.sassha_update(*want, **hyper)
+    for got_list, want_list in zip(inputs[:4], want[:4]):
+        assert_lists_close(got_list, want_list, **STORED_TOLERANCE[dtype])
+    if skip:
+        assert_lists_close(inputs[2], before[2], rtol=0, atol=0)
+
+    exp_hessians_now = on_cpu([exp_hessians])[0]
+    backend.hessian_ema(exp_hessians_now, grads, 0.9, found_inf=found_inf)
+    want_d = on_cpu([exp_hessians])[0]
+    if not skip:
+        reference.hessian_ema(want_d, on_cpu([grads])[0], 0.9)
+    assert_lists_close(exp_hessians_now, want_d, **STATE_TOLERANCE)
+
+    inputs = on_cpu(before[:4])
+    got_sq = backend.msassha_update(*inputs, norm_factor=0.3, **hyper, found_inf=found_inf)
+    want = on_cpu(before[:4])
+    if skip:
+        want_sq = sum((m * m).sum() for m in want[2])
+        assert_lists_close(inputs[0], before[0], rtol=0, atol=0)
+        assert_lists_close(inputs[2], before[2], rtol=0, atol=0)
+    else:
+        want_sq = reference.msassha_update(*want, norm_factor=0.3, **hyper)
+        assert_lists_close(inputs[0], want[0], **STORED_TOLERANCE[dtype])
+    assert_scalar_close(got_sq, torch.as_tensor(want_sq, dtype=torch.float32))
+
+
+def test_step_scalars_may_be_device_tensors():
+    """lr and both bias corrections read on the device, for both updates."""
+    shapes = SHAPES["odd-sizes"] + [(5000,)]
+    hyper = dict(STEP, hessian_power=0.5, bias_correction2=0.03)
+    as_tensors = dict(hyper, **{k: torch.tensor(float(hyper[k]), device=DEVICE)
+                                for k in ("lr", "bias_correction1", "bias_correction2")})
+    inputs = update_inputs(shapes, torch.float32)
+    want = on_cpu(inputs)
+    reference.sassha_update(*want, None, **hyper)
+    backend.sassha_update(*inputs, None, **as_tensors)
+    assert_lists_close(inputs[0], want[0], **STORED_TOLERANCE[torch.float32])
+    inputs = update_inputs(shapes, torch.float32)
+    want = on_cpu(inputs)
+    want_sq = reference.msassha_update(*want, norm_factor=0.3, **hyper)
+    got_sq = backend.msassha_update(*inputs, norm_factor=torch.tensor(0.3, device=DEVICE),
+                                    **as_tensors)
+    assert_lists_close(inputs[0], want[0], **STORED_TOLERANCE[torch.float32])
+    assert_scalar_close(got_sq, want_sq)
+
+
+def test_empty_lists_give_zeros_on_the_kernels_device():
+    hyper = dict(STEP, hessian_power=0.5, bias_correction2=0.03)
+    for got in (backend.global_norm([]), backend.msassha_update([], [], [], [], norm_factor=0.1,
+                                                                **hyper)):
+        assert got.dim() == 0 and got.dtype == torch.float32 and got.item() == 0.0
+        assert got.device.type == DEVICE.type
+
+
+def test_supports_dtype():
+    assert all(backend.supports_dtype(d) for d in DTYPES)
+    assert not backend.supports_dtype(torch.float64)
+
+
+class Subclass(torch.Tensor):
+    """A tensor subclass dispatched to Python, as DTensor and FakeTensor are."""
+
+    @staticmethod
+    def __new__(cls, data):
+        return torch.Tensor._make_wrapper_subclass(cls, data.shape, dtype=data.dtype,
+                                                   device=data.device)
+
+    def __init__(self, data):
+        self.data_ = data
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise AssertionError("the backend must not run ops on the subclass")
+
+
+def test_tensor_subclasses_and_meta_tensors_are_refused():
+    p, g = randn([(3,), (4,)]), randn([(3,), (4,)])
+    with pytest.raises(TypeError, match=r"perturb: grads\[1\] is a .*Subclass"):
+        backend.perturb(p, [g[0], Subclass(g[1])], 0.1, False)
+    with pytest.raises(RuntimeError, match=r"add_scaled: tensors\[0\] is on meta"):
+        backend.add_scaled(p[:1], [torch.empty(3, device="meta")], 0.1)
+    with pytest.raises(RuntimeError, match=r"global_norm: tensors\[0\] is a meta tensor"):
+        backend.global_norm([torch.empty(3, device="meta")])
+
+
+# -- launch shapes at LLM scale, computed without allocating -------------------------
+
+def llama_7b_numels():
+    """Parameter sizes of a LLaMA-7B-shaped model: 32 blocks of attention (4 x 4096^2), MLP
+    (3 x 4096 x 11008) and two norms, embeddings, final norm, output head."""
+    block = [4096 * 4096] * 4 + [4096 * 11008] * 3 + [4096] * 2
+    return [32000 * 4096] + block * 32 + [4096, 32000 * 4096]
+
+
+def test_tables_and_partials_at_7b_parameters():
+    numels = llama_7b_numels()
+    assert 6.7e9 < sum(numels) < 6.8e9
+    for lists in (1, 2, 4, 5):
+        plan = tables.plan(numels, lists, interpreted=False)
+        assert plan.block == tables.MAX_BLOCK and plan.n_tensors == len(numels) == 291
+        assert plan.n_blocks == sum(-(-n // plan.block) for n in numels)  # 1.65M programs
+        # One row per tensor: under 20 KiB, where a row per block took 3 * 8 B * 1.65M = 39 MB.
+        assert plan.entries == (3 + lists) * len(numels) + 1 and plan.entries * 8 < 20 * 1024
+        assert 2 ** plan.search_steps >= plan.n_tensors > 2 ** (plan.search_steps - 1)
+    for sms in (108, 132):  # A100, H100/H200
+        programs = tables.reduction_programs(plan.n_blocks, sms)
+        assert programs == tables.PROGRAMS_PER_SM * sms <= launch.FINISH_BLOCK
+    assert tables.reduction_programs(3, 132) == 3 and tables.reduction_programs(0, 132) == 1
+
+
+def test_plan_leaves_out_empty_tensors():
+    plan = tables.plan([0, 5, 0, 300, 0], 2, interpreted=False)
+    assert (plan.n_tensors, plan.block, plan.n_blocks, plan.search_steps) == (2, 512, 2, 1)
+    assert tables.plan([], 1, interpreted=False).n_blocks == 0
+
+
+@pytest.fixture
+def gpu_block_sizes(monkeypatch):
+    """The interpreter with the GPU's largest block: tensors of 4097-32768 elements then span
+    several blocks, as they do on a GPU."""
+    monkeypatch.setattr(tables, "MAX_BLOCK_INTERPRETED", tables.MAX_BLOCK)
+    tables.clear_cache()
+    yield
+    tables.clear_cache()
+
+
+GPU_BLOCK_SHAPES = [(4097,), (3,), (8192,), (12_289,), (32_768,)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_multi_block_tensors_at_gpu_block_sizes(gpu_block_sizes, dtype):
+    plan = tables.plan([math.prod(s) for s in GPU_BLOCK_SHAPES], 4, INTERPRETED)
+    assert plan.block == tables.MAX_BLOCK and plan.n_blocks == 2 + 1 + 2 + 4 + 8
+    hyper = dict(STEP, hessian_power=0.3, bias_correction2=0.03)
+    inputs = update_inputs(GPU_BLOCK_SHAPES, dtype)
+    perturbations = randn(GPU_BLOCK_SHAPES, dtype, 0.01)
+    want = on_cpu(inputs + [perturbations])
+    assert_scalar_close(backend.global_norm(inputs[1], inputs[0]),
+                        reference.global_norm(want[1], want[0]))
+    reference.sassha_update(*want, **hyper)
+    backend.sassha_update(*inputs, perturbations, **hyper)
+    assert_lists_close(inputs[2], want[2], **STATE_TOLERANCE)
+    assert_lists_close(inputs[0], want[0], **STORED_TOLERANCE[dtype])
+    want = on_cpu(inputs)
+    want_sq = reference.msassha_update(*want, norm_factor=0.2, **hyper)
+    got_sq = backend.msassha_update(*inputs, norm_factor=0.2, **hyper)
+    assert_lists_close(inputs[0], want[0], **STORED_TOLERANCE[dtype])
+    assert_scalar_close(got_sq, want_sq)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="checks the interpreter's arithmetic")
+def test_pow_by_exp2_accuracy():
+    """The power the kernels use for hessian_power other than 0.5 and 1, against torch.pow
+    in float64, over D from 2^-60 to 2^40: a relative error within (|p log2 D| + 2) ulp of
+    fp32 (the error of exp2 grows with its argument), and exact at D = 0."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def pow_kernel(d_ptr, out_ptr, power, N: tl.constexpr):
+        offs = tl.arange(0, N)
+        tl.store(out_ptr + offs, kernels.pow_by_exp2(tl.load(d_ptr + offs), power))
+
+    d = torch.cat([torch.zeros(1), torch.logspace(-60, 40, 4095, base=2.0)])
+    worst = {}
+    for power in (0.0, 0.25, 0.3, 0.7, 1.5, 2.0):
+        out = torch.empty_like(d)
+        pow_kernel[(1,)](d, out, power, N=d.numel())
+        want = d.double().pow(power)
+        assert out[0].item() == want[0].item()
+        rel = ((out[1:].double() - want[1:]) / want[1:]).abs()
+        bound = ((power * d[1:].double().log2()).abs() + 2) * 2.0 ** -23
+        assert (rel <= bound).all(), (power, rel.max().item())
+        worst[power] = rel.max().item()
+    print("pow_by_exp2 worst relative error per power:", worst)
+
+
+def test_tables_built_during_capture_are_kept_and_not_cached(monkeypatch):
+    """The capture policy, with capture simulated: a cached table is reused and kept for
+    good; a missing one is built (its copy is captured), kept, and not cached, since its
+    contents exist only once the graph runs."""
+    tables.clear_cache()
+    params, momenta = randn([(10,), (300,)]), randn([(10,), (300,)])
+    backend.add_scaled(params, momenta, 0.5)  # warm-up: cached
+    (warm,) = tables._cache.values()
+    kept = len(tables._captured)
+    monkeypatch.setattr(tables, "_capturing", lambda device: True)
+    backend.add_scaled(params, momenta, 0.5)
+    assert tables._captured[kept:] == [warm]
+    others = randn([(10,), (300,)])
+    backend.add_scaled(others, momenta, 0.5)
+    assert len(tables._captured) == kept + 2 and tables._captured[-1] is not warm
+    assert list(tables._cache.values()) == [warm]
+    del tables._captured[kept:]
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device (streams)")
+def test_a_cached_table_is_safe_on_another_stream():
+    params, momenta = randn([(70_001,), (5,)]), randn([(70_001,), (5,)])
+    want, want_momenta = on_cpu([params, momenta])
+    tables.clear_cache()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        backend.add_scaled(params, momenta, 0.5)  # the table's copy runs on `side`
+    (table,) = tables._cache.values()
+    assert table.stream == side
+    backend.add_scaled(params, momenta, 0.5)  # the current stream waits for that copy
+    torch.cuda.synchronize()
+    reference.add_scaled(want, want_momenta, 1.0)
+    assert_lists_close(params, want, **STORED_TOLERANCE[torch.float32])

@@ -4,11 +4,13 @@ section 3. Timings themselves are not checked here (see `python -m bench`)."""
 import csv
 import io
 import json
+import os
 
 import pytest
 import torch
 
-from bench import run, shapes, summary, table, traffic, train_suite, train_worker
+from bench import (authors, quality_data, quality_suite, run, shapes, summary, table, traffic,
+                   train_suite, train_worker)
 from bench.config import profile
 from bench.progress import Progress
 from bench.results import COLUMNS, add_ratios
@@ -261,3 +263,209 @@ def test_a_diverged_training_run_is_refused(monkeypatch):
     monkeypatch.setattr(train_worker, "make_iteration", diverging)
     with pytest.raises(RuntimeError, match="diverged"):
         train_worker.run(dict(TINY_GPT, method="adamw"))
+
+
+# -- the authors' code as rows (a stand-in with their API shape and their two crashes) ----
+
+STANDIN_SASSHA = '''
+import torch
+
+
+class SASSHA(torch.optim.Optimizer):
+    def __init__(self, params, hessian_power_scheduler=None, lr=0.15, betas=(0.9, 0.999),
+                 weight_decay=0.0, rho=0.0, lazy_hessian=10, eps=1e-4, **kwargs):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, rho=rho,
+                                      eps=eps))
+        self.hessian_power_scheduler = hessian_power_scheduler
+
+    @torch.no_grad()
+    def perturb_weights(self, zero_grad=True):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.state[p]["e_w"] = p.grad * group["rho"]
+                    p.add_(self.state[p]["e_w"])
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def unperturb(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "e_w" in self.state[p]:
+                    p.sub_(self.state[p]["e_w"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        power = self.hessian_power_scheduler.step() if self.hessian_power_scheduler else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.sub_(group["lr"] * p.grad.abs() ** power * p.grad.sign())
+'''
+
+STANDIN_MSASSHA = '''
+import torch
+
+
+class MSASSHA(torch.optim.Optimizer):
+    def __init__(self, params, lr=0.15, betas=(0.9, 0.999), weight_decay=1e-2,
+                 lazy_hessian=10, rho=0.3, hessian_power=1, **kwargs):
+        self.hessian_power = hessian_power
+        super().__init__(params, dict(lr=lr, rho=rho))
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.hess = 0.0
+                if self.track_hessian:  # never set: AttributeError, as in theirs
+                    p.real_hess = 0.0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        update(self.param_groups[0])
+
+
+def update(group):
+    for p in group["params"]:
+        if p.grad is not None:  # `self` is no name here: NameError, as in theirs
+            p.sub_(group["lr"] * p.grad.abs() ** self.hessian_power * p.grad.sign())
+'''
+
+
+@pytest.fixture
+def standin(tmp_path):
+    (tmp_path / "optimizers").mkdir()
+    (tmp_path / "optimizers" / "sassha.py").write_text(STANDIN_SASSHA)
+    (tmp_path / "optimizers" / "msassha.py").write_text(STANDIN_MSASSHA)
+    return tmp_path
+
+
+def test_authors_code_path_without_their_files_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not a checkout of the authors' repository"):
+        authors.load(tmp_path)
+    with pytest.raises(SystemExit):
+        run.parse_args(["--authors-code", str(tmp_path)])
+
+
+def test_authors_msassha_runs_with_the_workarounds_only(standin):
+    code = authors.load(standin)
+    p = torch.ones(3, requires_grad=True)
+    with pytest.raises(AttributeError, match="track_hessian"):
+        code.msassha_module.MSASSHA([p])  # as published
+    opt = code.msassha([p], lr=0.1)
+    p.grad = torch.full((3,), 4.0)
+    opt.step()
+    # hessian_power 0.5 reaches their update through the bound module global
+    assert torch.allclose(p.detach(), torch.full((3,), 1.0 - 0.1 * 2.0))
+    sassha = code.sassha([p], lr=0.1)
+    p.grad = torch.full((3,), 4.0)
+    sassha.step()
+    assert torch.allclose(p.detach(), torch.full((3,), 0.8 - 0.1 * 2.0))
+
+
+def test_step_suite_times_the_authors_rows_with_the_rest(standin):
+    code = authors.load(standin)
+    param_set = shapes.sweep_set(2_000)
+    tensors = materialize(param_set, CPU, torch.float32)
+    all_cases = cases(["reference"], code)
+    theirs = [(c.method, c.backend) for c in all_cases if c.backend == authors.AUTHORS]
+    assert theirs == [("sassha", "authors"), ("msassha", "authors")]
+    assert ("msassha", "reference") in [(c.method, c.backend) for c in all_cases]
+    budget = Budget(warmup=1, min_reps=2, max_reps=2, target_s=0.0, min_rep_s=0.0)
+    before = [p.detach().clone() for p in tensors.params]
+    rows = run.step_suite.run_set(param_set, tensors, all_cases, CPU, budget)
+    assert any(not torch.equal(b, p) for b, p in zip(before, tensors.params))
+    add_ratios(rows)
+    lines = summary.versus_authors(rows)
+    assert lines[0].startswith("versus the authors' code")
+    sassha_line = next(line for line in lines if " sassha: authors" in line)
+    assert "reference" in sassha_line and "x the authors' speed" in sassha_line
+    assert "x AdamW's time" in sassha_line
+    assert any(" msassha: authors" in line for line in lines)
+
+
+@pytest.mark.parametrize("method", train_suite.AUTHORS_METHODS)
+def test_authors_training_methods_run_in_their_loops(standin, method):
+    result = train_worker.run(dict(TINY_GPT, method=method, authors_code=str(standin)))
+    assert result["backend"] == authors.AUTHORS and len(result["iteration_s"]) == 2
+    with pytest.raises(ValueError, match="needs the authors' code"):
+        train_worker.run(dict(TINY_GPT, method=method))
+
+
+def test_against_the_real_authors_checkout():
+    path = os.environ.get("SASSHA_AUTHORS_CODE")
+    if not path:
+        pytest.skip("SASSHA_AUTHORS_CODE is not set (a checkout of the authors' repository; "
+                    "never downloaded by the tests)")
+    code = authors.load(path)
+    param_set = shapes.sweep_set(5_000)
+    tensors = materialize(param_set, CPU, torch.float32)
+    theirs = [c for c in cases([], code) if c.backend == authors.AUTHORS]
+    before = [p.detach().clone() for p in tensors.params]
+    for case in theirs:
+        iteration = case.build(tensors, CPU)
+        iteration()
+        iteration()
+    assert all(bool(torch.isfinite(p).all()) for p in tensors.params)
+    assert any(not torch.equal(b, p) for b, p in zip(before, tensors.params))
+    for method in train_suite.AUTHORS_METHODS:  # a Hessian step (lazy_hessian 2) included
+        result = train_worker.run(dict(TINY_GPT, method=method, authors_code=path))
+        assert result["backend"] == authors.AUTHORS
+
+
+# -- quality suite ----------------------------------------------------------------------
+
+def test_symmetric_noise_changes_exactly_the_asked_fraction_to_other_classes():
+    labels = torch.arange(1000) % quality_data.CLASSES
+    noisy = quality_data.symmetric_noise(labels, 0.4, torch.Generator().manual_seed(0))
+    changed = noisy != labels
+    assert int(changed.sum()) == 400
+    assert noisy.min() >= 0 and noisy.max() < quality_data.CLASSES
+    assert torch.equal(quality_data.symmetric_noise(labels, 0.0, torch.Generator()), labels)
+    with pytest.raises(ValueError, match="label noise rate"):
+        quality_data.symmetric_noise(labels, 1.0, torch.Generator())
+
+
+def test_split_keeps_the_test_set_clean_and_the_same_at_every_noise_level():
+    clean, noisy = quality_data.make_split(0.0), quality_data.make_split(0.6)
+    assert torch.equal(clean.test_x, noisy.test_x) and torch.equal(clean.test_y, noisy.test_y)
+    assert torch.equal(clean.fit_x, noisy.fit_x)
+    train_labels = torch.cat([noisy.val_y, noisy.fit_y])
+    clean_labels = torch.cat([clean.val_y, clean.fit_y])
+    assert noisy.flipped == int((train_labels != clean_labels).sum()) == round(0.6 * len(train_labels))
+    assert len(clean.fit_y) + len(clean.val_y) + len(clean.test_y) == 1797
+
+
+def test_quality_grid_picks_the_best_held_out_accuracy_and_never_a_diverged_run(monkeypatch):
+    outcome = {0.03: (0.5, True), 0.1: (0.9, False), 0.3: (0.7, True), 1.0: (0.7, True)}
+
+    def fake_train(method, lr, split, epochs, seed, width=16):
+        val, finite = outcome[lr]
+        return quality_suite.RunResult(val, val + seed / 100, [0.1] * epochs, [0.5] * epochs,
+                                       finite)
+    monkeypatch.setattr(quality_suite, "train", fake_train)
+    prof = quality_suite.QualityProfile("t", (0.2,), epochs=2, seeds=3, grid=True, limit=300)
+    sgd = [m for m in quality_suite.METHODS if m.name == "sgd"]
+    rows, curves = quality_suite.run(prof, sgd)
+    # 0.1 diverged; 0.3 and 1.0 tie: the smaller is kept
+    assert rows[0]["lr"] == 0.3 and rows[0]["seeds"] == 3
+    assert rows[0]["test_accs"] == pytest.approx([0.7, 0.71, 0.72])
+    assert rows[0]["grid_val_acc"] == {"0.03": 0.5, "0.1": 0.9, "0.3": 0.7, "1": 0.7}
+    assert curves[0]["elapsed_s"] == pytest.approx([0.5, 1.0])
+    assert quality_suite.plan_size(prof, sgd) == 4 + 2
+
+
+def test_quality_suite_trains_every_method_and_writes_its_files(tmp_path):
+    assert run.main(["--smoke", "--suite", "quality", "--out", str(tmp_path)]) == 0
+    out = tmp_path / "quality-smoke"
+    assert not (tmp_path / "results.csv").exists()  # the throughput results stay untouched
+    rows = _read_csv(out / "quality.csv")
+    prof = quality_suite.quality_profile("smoke")
+    assert {(float(r["noise"]), r["method"]) for r in rows} == {
+        (n, m.name) for n in prof.noises for m in quality_suite.METHODS}
+    for row in rows:
+        accs = json.loads(row["test_accs"])
+        assert len(accs) == prof.seeds and all(0.0 <= a <= 1.0 for a in accs)
+        assert float(row["epoch_s_median"]) > 0 and row["diverged"] == "0"
+    for png in ("quality-noise.png", "quality-time.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+    assert "± " in (out / "quality.md").read_text()

@@ -61,6 +61,19 @@ def ddp_msassha_loop(model, opt, x, y):
     opt.zero_grad()
 
 
+def ddp_probes_loop(model, opt, x, y):
+    """hessian_estimator="finite_difference", the method-level loop: every pass is a
+    plain backward that DDP averages (no no_sync), the probes included."""
+    LOSS(model(x), y).backward()
+    opt.perturb_weights(zero_grad=True)
+    LOSS(model(x), y).backward()
+    for _ in opt.hessian_probes():
+        LOSS(model(x), y).backward()
+    opt.unperturb()
+    opt.step()
+    opt.zero_grad()
+
+
 # name: (optimizer, wrap in DDP, sync_gradients, loop)
 CONFIGS = {
     "sassha-ddp": (SASSHA, True, False, ddp_sassha_loop),
@@ -69,14 +82,22 @@ CONFIGS = {
     "sassha-ddp-local-perturbation": (SASSHA, True, False, ddp_local_loop),
     "msassha-ddp": (MSASSHA, True, False, ddp_msassha_loop),
     "msassha-bare": (MSASSHA, False, True, closure_loop),
+    "sassha-ddp-fd": (SASSHA, True, False, closure_loop),
+    "sassha-ddp-fd-probes": (SASSHA, True, False, ddp_probes_loop),
+    "msassha-ddp-fd": (MSASSHA, True, False, closure_loop),
+    "sassha-bare-fd": (SASSHA, False, True, closure_loop),
 }
+# Configurations with hessian_estimator="finite_difference".
+FINITE_DIFFERENCE = {"sassha-ddp-fd", "sassha-ddp-fd-probes", "msassha-ddp-fd", "sassha-bare-fd"}
 
 
 def train(name: str, x, y, distributed: bool):
     optimizer, wrap, sync_gradients, loop = CONFIGS[name]
     model = make_model()
     opt = optimizer(model.parameters(), lazy_hessian=LAZY, lr=0.05,
-                    sync_gradients=sync_gradients and distributed)
+                    sync_gradients=sync_gradients and distributed,
+                    hessian_estimator="finite_difference" if name in FINITE_DIFFERENCE
+                    else "autograd")
     runner = DistributedDataParallel(model) if wrap and distributed else model
     if not distributed:
         loop = closure_loop
@@ -113,6 +134,19 @@ def create_graph_through_ddp(x, y) -> str:
     return ""
 
 
+def bucket_view_probe(x, y) -> str:
+    """The message of finite-difference steps through DDP(gradient_as_bucket_view=True),
+    whose backward passes write into the buffers of the previous ones once they exist."""
+    model = DistributedDataParallel(make_model(), gradient_as_bucket_view=True)
+    opt = MSASSHA(model.parameters(), lazy_hessian=LAZY, hessian_estimator="finite_difference")
+    try:
+        for _ in range(STEPS):
+            opt.step(lambda: LOSS(model(x), y))
+    except RuntimeError as exc:
+        return str(exc)
+    return ""
+
+
 def worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=WORLD)
@@ -124,6 +158,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         mine = slice(rank * half, (rank + 1) * half)
         results = {name: train(name, x[mine], y[mine], distributed=True) for name in CONFIGS}
         results["ddp_create_graph_error"] = create_graph_through_ddp(x[mine], y[mine])
+        results["bucket_view_error"] = bucket_view_probe(x[mine], y[mine])
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -150,15 +185,19 @@ def assert_close_lists(got, want, **tolerance):
 
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
+# The averaged halves' gradients differ from the whole batch's by round-off, which the
+# finite difference divides by its step.
+FD_TOLERANCE = dict(rtol=1e-2, atol=1e-3)
 
 
 @pytest.mark.parametrize("name", [n for n in CONFIGS if "local" not in n])
 def test_two_ranks_match_one_process_on_the_whole_batch(ranks, name):
     x, y = whole_batch()
     single = train(name, x, y, distributed=False)
+    tolerance = FD_TOLERANCE if name in FINITE_DIFFERENCE else TOLERANCE
     for rank in ranks:
         for key in ("params", "exp_avg", "exp_hessian_diag"):
-            assert_close_lists(rank[name][key], single[key], **TOLERANCE)
+            assert_close_lists(rank[name][key], single[key], **tolerance)
 
 
 def test_every_rank_ends_with_the_same_parameters(ranks):
@@ -169,6 +208,11 @@ def test_every_rank_ends_with_the_same_parameters(ranks):
 def test_a_create_graph_pass_through_ddp_says_to_use_no_sync(ranks):
     for rank in ranks:
         assert "run that pass under model.no_sync()" in rank["ddp_create_graph_error"]
+
+
+def test_gradients_as_bucket_views_are_refused_by_the_finite_difference(ranks):
+    for rank in ranks:
+        assert "use gradient_as_bucket_view=False" in rank["bucket_view_error"]
 
 
 def test_local_perturbation_differs_from_the_global_one(ranks):
@@ -188,6 +232,11 @@ def test_the_optimizer_coalesces_its_all_reduces(ranks):
     # With DDP the optimizer averages only what DDP cannot: the create_graph pass's
     # gradients with the Hessian estimates on Hessian steps, plus the skip flag.
     assert ranks[0]["sassha-ddp"]["optimizer_all_reduces"] == [2, 1, 2, 1]
+    # The finite difference under DDP: DDP averaged every gradient, the optimizer only
+    # the skip flag; without DDP it averages the estimate with the second pass.
+    for name in ("sassha-ddp-fd", "sassha-ddp-fd-probes", "msassha-ddp-fd"):
+        assert ranks[0][name]["optimizer_all_reduces"] == [1] * STEPS
+    assert ranks[0]["sassha-bare-fd"]["optimizer_all_reduces"] == [3] * STEPS
 
 
 def test_buckets_group_by_dtype_and_respect_the_size_cap():

@@ -13,26 +13,33 @@ from triton.compiler import ASTSource
 from sassha_fast.triton_kernels import kernels
 
 TARGET = GPUTarget("cuda", 90, 32)
-TABLE = {"table": "*i64", "n_blocks": "i32", "n_tensors": "i32"}
-STEP = {name: "fp32" for name in ("decay", "beta1", "one_minus_beta1", "step_size",
-                                   "bias_correction2", "hessian_power", "eps")}
+TABLE = {"table": "*i64", "n_tensors": "i32", "search_steps": "i32"}
+REDUCTION = {"n_blocks": "i32", "partials": "*fp32"}
+STEP = {"lr": "*fp32", "bias_correction1": "fp32", "bias_correction2": "*fp32",
+        **{name: "fp32" for name in ("weight_decay", "beta1", "one_minus_beta1",
+                                     "hessian_power", "eps")}}
 
 
 def variants(dtype):
-    common = dict(BLOCK=1024, ALIGNED=True)
-    yield "sum_squares", kernels.sum_squares_kernel, dict(TABLE, partials="*fp32"), \
+    common = dict(BLOCK=1024)
+    yield "sum_squares", kernels.sum_squares_kernel, dict(TABLE, **REDUCTION), \
         dict(common, WEIGHTED=True, X_DTYPE=dtype, W_DTYPE=dtype)
-    yield "perturb", kernels.perturb_kernel, dict(TABLE, scale="*fp32"), \
-        dict(common, SCALE_IS_PTR=True, ADAPTIVE=True, P_DTYPE=dtype, G_DTYPE=dtype)
-    for power in ("sqrt", "one", "pow"):
-        yield f"sassha_update-{power}", kernels.sassha_update_kernel, dict(TABLE, **STEP), \
-            dict(common, POWER=power, UNPERTURB=True, P_DTYPE=dtype, G_DTYPE=dtype,
-                 E_DTYPE=dtype)
+    yield "perturb", kernels.perturb_kernel, dict(TABLE, scale="*fp32", found_inf="*fp32"), \
+        dict(common, SCALE_IS_PTR=True, SKIPPABLE=True, ADAPTIVE=True, P_DTYPE=dtype,
+             G_DTYPE=dtype)
+    for power, mode in (("sqrt", kernels.POW_SQRT), ("one", kernels.POW_ONE),
+                        ("pow", kernels.POW_ANY)):
+        yield f"sassha_update-{power}", kernels.sassha_update_kernel, \
+            dict(TABLE, **STEP, found_inf="*fp32"), \
+            dict(common, SCALAR_PTRS=(True, False, True), SKIPPABLE=True, POWER=mode,
+                 UNPERTURB=True, P_DTYPE=dtype, G_DTYPE=dtype, E_DTYPE=dtype)
     yield "hessian_ema", kernels.hessian_ema_kernel, \
-        dict(TABLE, beta2="fp32", one_minus_beta2="fp32"), dict(common, H_DTYPE=dtype)
+        dict(TABLE, beta2="fp32", one_minus_beta2="fp32", found_inf="*fp32"), \
+        dict(common, SKIPPABLE=True, H_DTYPE=dtype)
     yield "msassha_update", kernels.msassha_update_kernel, \
-        dict(TABLE, partials="*fp32", norm_factor="fp32", **STEP), \
-        dict(common, NF_IS_PTR=False, POWER="pow", P_DTYPE=dtype, G_DTYPE=dtype)
+        dict(TABLE, **REDUCTION, norm_factor="fp32", **STEP, found_inf="constexpr"), \
+        dict(common, found_inf=None, SCALAR_PTRS=(False, True, False, True), SKIPPABLE=False,
+             POWER=kernels.POW_ANY, P_DTYPE=dtype, G_DTYPE=dtype)
     yield "add_scaled", kernels.add_scaled_kernel, dict(TABLE, alpha="fp32"), \
         dict(common, ALPHA_IS_PTR=False, P_DTYPE=dtype, T_DTYPE=tl.float32)
 
@@ -52,7 +59,8 @@ def main():
     report = {}
     for dtype in (tl.float32, tl.bfloat16, tl.float16):
         for name, kernel, signature, constexprs in variants(dtype):
-            signature = dict(signature, **{k: "constexpr" for k in constexprs})
+            signature = dict(signature, **{k: "constexpr" for k in constexprs
+                                           if k not in signature})
             compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=TARGET)
             report[f"{name}-{dtype}"] = memory_instructions(compiled.asm["ptx"])
     finish = triton.compile(ASTSource(

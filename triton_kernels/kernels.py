@@ -1,14 +1,22 @@
 """The Triton kernels of the "triton" backend: one launch covers every tensor of an op.
 
-Each program handles one block of one tensor. It finds both in a table (see ``tables.py``)
-laid out as ``[tensor of each block | block index in its tensor | numel of its tensor |
-addresses of list 0 | addresses of list 1 | ...]``, so a kernel needs no per-tensor
+A program handles one block of one tensor (elementwise ops), or loops over every
+``num_programs``-th block and writes one partial sum (reductions: a bounded number of
+partials, see ``tables.reduction_programs``). It finds a block's tensor by a binary search
+in a table with one row per tensor (``tables.py``), so a kernel needs no per-tensor
 arguments and the parameter list can be any length.
 
-Values are computed in fp32; every store rounds once to the destination's dtype.
-Scalars that may come from a norm (``scale``, ``norm_factor``, ``alpha``) are either a
-float argument or a pointer to a 0-d fp32 tensor (``*_IS_PTR``), read on the device so that
-nothing waits for the host.
+Each op is a kernel (its entry point, called by ``launch.py`` with keyword arguments) and a
+block body ``_<op>(table, n_tensors, t, offs, mask, coeffs, DTYPES, OPTIONS, ALIGNED)``
+that ``_each_block`` calls three ways: full blocks of a 16-byte aligned tensor unmasked with
+the alignment hint (16-byte vector accesses), other full blocks unmasked, the last block of
+a tensor masked. ``coeffs`` is a tuple of the op's run-time scalars, ``DTYPES`` the element
+types of its lists, ``OPTIONS`` its compile-time switches.
+
+Values are computed in fp32; every store rounds once to the destination's dtype. Per-step
+scalars are float arguments or pointers to 0-d fp32 tensors (``SCALAR_PTRS``), and
+``found_inf`` a pointer (``SKIPPABLE``): both are read on the device, so that nothing waits
+for the host.
 """
 import triton
 import triton.language as tl
@@ -17,6 +25,8 @@ from triton.runtime.interpreter import InterpretedFunction
 # Which table list holds which operand of the update kernels: param, gradient, exp_avg,
 # exp_hessian_diag, perturbation.
 P, G, M, D, E = (tl.constexpr(i) for i in range(5))
+# How a kernel raises D to hessian_power (see ``_power``).
+POW_SQRT, POW_ONE, POW_ANY = (tl.constexpr(i) for i in range(3))
 
 
 def _probe():
@@ -26,8 +36,6 @@ def _probe():
 # Whether these kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 when triton was
 # first imported) rather than compiled for a GPU.
 INTERPRETED = tl.constexpr(isinstance(triton.jit(_probe), InterpretedFunction))
-if not INTERPRETED:
-    from triton.language.extra import libdevice
 
 
 def _helper(fn):
@@ -38,29 +46,51 @@ def _helper(fn):
     return fn if INTERPRETED else triton.jit(fn)
 
 
-# -- shared device helpers -------------------------------------------------------------
+# -- finding a block, loading and storing ----------------------------------------------
 
 @_helper
-def _block(table, n_blocks, BLOCK: tl.constexpr):
-    """(tensor index, element offsets, numel of that tensor, whether the block is full) of
-    this program's block. A full block runs without a mask: with the alignment hint, the
-    compiler then emits 16-byte vector loads and stores."""
-    pid = tl.program_id(0)
-    tensor = tl.load(table + pid)
-    index = tl.load(table + n_blocks + pid)
-    numel = tl.load(table + 2 * n_blocks + pid)
-    return tensor, index * BLOCK + tl.arange(0, BLOCK), numel, (index + 1) * BLOCK <= numel
+def _find(table, n_tensors, search_steps, b):
+    """The row t of the tensor that global block b belongs to: the last row whose first
+    block is <= b (table[0 : n_tensors + 1] holds the first blocks, ascending)."""
+    lo = b * 0
+    hi = lo + n_tensors
+    for _ in range(search_steps):
+        mid = (lo + hi) // 2
+        right = tl.load(table + mid) <= b
+        lo = tl.where(right, mid, lo)
+        hi = tl.where(right, hi, mid)
+    return lo
 
 
 @_helper
-def _base(table, n_blocks, n_tensors, tensor, which: tl.constexpr, DTYPE: tl.constexpr,
-          ALIGNED: tl.constexpr):
-    """Typed pointer to the first element of tensor ``tensor`` of list ``which``."""
-    address = tl.load(table + 3 * n_blocks + which * n_tensors + tensor)
+def _base(table, n_tensors, t, which: tl.constexpr, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Typed pointer to the first element of row t's tensor of list ``which``."""
+    address = tl.load(table + 3 * n_tensors + 1 + which * n_tensors + t)
     pointer = address.to(tl.pointer_type(DTYPE))
-    if ALIGNED:  # the host checked that every address is a multiple of 16 bytes
+    if ALIGNED:  # the host found every list's address of this tensor a multiple of 16 bytes
         pointer = tl.multiple_of(pointer, 16)
     return pointer
+
+
+@_helper
+def _each_block(BODY: tl.constexpr, table, n_tensors, search_steps, b, coeffs,
+                DTYPES: tl.constexpr, OPTIONS: tl.constexpr, BLOCK: tl.constexpr):
+    """BODY over global block b; returns what BODY returns (a block's partial sum)."""
+    t = _find(table, n_tensors, search_steps, b)
+    numel = tl.load(table + n_tensors + 1 + t)
+    aligned = tl.load(table + 2 * n_tensors + 1 + t) != 0
+    index = b - tl.load(table + t)  # the block's index inside its tensor (int64)
+    offs = index * BLOCK + tl.arange(0, BLOCK)
+    if (index + 1) * BLOCK <= numel:
+        # A full block runs without a mask: with the alignment hint, the compiler then
+        # emits 16-byte vector loads and stores.
+        if aligned:
+            total = BODY(table, n_tensors, t, offs, None, coeffs, DTYPES, OPTIONS, True)
+        else:
+            total = BODY(table, n_tensors, t, offs, None, coeffs, DTYPES, OPTIONS, False)
+    else:
+        total = BODY(table, n_tensors, t, offs, offs < numel, coeffs, DTYPES, OPTIONS, False)
+    return total
 
 
 @_helper
@@ -99,62 +129,85 @@ def _scalar(value, IS_PTR: tl.constexpr):
 
 
 @_helper
-def _power(d, hessian_power, POWER: tl.constexpr):
-    """d ** hessian_power. POWER is "sqrt" (0.5) or "one" (1.0), the common cases, exact
-    as in torch, or "pow" for any other power."""
-    if POWER == "sqrt":
-        return tl.sqrt_rn(d)
-    elif POWER == "one":
-        return d
-    elif INTERPRETED:  # libdevice does not exist in the interpreter
-        zero_case = tl.where(hessian_power == 0.0, 1.0, 0.0)
-        safe = tl.where(d == 0.0, 1.0, d)
-        return tl.where(d == 0.0, zero_case, tl.exp2(hessian_power * tl.log2(safe)))
+def _skipped(found_inf, SKIPPABLE: tl.constexpr):
+    """Whether this iteration is skipped: found_inf holds a nonzero value (NaN included)."""
+    if SKIPPABLE:
+        return tl.load(found_inf) != 0.0
     else:
-        return libdevice.pow(d, hessian_power)
+        return False
 
 
 @_helper
-def _adaptive_step(x, g, m, d, decay, beta1, one_minus_beta1, step_size, bias_correction2,
-                   hessian_power, eps, POWER: tl.constexpr):
+def pow_by_exp2(d, hessian_power):
+    """d ** hessian_power for d >= 0 as exp2(hessian_power * log2(d)), with 0 ** 0 = 1 and
+    0 ** p = 0 for p > 0. The GPU and the interpreter (which has no libdevice) run this same
+    code, so the path is tested without a GPU; its error against torch.pow is measured in
+    tests/test_backend_triton.py (on a GPU exp2 and log2 are the approximate ex2/lg2
+    instructions, a few ulp more)."""
+    zero_case = tl.where(hessian_power == 0.0, 1.0, 0.0)
+    safe = tl.where(d == 0.0, 1.0, d)
+    return tl.where(d == 0.0, zero_case, tl.exp2(hessian_power * tl.log2(safe)))
+
+
+@_helper
+def _power(d, hessian_power, POWER: tl.constexpr):
+    """d ** hessian_power: sqrt (0.5) and identity (1.0), the common cases, exact as in
+    torch; any other power through ``pow_by_exp2``."""
+    if POWER == POW_SQRT:
+        return tl.sqrt_rn(d)
+    elif POWER == POW_ONE:
+        return d
+    else:
+        return pow_by_exp2(d, hessian_power)
+
+
+@_helper
+def _step_coeffs(lr, weight_decay, beta1, one_minus_beta1, bias_correction1, bias_correction2,
+                 hessian_power, eps, skip):
+    """The scalars of ``_adaptive_step`` (lr and the bias corrections already read), with
+    skip last."""
+    return (1.0 - lr * weight_decay, beta1, one_minus_beta1, tl.div_rn(lr, bias_correction1),
+            bias_correction2, hessian_power, eps, skip)
+
+
+@_helper
+def _adaptive_step(x, g, m, d, c, POWER: tl.constexpr):
     """Decay, momentum and preconditioned step (both updates after leaving their perturbed
-    point). Returns (new parameter, new momentum)."""
-    x = x * decay
-    m = m * beta1 + one_minus_beta1 * g
-    denom = tl.div_rn(_power(d, hessian_power, POWER), bias_correction2) + eps
-    return x - step_size * tl.div_rn(m, denom), m
+    point), with c from ``_step_coeffs``. Returns (new parameter, new momentum)."""
+    x = x * c[0]
+    m = m * c[1] + c[2] * g
+    denom = tl.div_rn(_power(d, c[5], POWER), c[4]) + c[6]
+    return x - c[3] * tl.div_rn(m, denom), m
 
 
 # -- reductions ------------------------------------------------------------------------
 
 @_helper
-def _sum_squares_block(table, n_blocks, n_tensors, tensor, offs, mask, WEIGHTED: tl.constexpr,
-                       X_DTYPE: tl.constexpr, W_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    x = _load(_base(table, n_blocks, n_tensors, tensor, 0, X_DTYPE, ALIGNED), offs, mask)
-    if WEIGHTED:
-        x = tl.abs(_load(_base(table, n_blocks, n_tensors, tensor, 1, W_DTYPE, ALIGNED),
-                         offs, mask)) * x
+def _sum_squares(table, n_tensors, t, offs, mask, coeffs, DTYPES: tl.constexpr,
+                 OPTIONS: tl.constexpr, ALIGNED: tl.constexpr):
+    """sum over the block of (|w| * x)^2 (x in list 0, w in list 1 when OPTIONS[0])."""
+    x = _load(_base(table, n_tensors, t, 0, DTYPES[0], ALIGNED), offs, mask)
+    if OPTIONS[0]:
+        x = tl.abs(_load(_base(table, n_tensors, t, 1, DTYPES[1], ALIGNED), offs, mask)) * x
     return tl.sum(x * x)
 
 
 @triton.jit
-def sum_squares_kernel(table, n_blocks, n_tensors, partials, WEIGHTED: tl.constexpr,
-                       X_DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
-                       W_DTYPE: tl.constexpr = tl.float32):
-    """Stage 1 of the global norm: partials[block] = sum over the block of (|w| * x)^2."""
-    tensor, offs, numel, full = _block(table, n_blocks, BLOCK)
-    if full:
-        total = _sum_squares_block(table, n_blocks, n_tensors, tensor, offs, None, WEIGHTED,
-                                   X_DTYPE, W_DTYPE, ALIGNED)
-    else:
-        total = _sum_squares_block(table, n_blocks, n_tensors, tensor, offs, offs < numel,
-                                   WEIGHTED, X_DTYPE, W_DTYPE, ALIGNED)
+def sum_squares_kernel(table, n_tensors, search_steps, n_blocks, partials,
+                       WEIGHTED: tl.constexpr, X_DTYPE: tl.constexpr, W_DTYPE: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    """Stage 1 of the global norm: partials[program] = its blocks' sum of (|w| * x)^2."""
+    total = 0.0
+    for b in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        total += _each_block(_sum_squares, table, n_tensors, search_steps, b, 0.0,
+                             (X_DTYPE, W_DTYPE), (WEIGHTED,), BLOCK)
     tl.store(partials + tl.program_id(0), total)
 
 
 @triton.jit
 def finish_sum_kernel(partials, n, out, SQRT: tl.constexpr, BLOCK: tl.constexpr):
-    """Stage 2 (one program): out = sum(partials), or its square root, in a fixed order."""
+    """Stage 2 (one program): out = sum(partials), or its square root, in a fixed order.
+    The reductions' partials are bounded (a few per SM), so one pass usually reads all."""
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
@@ -168,157 +221,152 @@ def finish_sum_kernel(partials, n, out, SQRT: tl.constexpr, BLOCK: tl.constexpr)
 # -- perturbation ----------------------------------------------------------------------
 
 @_helper
-def _perturb_block(table, n_blocks, n_tensors, tensor, offs, mask, scale,
-                   ADAPTIVE: tl.constexpr, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
-                   ALIGNED: tl.constexpr):
-    p_ptr = _base(table, n_blocks, n_tensors, tensor, P, P_DTYPE, ALIGNED)
-    g_ptr = _base(table, n_blocks, n_tensors, tensor, G, G_DTYPE, ALIGNED)
-    p = _load(p_ptr, offs, mask)
-    e = _load(g_ptr, offs, mask) * scale
-    if ADAPTIVE:
-        e = e * (p * p)
-    e = _round(e, G_DTYPE)
-    tl.store(g_ptr + offs, e, mask=mask)
-    # p moves by the stored (rounded) e, which is what the update later subtracts.
-    _store(p_ptr, offs, p + e.to(tl.float32), mask, P_DTYPE)
+def _perturb(table, n_tensors, t, offs, mask, coeffs, DTYPES: tl.constexpr,
+             OPTIONS: tl.constexpr, ALIGNED: tl.constexpr):
+    g_ptr = _base(table, n_tensors, t, G, DTYPES[1], ALIGNED)
+    if coeffs[1]:  # skipped: e = 0, p not written
+        tl.store(g_ptr + offs, tl.zeros(offs.shape, dtype=DTYPES[1]), mask=mask)
+    else:
+        p_ptr = _base(table, n_tensors, t, P, DTYPES[0], ALIGNED)
+        p = _load(p_ptr, offs, mask)
+        e = _load(g_ptr, offs, mask) * coeffs[0]
+        if OPTIONS[0]:  # adaptive
+            e = e * (p * p)
+        e = _round(e, DTYPES[1])
+        tl.store(g_ptr + offs, e, mask=mask)
+        # p moves by the stored (rounded) e, which is what the update later subtracts.
+        _store(p_ptr, offs, p + e.to(tl.float32), mask, DTYPES[0])
+    return 0.0
 
 
 @triton.jit
-def perturb_kernel(table, n_blocks, n_tensors, scale, SCALE_IS_PTR: tl.constexpr,
-                   ADAPTIVE: tl.constexpr, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
-                   BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+def perturb_kernel(table, n_tensors, search_steps, scale, found_inf,
+                   SCALE_IS_PTR: tl.constexpr, SKIPPABLE: tl.constexpr, ADAPTIVE: tl.constexpr,
+                   P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
     """e = scale * g (times p^2 if ADAPTIVE), stored into g; p += e."""
-    tensor, offs, numel, full = _block(table, n_blocks, BLOCK)
-    s = _scalar(scale, SCALE_IS_PTR)
-    if full:
-        _perturb_block(table, n_blocks, n_tensors, tensor, offs, None, s, ADAPTIVE, P_DTYPE,
-                       G_DTYPE, ALIGNED)
-    else:
-        _perturb_block(table, n_blocks, n_tensors, tensor, offs, offs < numel, s, ADAPTIVE,
-                       P_DTYPE, G_DTYPE, ALIGNED)
+    coeffs = (_scalar(scale, SCALE_IS_PTR), _skipped(found_inf, SKIPPABLE))
+    _each_block(_perturb, table, n_tensors, search_steps, tl.program_id(0), coeffs,
+                (P_DTYPE, G_DTYPE), (ADAPTIVE,), BLOCK)
 
 
 # -- SASSHA update ---------------------------------------------------------------------
 
 @_helper
-def _sassha_block(table, n_blocks, n_tensors, tensor, offs, mask, decay, beta1,
-                  one_minus_beta1, step_size, bias_correction2, hessian_power, eps,
-                  POWER: tl.constexpr, UNPERTURB: tl.constexpr, P_DTYPE: tl.constexpr,
-                  G_DTYPE: tl.constexpr, E_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    p_ptr = _base(table, n_blocks, n_tensors, tensor, P, P_DTYPE, ALIGNED)
-    m_ptr = _base(table, n_blocks, n_tensors, tensor, M, tl.float32, ALIGNED)
+def _sassha_update(table, n_tensors, t, offs, mask, c, DTYPES: tl.constexpr,
+                   OPTIONS: tl.constexpr, ALIGNED: tl.constexpr):
+    """OPTIONS: (POWER, UNPERTURB). Skipped (c[7]): p only leaves the perturbed point."""
+    p_ptr = _base(table, n_tensors, t, P, DTYPES[0], ALIGNED)
     x = _load(p_ptr, offs, mask)
-    if UNPERTURB:
-        x = x - _load(_base(table, n_blocks, n_tensors, tensor, E, E_DTYPE, ALIGNED), offs, mask)
-    g = _load(_base(table, n_blocks, n_tensors, tensor, G, G_DTYPE, ALIGNED), offs, mask)
-    d = _load(_base(table, n_blocks, n_tensors, tensor, D, tl.float32, ALIGNED), offs, mask)
-    x, m = _adaptive_step(x, g, _load(m_ptr, offs, mask), d, decay, beta1, one_minus_beta1,
-                          step_size, bias_correction2, hessian_power, eps, POWER)
-    tl.store(m_ptr + offs, m, mask=mask)
-    _store(p_ptr, offs, x, mask, P_DTYPE)
+    if OPTIONS[1]:
+        x = x - _load(_base(table, n_tensors, t, E, DTYPES[2], ALIGNED), offs, mask)
+    if c[7]:
+        if OPTIONS[1]:
+            _store(p_ptr, offs, x, mask, DTYPES[0])
+    else:
+        m_ptr = _base(table, n_tensors, t, M, tl.float32, ALIGNED)
+        g = _load(_base(table, n_tensors, t, G, DTYPES[1], ALIGNED), offs, mask)
+        d = _load(_base(table, n_tensors, t, D, tl.float32, ALIGNED), offs, mask)
+        x, m = _adaptive_step(x, g, _load(m_ptr, offs, mask), d, c, OPTIONS[0])
+        tl.store(m_ptr + offs, m, mask=mask)
+        _store(p_ptr, offs, x, mask, DTYPES[0])
+    return 0.0
 
 
 @triton.jit
-def sassha_update_kernel(table, n_blocks, n_tensors, decay, beta1, one_minus_beta1, step_size,
-                         bias_correction2, hessian_power, eps, POWER: tl.constexpr,
-                         UNPERTURB: tl.constexpr, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
-                         BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
-                         E_DTYPE: tl.constexpr = tl.float32):
-    """Optionally p -= e, then the SASSHA step on p and m (fp32 m and D)."""
-    tensor, offs, numel, full = _block(table, n_blocks, BLOCK)
-    if full:
-        _sassha_block(table, n_blocks, n_tensors, tensor, offs, None, decay, beta1,
-                      one_minus_beta1, step_size, bias_correction2, hessian_power, eps, POWER,
-                      UNPERTURB, P_DTYPE, G_DTYPE, E_DTYPE, ALIGNED)
-    else:
-        _sassha_block(table, n_blocks, n_tensors, tensor, offs, offs < numel, decay, beta1,
-                      one_minus_beta1, step_size, bias_correction2, hessian_power, eps, POWER,
-                      UNPERTURB, P_DTYPE, G_DTYPE, E_DTYPE, ALIGNED)
+def sassha_update_kernel(table, n_tensors, search_steps, lr, bias_correction1,
+                         bias_correction2, weight_decay, beta1, one_minus_beta1, hessian_power,
+                         eps, found_inf, SCALAR_PTRS: tl.constexpr, SKIPPABLE: tl.constexpr,
+                         POWER: tl.constexpr, UNPERTURB: tl.constexpr, P_DTYPE: tl.constexpr,
+                         G_DTYPE: tl.constexpr, E_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    """Optionally p -= e, then the SASSHA step on p and m (fp32 m and D). SCALAR_PTRS: which
+    of (lr, bias_correction1, bias_correction2) are pointers."""
+    coeffs = _step_coeffs(_scalar(lr, SCALAR_PTRS[0]), weight_decay, beta1, one_minus_beta1,
+                          _scalar(bias_correction1, SCALAR_PTRS[1]),
+                          _scalar(bias_correction2, SCALAR_PTRS[2]), hessian_power, eps,
+                          _skipped(found_inf, SKIPPABLE))
+    _each_block(_sassha_update, table, n_tensors, search_steps, tl.program_id(0), coeffs,
+                (P_DTYPE, G_DTYPE, E_DTYPE), (POWER, UNPERTURB), BLOCK)
 
 
 # -- Hessian EMA -----------------------------------------------------------------------
 
 @_helper
-def _hessian_ema_block(table, n_blocks, n_tensors, tensor, offs, mask, beta2, one_minus_beta2,
-                       H_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    d_ptr = _base(table, n_blocks, n_tensors, tensor, 0, tl.float32, ALIGNED)
-    h = _load(_base(table, n_blocks, n_tensors, tensor, 1, H_DTYPE, ALIGNED), offs, mask)
-    d = _load(d_ptr, offs, mask) * beta2 + one_minus_beta2 * tl.abs(h)
-    tl.store(d_ptr + offs, d, mask=mask)
+def _hessian_ema(table, n_tensors, t, offs, mask, c, DTYPES: tl.constexpr,
+                 OPTIONS: tl.constexpr, ALIGNED: tl.constexpr):
+    """D (fp32, list 0) = beta2 * D + (1 - beta2) * |h| (list 1); skipped (c[2]): D kept."""
+    if not c[2]:
+        d_ptr = _base(table, n_tensors, t, 0, tl.float32, ALIGNED)
+        h = _load(_base(table, n_tensors, t, 1, DTYPES[0], ALIGNED), offs, mask)
+        tl.store(d_ptr + offs, _load(d_ptr, offs, mask) * c[0] + c[1] * tl.abs(h), mask=mask)
+    return 0.0
 
 
 @triton.jit
-def hessian_ema_kernel(table, n_blocks, n_tensors, beta2, one_minus_beta2,
-                       H_DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
-    """D = beta2 * D + (1 - beta2) * |h| (D fp32 in list 0, h in list 1)."""
-    tensor, offs, numel, full = _block(table, n_blocks, BLOCK)
-    if full:
-        _hessian_ema_block(table, n_blocks, n_tensors, tensor, offs, None, beta2,
-                           one_minus_beta2, H_DTYPE, ALIGNED)
-    else:
-        _hessian_ema_block(table, n_blocks, n_tensors, tensor, offs, offs < numel, beta2,
-                           one_minus_beta2, H_DTYPE, ALIGNED)
+def hessian_ema_kernel(table, n_tensors, search_steps, beta2, one_minus_beta2, found_inf,
+                       SKIPPABLE: tl.constexpr, H_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    """D = beta2 * D + (1 - beta2) * |h|."""
+    coeffs = (beta2, one_minus_beta2, _skipped(found_inf, SKIPPABLE))
+    _each_block(_hessian_ema, table, n_tensors, search_steps, tl.program_id(0), coeffs,
+                (H_DTYPE,), (0,), BLOCK)
 
 
 # -- M-SASSHA update -------------------------------------------------------------------
 
 @_helper
-def _msassha_block(table, n_blocks, n_tensors, tensor, offs, mask, norm_factor, decay, beta1,
-                   one_minus_beta1, step_size, bias_correction2, hessian_power, eps,
-                   POWER: tl.constexpr, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
-                   ALIGNED: tl.constexpr):
-    p_ptr = _base(table, n_blocks, n_tensors, tensor, P, P_DTYPE, ALIGNED)
-    m_ptr = _base(table, n_blocks, n_tensors, tensor, M, tl.float32, ALIGNED)
+def _msassha_update(table, n_tensors, t, offs, mask, c, DTYPES: tl.constexpr,
+                    OPTIONS: tl.constexpr, ALIGNED: tl.constexpr):
+    """c: (norm_factor, step coefficients). Returns the block's sum of m^2 as stored; skipped:
+    p and m untouched, the sum over the unchanged m."""
+    step = c[1]
+    m_ptr = _base(table, n_tensors, t, M, tl.float32, ALIGNED)
     m = _load(m_ptr, offs, mask)
-    x = _load(p_ptr, offs, mask) + norm_factor * m
-    g = _load(_base(table, n_blocks, n_tensors, tensor, G, G_DTYPE, ALIGNED), offs, mask)
-    d = _load(_base(table, n_blocks, n_tensors, tensor, D, tl.float32, ALIGNED), offs, mask)
-    x, m = _adaptive_step(x, g, m, d, decay, beta1, one_minus_beta1, step_size,
-                          bias_correction2, hessian_power, eps, POWER)
-    tl.store(m_ptr + offs, m, mask=mask)
-    _store(p_ptr, offs, x, mask, P_DTYPE)
+    if not step[7]:
+        p_ptr = _base(table, n_tensors, t, P, DTYPES[0], ALIGNED)
+        x = _load(p_ptr, offs, mask) + c[0] * m
+        g = _load(_base(table, n_tensors, t, G, DTYPES[1], ALIGNED), offs, mask)
+        d = _load(_base(table, n_tensors, t, D, tl.float32, ALIGNED), offs, mask)
+        x, m = _adaptive_step(x, g, m, d, step, OPTIONS[0])
+        tl.store(m_ptr + offs, m, mask=mask)
+        _store(p_ptr, offs, x, mask, DTYPES[0])
     return tl.sum(m * m)
 
 
 @triton.jit
-def msassha_update_kernel(table, n_blocks, n_tensors, partials, norm_factor, decay, beta1,
-                          one_minus_beta1, step_size, bias_correction2, hessian_power, eps,
-                          NF_IS_PTR: tl.constexpr, POWER: tl.constexpr, P_DTYPE: tl.constexpr,
-                          G_DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
-    """p += nf * m_old, then the SASSHA step; partials[block] = sum of m_new^2."""
-    tensor, offs, numel, full = _block(table, n_blocks, BLOCK)
-    nf = _scalar(norm_factor, NF_IS_PTR)
-    if full:
-        total = _msassha_block(table, n_blocks, n_tensors, tensor, offs, None, nf, decay, beta1,
-                               one_minus_beta1, step_size, bias_correction2, hessian_power, eps,
-                               POWER, P_DTYPE, G_DTYPE, ALIGNED)
-    else:
-        total = _msassha_block(table, n_blocks, n_tensors, tensor, offs, offs < numel, nf,
-                               decay, beta1, one_minus_beta1, step_size, bias_correction2,
-                               hessian_power, eps, POWER, P_DTYPE, G_DTYPE, ALIGNED)
+def msassha_update_kernel(table, n_tensors, search_steps, n_blocks, partials, norm_factor, lr,
+                          bias_correction1, bias_correction2, weight_decay, beta1,
+                          one_minus_beta1, hessian_power, eps, found_inf,
+                          SCALAR_PTRS: tl.constexpr, SKIPPABLE: tl.constexpr,
+                          POWER: tl.constexpr, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    """p += nf * m_old, then the SASSHA step; partials[program] = its blocks' sum of m_new^2.
+    SCALAR_PTRS: which of (norm_factor, lr, bias_correction1, bias_correction2) are
+    pointers."""
+    step = _step_coeffs(_scalar(lr, SCALAR_PTRS[1]), weight_decay, beta1, one_minus_beta1,
+                        _scalar(bias_correction1, SCALAR_PTRS[2]),
+                        _scalar(bias_correction2, SCALAR_PTRS[3]), hessian_power, eps,
+                        _skipped(found_inf, SKIPPABLE))
+    coeffs = (_scalar(norm_factor, SCALAR_PTRS[0]), step)
+    total = 0.0
+    for b in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
+        total += _each_block(_msassha_update, table, n_tensors, search_steps, b, coeffs,
+                             (P_DTYPE, G_DTYPE), (POWER,), BLOCK)
     tl.store(partials + tl.program_id(0), total)
 
 
 # -- p += alpha * t --------------------------------------------------------------------
 
 @_helper
-def _add_scaled_block(table, n_blocks, n_tensors, tensor, offs, mask, alpha,
-                      P_DTYPE: tl.constexpr, T_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    p_ptr = _base(table, n_blocks, n_tensors, tensor, 0, P_DTYPE, ALIGNED)
-    t = _load(_base(table, n_blocks, n_tensors, tensor, 1, T_DTYPE, ALIGNED), offs, mask)
-    _store(p_ptr, offs, _load(p_ptr, offs, mask) + alpha * t, mask, P_DTYPE)
+def _add_scaled(table, n_tensors, t, offs, mask, coeffs, DTYPES: tl.constexpr,
+                OPTIONS: tl.constexpr, ALIGNED: tl.constexpr):
+    p_ptr = _base(table, n_tensors, t, 0, DTYPES[0], ALIGNED)
+    x = _load(_base(table, n_tensors, t, 1, DTYPES[1], ALIGNED), offs, mask)
+    _store(p_ptr, offs, _load(p_ptr, offs, mask) + coeffs * x, mask, DTYPES[0])
+    return 0.0
 
 
 @triton.jit
-def add_scaled_kernel(table, n_blocks, n_tensors, alpha, ALPHA_IS_PTR: tl.constexpr,
-                      P_DTYPE: tl.constexpr, T_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
-                      ALIGNED: tl.constexpr):
+def add_scaled_kernel(table, n_tensors, search_steps, alpha, ALPHA_IS_PTR: tl.constexpr,
+                      P_DTYPE: tl.constexpr, T_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
     """p += alpha * t (p in list 0, t in list 1)."""
-    tensor, offs, numel, full = _block(table, n_blocks, BLOCK)
-    a = _scalar(alpha, ALPHA_IS_PTR)
-    if full:
-        _add_scaled_block(table, n_blocks, n_tensors, tensor, offs, None, a, P_DTYPE, T_DTYPE,
-                          ALIGNED)
-    else:
-        _add_scaled_block(table, n_blocks, n_tensors, tensor, offs, offs < numel, a, P_DTYPE,
-                          T_DTYPE, ALIGNED)
+    _each_block(_add_scaled, table, n_tensors, search_steps, tl.program_id(0),
+                _scalar(alpha, ALPHA_IS_PTR), (P_DTYPE, T_DTYPE), (0,), BLOCK)

@@ -1,17 +1,23 @@
 """Host side of a launch: check the operands, find their table, launch one kernel over all
-of them, and (for reductions) finish the sum on the device."""
+of them with keyword arguments, and (for reductions) finish the sum on the device."""
 import contextlib
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import triton.language as tl
 from torch import Tensor
 
+from ..backends.tensor_checks import check_plain_tensors
 from . import kernels
-from .tables import protect, table_for
+from .tables import Table, protect, reduction_programs, sm_count, table_for
 
 TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 FINISH_BLOCK = 1024
+
+
+def device_type() -> str:
+    """The device type of the tensors the kernels run on."""
+    return "cpu" if kernels.INTERPRETED else "cuda"
 
 
 class Operand:
@@ -25,32 +31,39 @@ class Operand:
         self.fp32 = fp32  # optimizer state: must be float32
 
 
-def check(operands: Sequence[Operand]) -> torch.device:
-    """The operands' common device; ValueError/TypeError for anything a kernel would read
+def check(op: str, operands: Sequence[Operand]) -> torch.device:
+    """The operands' common device; TypeError/ValueError for anything a kernel would read
     out of bounds or misinterpret. (Set and list comparisons: this runs on every call.)"""
+    check_plain_tensors(op, **{operand.name: operand.tensors for operand in operands})
     first = operands[0]
     device = first.tensors[0].device
+    if device.type != device_type():
+        raise ValueError(f"{op}: {first.name}[0] is on {device}; the triton backend takes "
+                         f"{device_type()} tensors here")
     shapes = [t.shape for t in first.tensors]
-    for op in operands:
-        if len(op.tensors) != len(shapes):
-            raise ValueError(f"{op.name}: {len(op.tensors)} tensors, but {first.name} has "
-                             f"{len(shapes)}")
-        dtypes = {t.dtype for t in op.tensors}
+    for operand in operands:
+        if len(operand.tensors) != len(shapes):
+            raise ValueError(f"{op}: {operand.name}: {len(operand.tensors)} tensors, but "
+                             f"{first.name} has {len(shapes)}")
+        dtypes = {t.dtype for t in operand.tensors}
         if len(dtypes) > 1:
-            raise TypeError(f"{op.name}: mixed dtypes in one call ({sorted(map(str, dtypes))})")
+            raise TypeError(f"{op}: {operand.name}: mixed dtypes in one call "
+                            f"({sorted(map(str, dtypes))})")
         dtype = dtypes.pop()
-        if dtype not in TL_DTYPES or (op.fp32 and dtype != torch.float32):
-            allowed = "float32" if op.fp32 else "float32, bfloat16 or float16"
-            raise TypeError(f"{op.name}: the triton backend takes {allowed} tensors, "
-                            f"got {dtype}")
-        devices = {t.device for t in op.tensors}
+        if dtype not in TL_DTYPES or (operand.fp32 and dtype != torch.float32):
+            allowed = "float32" if operand.fp32 else "float32, bfloat16 or float16"
+            hint = "; use backend='foreach' for float64" if dtype == torch.float64 else ""
+            raise TypeError(f"{op}: {operand.name}: the triton backend takes {allowed} "
+                            f"tensors, got {dtype}{hint}")
+        devices = {t.device for t in operand.tensors}
         if devices != {device}:
-            raise ValueError(f"{op.name}: tensors on {sorted(map(str, devices))}, expected "
-                             f"all on {device}")
-        if op is not first and [t.shape for t in op.tensors] != shapes:
-            i = next(i for i, t in enumerate(op.tensors) if t.shape != shapes[i])
-            raise ValueError(f"{op.name}[{i}] has shape {tuple(op.tensors[i].shape)}, but "
-                             f"{first.name}[{i}] has {tuple(shapes[i])}")
+            raise ValueError(f"{op}: {operand.name}: tensors on {sorted(map(str, devices))}, "
+                             f"expected all on {device}")
+        if operand is not first and [t.shape for t in operand.tensors] != shapes:
+            i = next(i for i, t in enumerate(operand.tensors) if t.shape != shapes[i])
+            raise ValueError(f"{op}: {operand.name}[{i}] has shape "
+                             f"{tuple(operand.tensors[i].shape)}, but {first.name}[{i}] has "
+                             f"{tuple(shapes[i])}")
     return device
 
 
@@ -71,21 +84,21 @@ def _in_memory_order(operands: Sequence[Operand]) -> List[Tuple[Tensor, Tensor]]
     not (a transposed gradient, a strided view) go through contiguous copies; returns the
     (original, copy) pairs to write back after the launch."""
     write_back = []
-    if all(t.is_contiguous() for op in operands for t in op.tensors):
+    if all(t.is_contiguous() for operand in operands for t in operand.tensors):
         return write_back
     for i in range(len(operands[0].tensors)):
-        at_i = [op.tensors[i] for op in operands]
+        at_i = [operand.tensors[i] for operand in operands]
         if all(t.is_contiguous() for t in at_i):
             continue
         layout = _dense_strides(at_i[0])
         if layout is not None and all(_dense_strides(t) == layout for t in at_i):
             continue
-        for op in operands:
-            t = op.tensors[i]
+        for operand in operands:
+            t = operand.tensors[i]
             if not t.is_contiguous():
-                op.tensors[i] = t.contiguous()
-                if op.written:
-                    write_back.append((t, op.tensors[i]))
+                operand.tensors[i] = t.contiguous()
+                if operand.written:
+                    write_back.append((t, operand.tensors[i]))
     return write_back
 
 
@@ -93,47 +106,98 @@ def _device_guard(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def scalar(value: Union[float, Tensor],
+def tl_dtype(tensors: Sequence[Tensor]) -> tl.dtype:
+    """The Triton element type of a (checked) list's tensors; float32 for an empty list."""
+    return TL_DTYPES[tensors[0].dtype] if tensors else tl.float32
+
+
+def zero() -> Tensor:
+    """The result of a reduction over nothing: a zero 0-d fp32 tensor on the device the
+    kernels run on (the current CUDA device; the CPU in the interpreter)."""
+    if kernels.INTERPRETED:
+        return torch.zeros((), dtype=torch.float32)
+    return torch.zeros((), dtype=torch.float32, device=torch.device("cuda", torch.cuda.current_device()))
+
+
+def scalar(op: str, name: str, value: Union[float, Tensor],
            device: torch.device) -> Tuple[Union[float, Tensor], bool]:
-    """A kernel argument for a scalar that may be a 0-d tensor (read on the device, no
-    synchronisation) or a number; and whether it is a pointer."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"expected a scalar or a one-element tensor, got shape "
-                             f"{tuple(value.shape)}")
-        return value.to(device=device, dtype=torch.float32).reshape(()), True
-    return float(value), False
+    """A kernel argument for a per-step scalar, and whether it is a pointer: a tensor on the
+    kernels' device is read there (no synchronisation); a number, or a CPU tensor when the
+    kernels run on a GPU (reading it waits for nothing), is passed by value."""
+    if not isinstance(value, Tensor):
+        return float(value), False
+    if value.numel() != 1:
+        raise ValueError(f"{op}: {name} must be a number or a one-element tensor, got shape "
+                         f"{tuple(value.shape)}")
+    if value.device.type == "cpu" and device.type != "cpu":
+        return float(value), False
+    if value.device != device:
+        raise ValueError(f"{op}: {name} is on {value.device}, expected {device}")
+    return value.to(torch.float32).reshape(()), True
 
 
-def launch(kernel, operands: Sequence[Operand], *args, partials: bool = False,
-           **constexprs) -> Optional[Tensor]:
-    """One launch of ``kernel`` over every tensor of ``operands`` (non-empty lists). Each
-    operand's dtype goes to the kernel as ``<name>_DTYPE`` unless it is fp32 state. With
-    ``partials``, the kernel writes one fp32 partial sum per block into a buffer passed
-    before ``args``, which is returned."""
-    device = check(operands)
-    write_back = _in_memory_order(operands)
-    table = table_for([op.tensors for op in operands], kernels.INTERPRETED)
-    dtypes: Dict[str, object] = {f"{op.name}_DTYPE": TL_DTYPES[op.tensors[0].dtype]
-                                 for op in operands if not op.fp32}
-    with _device_guard(device):
-        sums = torch.empty(table.n_blocks, dtype=torch.float32, device=device) \
-            if partials else None
-        if table.n_blocks:
-            protect(table)
-            kernel[(table.n_blocks,)](
-                table.data, table.n_blocks, table.n_tensors, *((sums,) if partials else ()),
-                *args, **constexprs, **dtypes, BLOCK=table.block, ALIGNED=table.aligned,
-                num_warps=table.num_warps)
-        for original, copy in write_back:
-            original.copy_(copy)
-    return sums
+def found_inf_arg(op: str, found_inf: Optional[Tensor],
+                  device: torch.device) -> Tuple[Optional[Tensor], bool]:
+    """found_inf as a kernel argument (a pointer, or None: never skipped) and SKIPPABLE."""
+    if found_inf is None:
+        return None, False
+    if (not isinstance(found_inf, Tensor) or found_inf.numel() != 1
+            or found_inf.dtype != torch.float32 or found_inf.device != device):
+        raise ValueError(f"{op}: found_inf must be None or a one-element float32 tensor on "
+                         f"{device}, got {found_inf!r}")
+    return found_inf, True
 
 
-def finish_sum(partials: Tensor, sqrt: bool) -> Tensor:
-    """sum(partials) (or its square root) as a 0-d fp32 tensor, computed on the device."""
-    out = torch.empty((), dtype=torch.float32, device=partials.device)
-    with _device_guard(partials.device):
-        kernels.finish_sum_kernel[(1,)](partials, partials.numel(), out, SQRT=sqrt,
+class Prepared:
+    """Checked operands in one memory order and their table, on the right device; launches
+    run inside ``with prepared:``, which writes back reordered copies afterwards."""
+
+    def __init__(self, op: str, operands: Sequence[Operand]):
+        self.device = check(op, operands)
+        self.write_back = _in_memory_order(operands)
+        self.table: Table = table_for([operand.tensors for operand in operands],
+                                      kernels.INTERPRETED)
+        self._guard = _device_guard(self.device)
+
+    @property
+    def empty(self) -> bool:
+        return self.table.plan.n_blocks == 0
+
+    def __enter__(self) -> "Prepared":
+        self._guard.__enter__()
+        if not self.empty:
+            protect(self.table)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                for original, copy in self.write_back:
+                    original.copy_(copy)
+        finally:
+            self._guard.__exit__(*exc)
+
+    def table_args(self) -> dict:
+        plan = self.table.plan
+        return dict(table=self.table.data, n_tensors=plan.n_tensors,
+                    search_steps=plan.search_steps, BLOCK=plan.block, num_warps=plan.num_warps)
+
+    def elementwise(self, kernel, **arguments) -> None:
+        """One program per block."""
+        if not self.empty:
+            kernel[(self.table.plan.n_blocks,)](**self.table_args(), **arguments)
+
+    def reduction(self, kernel, sqrt: bool, **arguments) -> Tensor:
+        """A bounded number of programs, each writing one partial sum, then their sum (or
+        its square root) as a 0-d fp32 tensor on the device."""
+        if self.empty:
+            return torch.zeros((), dtype=torch.float32, device=self.device)
+        n_blocks = self.table.plan.n_blocks
+        programs = reduction_programs(n_blocks, sm_count(self.device))
+        partials = torch.empty(programs, dtype=torch.float32, device=self.device)
+        kernel[(programs,)](**self.table_args(), n_blocks=n_blocks, partials=partials,
+                            **arguments)
+        out = torch.empty((), dtype=torch.float32, device=self.device)
+        kernels.finish_sum_kernel[(1,)](partials=partials, n=programs, out=out, SQRT=sqrt,
                                         BLOCK=FINISH_BLOCK)
-    return out
+        return out

@@ -6,7 +6,7 @@
 namespace sassha {
 namespace cpu {
 
-enum class Dtype : uint8_t { kF32, kBF16, kF16 };
+enum class Dtype : uint8_t { kF32, kBF16, kF16, kF64 };
 
 constexpr int kMaxOperands = 5;
 
@@ -18,25 +18,26 @@ struct Span {
   Dtype dtype[kMaxOperands] = {};
 };
 
-// The scalars of one op call, rounded to fp32 where the reference rounds them.
+// The scalars of one op call, computed in double as the reference computes them in Python;
+// a kernel rounds them once to its compute type (float, or double for float64 lists).
 struct Scalars {
   // perturb
-  float scale = 0.f;
+  double scale = 0.0;
   bool adaptive = false;
   // global_norm
   bool weighted = false;
   // sassha_update / msassha_update
   bool leave_perturbation = false;
-  float decay = 1.f;  // 1 - lr * weight_decay
-  float beta1 = 0.f, one_minus_beta1 = 0.f;
-  float step_size = 0.f;  // lr / bias_correction1
-  float bias_correction2 = 1.f, eps = 0.f;
-  float hessian_power = 0.5f;
-  float norm_factor = 0.f;
+  double decay = 1.0;  // 1 - lr * weight_decay
+  double beta1 = 0.0, one_minus_beta1 = 0.0;
+  double step_size = 0.0;  // lr / bias_correction1
+  double bias_correction2 = 1.0, eps = 0.0;
+  double hessian_power = 0.5;
+  double norm_factor = 0.0;
   // hessian_ema
-  float beta2 = 0.f, one_minus_beta2 = 0.f;
+  double beta2 = 0.0, one_minus_beta2 = 0.0;
   // add_scaled
-  float alpha = 0.f;
+  double alpha = 0.0;
 };
 
 // Runs an op over elements [begin, end) of one span; returns its share of the op's sum of
@@ -50,9 +51,15 @@ using RangeKernel = double (*)(const Scalars&, const Span&, int64_t begin, int64
 //   hessian_ema    exp_hessians, hessians
 //   msassha_update params, grads, exp_avgs, exp_hessians
 //   add_scaled     params, tensors
+struct OpKernels {
+  RangeKernel global_norm, perturb, sassha_update, hessian_ema, msassha_update, add_scaled;
+};
+
+// Per instruction set, the kernels computing in fp32 (fp32, bf16 and fp16 lists with fp32
+// state) and those computing in fp64 (every list float64).
 struct KernelTable {
   const char* isa;
-  RangeKernel global_norm, perturb, sassha_update, hessian_ema, msassha_update, add_scaled;
+  OpKernels fp32, fp64;
 };
 
 extern const KernelTable kGenericKernels;

@@ -1,6 +1,7 @@
 #include "tensor_batch.h"
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/python_variable.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -32,6 +33,8 @@ Dtype kernel_dtype(at::ScalarType type) {
       return Dtype::kF32;
     case at::kBFloat16:
       return Dtype::kBF16;
+    case at::kDouble:
+      return Dtype::kF64;
     default:
       return Dtype::kF16;
   }
@@ -70,15 +73,23 @@ void TensorBatch::add(const char* name, const std::vector<at::Tensor>& tensors, 
   const int k = operands_++;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
+    TORCH_CHECK(!t.is_meta(), op_, ": ", name, "[", i, "] is a meta tensor, which holds no "
+                "data to read or update");
     TORCH_CHECK(t.device().is_cpu(), op_, ": ", name, "[", i, "] is on ", t.device(),
                 "; the cpu backend takes CPU tensors only");
     const at::ScalarType type = t.scalar_type();
-    if (kind == Kind::kState) {
+    if (k == 0 && i == 0) fp64_ = type == at::kDouble;
+    if (fp64_) {
+      TORCH_CHECK(type == at::kDouble, op_, ": ", name, "[", i, "] is ", type,
+                  "; the op's first tensor is float64, so every tensor (state included) "
+                  "must be float64");
+    } else if (kind == Kind::kState) {
       TORCH_CHECK(type == at::kFloat, op_, ": ", name, "[", i, "] is ", type,
-                  "; optimizer state must be float32");
+                  "; optimizer state must be float32 (float64 for float64 parameters)");
     } else {
       TORCH_CHECK(type == at::kFloat || type == at::kBFloat16 || type == at::kHalf, op_, ": ",
-                  name, "[", i, "] is ", type, "; expected float32, bfloat16 or float16");
+                  name, "[", i, "] is ", type, "; expected float32, bfloat16 or float16 (or "
+                  "float64, when the op's first tensor is float64)");
       TORCH_CHECK(type == tensors[0].scalar_type(), op_, ": ", name, " mixes dtypes (", type,
                   " at ", i, ", ", tensors[0].scalar_type(), " at 0)");
     }
@@ -97,6 +108,18 @@ void TensorBatch::add(const char* name, const std::vector<at::Tensor>& tensors, 
     if (!memory.is_same(t)) staged_.push_back({t, memory, access == Access::kWrite});
     spans_[i].data[k] = memory.data_ptr();
     spans_[i].dtype[k] = kernel_dtype(type);
+  }
+}
+
+void check_plain(const char* op, const char* name, const std::vector<at::Tensor>& tensors) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    PyObject* object = THPVariable_Wrap(tensors[i]);  // the tensor's own Python object
+    const bool plain = THPVariable_CheckExact(object);
+    const std::string type_name = Py_TYPE(object)->tp_name;
+    Py_DECREF(object);
+    TORCH_CHECK_TYPE(plain, op, ": ", name, "[", i, "] is a ", type_name,
+                     "; the cpu backend takes plain torch.Tensor objects (not tensor "
+                     "subclasses such as DTensor)");
   }
 }
 

@@ -9,7 +9,9 @@
 namespace sassha {
 namespace cpu {
 
-enum class Kind { kValues, kState };  // values: fp32, bf16 or fp16; state: fp32 only
+// values: fp32, bf16 or fp16; state: fp32. In an op whose first list is float64, every
+// list is float64 and the kernels compute in double.
+enum class Kind { kValues, kState };
 enum class Access { kRead, kWrite };
 
 class TensorBatch {
@@ -17,12 +19,15 @@ class TensorBatch {
   TensorBatch(const char* op, size_t count) : op_(op), spans_(count), layouts_(count) {}
 
   // Adds one operand list (operand k = the k-th list added). Every list holds `count`
-  // CPU tensors of one dtype; tensor i of every list has the shape of tensor i of the first
-  // list. A tensor whose memory is not laid out like that first tensor's (dense, same
+  // CPU tensors of one dtype (see Kind); tensor i of every list has the shape of tensor i of
+  // the first list. A tensor whose memory is not laid out like that first tensor's (dense, same
   // strides) is staged through a copy that is, written back by finish() when written.
   void add(const char* name, const std::vector<at::Tensor>& tensors, Kind kind, Access access);
 
   const std::vector<Span>& spans() const { return spans_; }
+
+  // Whether the op's lists are float64 (then its kernels compute in double).
+  bool fp64() const { return fp64_; }
 
   // Writes the staged copies of written tensors back into them.
   void finish();
@@ -30,6 +35,7 @@ class TensorBatch {
  private:
   const char* op_;
   int operands_ = 0;
+  bool fp64_ = false;
   std::vector<Span> spans_;
   std::vector<at::Tensor> layouts_;  // per index: the tensor whose memory layout all follow
   struct Staged {
@@ -38,6 +44,10 @@ class TensorBatch {
   };
   std::vector<Staged> staged_;
 };
+
+// Raises a TypeError naming op, list and index for a tensor subclass (DTensor or any other,
+// whose memory may not hold what the kernels would read and write). Needs the GIL.
+void check_plain(const char* op, const char* name, const std::vector<at::Tensor>& tensors);
 
 // Runs kernel over every element of every span. The spans are one index space, cut into
 // chunks that cross tensor boundaries (so one huge tensor and thousands of small ones both

@@ -47,24 +47,37 @@ struct SumOfSquares {
   }
 };
 
-// e = scale * g (times p*p when adaptive) stored into g, then p += e as stored.
+// e = scale * g (times p*p when adaptive) stored into g, then p += e as stored. Skipped:
+// e = 0 is stored and p is not written.
 template <typename P>
 struct Perturb {
   using Lists = cuda::Lists<P, P>;  // params, grads (which receive the perturbation)
   static constexpr bool kReduces = false;
   DeviceScalar scale;
+  const float* found_inf;
   bool adaptive;
 
-  __device__ float coeffs() const { return value_of(scale); }
+  struct Coeffs {
+    float scale;
+    bool skip;
+  };
+
+  __device__ Coeffs coeffs() const { return {value_of(scale), skipped(found_inf)}; }
 
   template <int W>
-  __device__ void apply(float s, void* const* ptrs, int64_t i, float&) const {
+  __device__ void apply(const Coeffs& c, void* const* ptrs, int64_t i, float&) const {
     float p[W], e[W];
+    if (c.skip) {
+#pragma unroll
+      for (int k = 0; k < W; ++k) e[k] = 0.f;
+      store<P>(ptrs[1], i, e);
+      return;
+    }
     load<P>(ptrs[0], i, p);
     load<P>(ptrs[1], i, e);
 #pragma unroll
     for (int k = 0; k < W; ++k) {
-      e[k] *= s;
+      e[k] *= c.scale;
       if (adaptive) e[k] *= p[k] * p[k];
       // p moves by e as stored, so that leaving the perturbed point subtracts what was added.
       e[k] = rounded<P>(e[k]);
@@ -77,9 +90,10 @@ struct Perturb {
 
 struct StepCoeffs {
   float decay, beta1, one_minus_beta1, step_size, bias_correction2, hessian_power, eps;
+  bool skip;  // found_inf is set: the step leaves p, m and D as they are
 };
 
-__device__ __forceinline__ StepCoeffs step_coeffs(const StepHyper& h) {
+__device__ __forceinline__ StepCoeffs step_coeffs(const StepHyper& h, const float* found_inf) {
   const float lr = value_of(h.lr);
   return {1.f - lr * h.weight_decay,
           h.beta1,
@@ -87,7 +101,8 @@ __device__ __forceinline__ StepCoeffs step_coeffs(const StepHyper& h) {
           lr / value_of(h.bias_correction1),
           value_of(h.bias_correction2),
           h.hessian_power,
-          h.eps};
+          h.eps,
+          skipped(found_inf)};
 }
 
 // Decoupled decay, momentum and preconditioned step of the fp32 parameter x (already off
@@ -107,7 +122,8 @@ __device__ __forceinline__ void adaptive_step(const StepCoeffs& c, float (&x)[W]
   }
 }
 
-// SASSHA's step, first leaving the perturbed point (p -= e) when kPerturbed.
+// SASSHA's step, first leaving the perturbed point (p -= e) when kPerturbed. Skipped: m is
+// untouched and p only leaves the perturbed point.
 template <typename P, bool kPerturbed>
 struct SasshaUpdate {
   // params, grads, exp_avgs, exp_hessians[, perturbations]
@@ -115,40 +131,48 @@ struct SasshaUpdate {
                                    cuda::Lists<P, P, float, float>>;
   static constexpr bool kReduces = false;
   StepHyper hyper;
+  const float* found_inf;
 
-  __device__ StepCoeffs coeffs() const { return step_coeffs(hyper); }
+  __device__ StepCoeffs coeffs() const { return step_coeffs(hyper, found_inf); }
 
   template <int W>
   __device__ void apply(const StepCoeffs& c, void* const* ptrs, int64_t i, float&) const {
     float x[W], g[W], m[W], d[W];
+    if (c.skip && !kPerturbed) return;
     load<P>(ptrs[0], i, x);
-    load<P>(ptrs[1], i, g);
-    load<float>(ptrs[2], i, m);
-    load<float>(ptrs[3], i, d);
     if constexpr (kPerturbed) {
       float e[W];
       load<P>(ptrs[4], i, e);
 #pragma unroll
       for (int k = 0; k < W; ++k) x[k] -= e[k];
+      if (c.skip) {
+        store<P>(ptrs[0], i, x);
+        return;
+      }
     }
+    load<P>(ptrs[1], i, g);
+    load<float>(ptrs[2], i, m);
+    load<float>(ptrs[3], i, d);
     adaptive_step(c, x, g, m, d);
     store<float>(ptrs[2], i, m);
     store<P>(ptrs[0], i, x);
   }
 };
 
-// D = b2*D + (1-b2)*|h|.
+// D = b2*D + (1-b2)*|h|; skipped: D untouched.
 template <typename H>
 struct HessianEma {
   using Lists = cuda::Lists<float, H>;  // exp_hessians, hessians
   static constexpr bool kReduces = false;
   float beta2;
   float one_minus_beta2;
+  const float* found_inf;
 
-  __device__ NoCoeffs coeffs() const { return {}; }
+  __device__ bool coeffs() const { return skipped(found_inf); }
 
   template <int W>
-  __device__ void apply(NoCoeffs, void* const* ptrs, int64_t i, float&) const {
+  __device__ void apply(bool skip, void* const* ptrs, int64_t i, float&) const {
+    if (skip) return;
     float d[W], h[W];
     load<float>(ptrs[0], i, d);
     load<H>(ptrs[1], i, h);
@@ -159,27 +183,36 @@ struct HessianEma {
 };
 
 // M-SASSHA's step: leave the perturbed point (p += nf * m_old), SASSHA's step, and sum
-// m_new^2 for the next perturbation's norm.
+// m_new^2 for the next perturbation's norm. Skipped: p, m and D untouched, and the sum is
+// that of the unchanged m.
 template <typename P>
 struct MsasshaUpdate {
   using Lists = cuda::Lists<P, P, float, float>;  // params, grads, exp_avgs, exp_hessians
   static constexpr bool kReduces = true;
   StepHyper hyper;
   DeviceScalar norm_factor;
+  const float* found_inf;
 
   struct Coeffs {
     StepCoeffs step;
     float norm_factor;
   };
 
-  __device__ Coeffs coeffs() const { return {step_coeffs(hyper), value_of(norm_factor)}; }
+  __device__ Coeffs coeffs() const {
+    return {step_coeffs(hyper, found_inf), value_of(norm_factor)};
+  }
 
   template <int W>
   __device__ void apply(const Coeffs& c, void* const* ptrs, int64_t i, float& sum) const {
     float x[W], g[W], m[W], d[W];
+    load<float>(ptrs[2], i, m);
+    if (c.step.skip) {
+#pragma unroll
+      for (int k = 0; k < W; ++k) sum += m[k] * m[k];
+      return;
+    }
     load<P>(ptrs[0], i, x);
     load<P>(ptrs[1], i, g);
-    load<float>(ptrs[2], i, m);
     load<float>(ptrs[3], i, d);
 #pragma unroll
     for (int k = 0; k < W; ++k) x[k] += c.norm_factor * m[k];
@@ -230,47 +263,50 @@ at::Tensor global_norm(const TensorList& tensors, const TensorList* weights) {
 }
 
 void perturb(const TensorList& params, const TensorList& grads, DeviceScalar scale,
-             bool adaptive) {
+             bool adaptive, const float* found_inf) {
   if (params.empty()) return;
   dispatch_float(params[0].scalar_type(), [&](auto p_tag) {
     using P = decltype(p_tag);
-    launch_multi_tensor<2>({&params, &grads}, Perturb<P>{scale, adaptive});
+    launch_multi_tensor<2>({&params, &grads}, Perturb<P>{scale, found_inf, adaptive});
   });
 }
 
 void sassha_update(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
                    const TensorList& exp_hessians, const TensorList* perturbations,
-                   const StepHyper& hyper) {
+                   const StepHyper& hyper, const float* found_inf) {
   if (params.empty()) return;
   dispatch_float(params[0].scalar_type(), [&](auto p_tag) {
     using P = decltype(p_tag);
     if (perturbations == nullptr) {
       launch_multi_tensor<4>({&params, &grads, &exp_avgs, &exp_hessians},
-                             SasshaUpdate<P, false>{hyper});
+                             SasshaUpdate<P, false>{hyper, found_inf});
     } else {
       launch_multi_tensor<5>({&params, &grads, &exp_avgs, &exp_hessians, perturbations},
-                             SasshaUpdate<P, true>{hyper});
+                             SasshaUpdate<P, true>{hyper, found_inf});
     }
   });
 }
 
 void hessian_ema(const TensorList& exp_hessians, const TensorList& hessians, float beta2,
-                 float one_minus_beta2) {
+                 float one_minus_beta2, const float* found_inf) {
   if (exp_hessians.empty()) return;
   dispatch_float(hessians[0].scalar_type(), [&](auto h_tag) {
     using H = decltype(h_tag);
-    launch_multi_tensor<2>({&exp_hessians, &hessians}, HessianEma<H>{beta2, one_minus_beta2});
+    launch_multi_tensor<2>({&exp_hessians, &hessians},
+                           HessianEma<H>{beta2, one_minus_beta2, found_inf});
   });
 }
 
 at::Tensor msassha_update(const TensorList& params, const TensorList& grads,
                           const TensorList& exp_avgs, const TensorList& exp_hessians,
-                          DeviceScalar norm_factor, const StepHyper& hyper) {
+                          DeviceScalar norm_factor, const StepHyper& hyper,
+                          const float* found_inf) {
   at::Tensor sum_of_squares;
   dispatch_float(params.at(0).scalar_type(), [&](auto p_tag) {
     using P = decltype(p_tag);
     sum_of_squares = launch_multi_tensor_sum<4>({&params, &grads, &exp_avgs, &exp_hessians},
-                                                MsasshaUpdate<P>{hyper, norm_factor}, false);
+                                                MsasshaUpdate<P>{hyper, norm_factor, found_inf},
+                                                false);
   });
   return sum_of_squares;
 }

@@ -3,7 +3,8 @@
 // caller (ops.cpp): lists of equal length, non-empty where a result is returned, tensor i of
 // every list on one device with the memory layout of tensor i of the first list, parameters
 // and gradients of one dtype (fp32, bf16 or fp16), state in fp32. Work is queued on the
-// current stream and nothing synchronises with the host.
+// current stream and nothing synchronises with the host. found_inf: nullptr, or a
+// one-element fp32 device tensor whose nonzero value means "this iteration is skipped".
 #pragma once
 
 #include <ATen/ATen.h>
@@ -31,15 +32,16 @@ struct StepHyper {
 
 at::Tensor global_norm(const TensorList& tensors, const TensorList* weights);
 void perturb(const TensorList& params, const TensorList& grads, DeviceScalar scale,
-             bool adaptive);
+             bool adaptive, const float* found_inf);
 void sassha_update(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
                    const TensorList& exp_hessians, const TensorList* perturbations,
-                   const StepHyper& hyper);
+                   const StepHyper& hyper, const float* found_inf);
 void hessian_ema(const TensorList& exp_hessians, const TensorList& hessians, float beta2,
-                 float one_minus_beta2);
+                 float one_minus_beta2, const float* found_inf);
 at::Tensor msassha_update(const TensorList& params, const TensorList& grads,
                           const TensorList& exp_avgs, const TensorList& exp_hessians,
-                          DeviceScalar norm_factor, const StepHyper& hyper);
+                          DeviceScalar norm_factor, const StepHyper& hyper,
+                          const float* found_inf);
 void add_scaled(const TensorList& params, const TensorList& tensors, DeviceScalar alpha);
 
 }  // namespace cuda

@@ -1,4 +1,5 @@
-// The second stage of the launcher's reductions (the first is in multi_tensor_kernel).
+// The second stage of the launcher's reductions (the first is in multi_tensor_kernel), and
+// the choice of kernel argument size.
 #include "multi_tensor.cuh"
 
 namespace sassha {
@@ -14,6 +15,19 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 }  // namespace
+
+int kernel_arg_bytes() {
+#if SASSHA_LARGE_KERNEL_ARGS
+  static const int bytes = [] {
+    int driver = 0;
+    return cudaDriverGetVersion(&driver) == cudaSuccess && driver >= 12010 ? kLargeArgBytes
+                                                                            : kSmallArgBytes;
+  }();
+  return bytes;
+#else
+  return kSmallArgBytes;
+#endif
+}
 
 void finish_sum(const float* partial_sums, int64_t count, bool take_sqrt, float* result) {
   finish_sum_kernel<<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(partial_sums, count,

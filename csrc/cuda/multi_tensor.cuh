@@ -6,9 +6,10 @@
 //                                            live in device memory)
 //   template <int W> void apply(coeffs, void* const* ptrs, int64_t i, float& sum) const;
 //                                            elements [i, i + W) of the lists at ptrs
-// The kernel gives apply() kVec elements at a time (one 16-byte fp32 access, 8 bytes for
-// bf16/fp16) when every list of the tensor is aligned for it, and single elements for the
-// rest of a chunk and for misaligned tensors (e.g. a slice starting at an odd element).
+// The kernel gives apply() vec_width<Lists>() elements at a time when every list of the tensor
+// starts at a 16-byte boundary: 16-byte accesses to the narrowest list (4 fp32 or 8 bf16/fp16
+// elements), two to an fp32 list beside a bf16 one. The rest of a chunk and misaligned
+// tensors (e.g. a slice starting at an odd element) go element by element.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -16,6 +17,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <vector>
@@ -27,14 +29,26 @@ namespace sassha {
 namespace cuda {
 
 constexpr int kThreads = 512;
-constexpr int kVec = 4;
-static_assert(kChunk % kVec == 0, "a chunk must start where its tensor's alignment holds");
+constexpr int kAccessBytes = 16;
 static_assert(kThreads % 32 == 0 && kThreads / 32 <= 32, "block_sum reduces whole warps");
 
 template <typename... Ts>
 struct Lists {
   static constexpr int kDepth = sizeof...(Ts);
+  static constexpr int kNarrowest = static_cast<int>(std::min({sizeof(Ts)...}));
 };
+
+// Elements per vector step: one 16-byte access to the op's narrowest list.
+template <typename L>
+constexpr int vec_width() {
+  return kAccessBytes / L::kNarrowest;
+}
+
+// Whether this iteration is skipped: found_inf (a one-element fp32 device tensor, or nullptr
+// for "never") holds a nonzero value, NaN included.
+__device__ __forceinline__ bool skipped(const float* found_inf) {
+  return found_inf != nullptr && *found_inf != 0.f;
+}
 
 // The coeffs() of an op without scalars.
 struct NoCoeffs {};
@@ -51,19 +65,36 @@ struct alignas(sizeof(T) * W) Pack {
   T v[W];
 };
 
+// Elements of T per access when moving W elements: W itself up to 16 bytes, else 16 bytes'
+// worth (an fp32 list moves 8 elements as two 16-byte accesses).
+template <typename T, int W>
+constexpr int pack_width() {
+  return W * sizeof(T) <= kAccessBytes ? W : kAccessBytes / static_cast<int>(sizeof(T));
+}
+
 template <typename T, int W>
 __device__ __forceinline__ void load(const void* base, int64_t i, float (&out)[W]) {
-  const Pack<T, W> pack = *reinterpret_cast<const Pack<T, W>*>(static_cast<const T*>(base) + i);
+  constexpr int P = pack_width<T, W>();
+  static_assert(W % P == 0, "whole accesses only");
 #pragma unroll
-  for (int k = 0; k < W; ++k) out[k] = static_cast<float>(pack.v[k]);
+  for (int j = 0; j < W; j += P) {
+    const Pack<T, P> pack =
+        *reinterpret_cast<const Pack<T, P>*>(static_cast<const T*>(base) + i + j);
+#pragma unroll
+    for (int k = 0; k < P; ++k) out[j + k] = static_cast<float>(pack.v[k]);
+  }
 }
 
 template <typename T, int W>
 __device__ __forceinline__ void store(void* base, int64_t i, const float (&in)[W]) {
-  Pack<T, W> pack;
+  constexpr int P = pack_width<T, W>();
 #pragma unroll
-  for (int k = 0; k < W; ++k) pack.v[k] = static_cast<T>(in[k]);
-  *reinterpret_cast<Pack<T, W>*>(static_cast<T*>(base) + i) = pack;
+  for (int j = 0; j < W; j += P) {
+    Pack<T, P> pack;
+#pragma unroll
+    for (int k = 0; k < P; ++k) pack.v[k] = static_cast<T>(in[j + k]);
+    *reinterpret_cast<Pack<T, P>*>(static_cast<T*>(base) + i + j) = pack;
+  }
 }
 
 // The value that storing x into a T tensor keeps.
@@ -72,15 +103,14 @@ __device__ __forceinline__ float rounded(float x) {
   return static_cast<float>(static_cast<T>(x));
 }
 
-template <typename T>
-__device__ __forceinline__ bool vector_aligned(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % (kVec * sizeof(T)) == 0;
-}
-
-template <typename... Ts>
-__device__ __forceinline__ bool all_vector_aligned(Lists<Ts...>, void* const* ptrs) {
-  int d = 0;
-  return (vector_aligned<Ts>(ptrs[d++]) && ...);
+// Every list's tensor starts at a 16-byte boundary (chunks start at multiples of the vector
+// width, so every vector access is then aligned).
+template <int Depth>
+__device__ __forceinline__ bool all_vector_aligned(void* const* ptrs) {
+  bool aligned = true;
+#pragma unroll
+  for (int d = 0; d < Depth; ++d) aligned &= reinterpret_cast<uintptr_t>(ptrs[d]) % kAccessBytes == 0;
+  return aligned;
 }
 
 // The sum of v over the block (blockDim.x == kThreads), valid in thread 0.
@@ -99,11 +129,13 @@ __device__ __forceinline__ float block_sum(float v) {
   return v;
 }
 
-template <int Depth, typename Op>
+template <int Depth, int ArgBytes, typename Op>
 __global__ void __launch_bounds__(kThreads)
-    multi_tensor_kernel(const __grid_constant__ LaunchArgs<Depth> args, const Op op,
+    multi_tensor_kernel(const __grid_constant__ LaunchArgs<Depth, ArgBytes> args, const Op op,
                         float* partial_sums) {
   static_assert(Op::Lists::kDepth == Depth, "the op's lists and the launch disagree");
+  constexpr int kVec = vec_width<typename Op::Lists>();
+  static_assert(kChunk % kVec == 0, "a chunk must start where its tensor's alignment holds");
   const int slot = args.block_tensor[blockIdx.x];
   const int64_t begin = static_cast<int64_t>(args.block_chunk[blockIdx.x]) * kChunk;
   const int64_t end = args.numel[slot] < begin + kChunk ? args.numel[slot] : begin + kChunk;
@@ -113,7 +145,7 @@ __global__ void __launch_bounds__(kThreads)
   const auto coeffs = op.coeffs();
   float sum = 0.f;
   int64_t singles_begin = begin;
-  if (all_vector_aligned(typename Op::Lists{}, ptrs)) {
+  if (all_vector_aligned<Depth>(ptrs)) {
     singles_begin = end - (end - begin) % kVec;
     for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kVec; i < singles_begin;
          i += static_cast<int64_t>(kThreads) * kVec) {
@@ -133,14 +165,34 @@ __global__ void __launch_bounds__(kThreads)
 // the current stream (multi_tensor.cu).
 void finish_sum(const float* partial_sums, int64_t count, bool take_sqrt, float* result);
 
+// 32 KiB kernel arguments need a CUDA 12.1+ toolkit (checked when compiling) and driver
+// (checked once at run time); otherwise every launch takes 4 KiB.
+#if defined(CUDART_VERSION) && CUDART_VERSION >= 12010
+#define SASSHA_LARGE_KERNEL_ARGS 1
+#else
+#define SASSHA_LARGE_KERNEL_ARGS 0
+#endif
+
+template <int Depth, int ArgBytes, typename Op>
+void launch_planned(const std::vector<std::array<void*, Depth>>& addresses,
+                    const std::vector<int64_t>& numels, const Op& op, float* partial_sums,
+                    cudaStream_t stream) {
+  using Args = LaunchArgs<Depth, ArgBytes>;
+  static_assert(sizeof(Args) + sizeof(Op) + sizeof(float*) <= ArgBytes,
+                "kernel arguments too large: lower max_tensors_per_launch or the op's size");
+  static_assert(sizeof(Op) + sizeof(float*) <= kOpBytes, "the op outgrew its share of arguments");
+  plan_launches<Depth, ArgBytes>(addresses, numels, [&](const Args& args, int blocks) {
+    multi_tensor_kernel<Depth, ArgBytes, Op><<<blocks, kThreads, 0, stream>>>(args, op,
+                                                                             partial_sums);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 // Runs op over the lists on the current stream of their device. A reducing op writes one
 // partial sum per block to partial_sums.
 template <int Depth, typename Op>
 void launch_multi_tensor(const ListRefs<Depth>& lists, const Op& op,
                          float* partial_sums = nullptr) {
-  static_assert(sizeof(LaunchArgs<Depth>) + sizeof(Op) + sizeof(float*) <= kKernelArgBytes,
-                "kernel arguments over 4 KiB: lower max_tensors_per_launch or the op's size");
-  static_assert(sizeof(Op) + sizeof(float*) <= kOpBytes, "the op outgrew its share of arguments");
   const std::vector<at::Tensor>& first = *lists[0];
   if (first.empty()) return;
   std::vector<std::array<void*, Depth>> addresses(first.size());
@@ -151,10 +203,13 @@ void launch_multi_tensor(const ListRefs<Depth>& lists, const Op& op,
   }
   const c10::cuda::CUDAGuard guard(first[0].device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  plan_launches<Depth>(addresses, numels, [&](const LaunchArgs<Depth>& args, int blocks) {
-    multi_tensor_kernel<Depth, Op><<<blocks, kThreads, 0, stream>>>(args, op, partial_sums);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+#if SASSHA_LARGE_KERNEL_ARGS
+  if (kernel_arg_bytes() == kLargeArgBytes) {
+    launch_planned<Depth, kLargeArgBytes>(addresses, numels, op, partial_sums, stream);
+    return;
+  }
+#endif
+  launch_planned<Depth, kSmallArgBytes>(addresses, numels, op, partial_sums, stream);
 }
 
 // Runs a reducing op and returns the sum over all elements (its square root when take_sqrt)

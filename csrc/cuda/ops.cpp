@@ -9,6 +9,8 @@
 #include <variant>
 #include <vector>
 
+#include <c10/cuda/CUDAFunctions.h>
+
 #include "fused_ops.h"
 #include "launch_plan.h"
 
@@ -35,6 +37,36 @@ bool same_layout(const at::Tensor& a, const at::Tensor& b) {
     if (a.size(dim) > 1 && a.stride(dim) != b.stride(dim)) return false;
   }
   return true;
+}
+
+// Tensors the kernels cannot read through a raw pointer are refused before anything touches
+// them: a subclass that PyTorch dispatches to Python (DTensor, FakeTensor...), a meta tensor,
+// then (once every tensor is known to hold data) a tensor off the GPU.
+void check_tensor_kinds(const char* op, std::initializer_list<NamedList> lists) {
+  for (const NamedList& list : lists) {
+    for (size_t i = 0; i < list.tensors.size(); ++i) {
+      const at::Tensor& t = list.tensors[i];
+      TORCH_CHECK(t.defined(), op, ": ", list.name, "[", i, "] is an undefined tensor");
+      TORCH_CHECK(!t.key_set().has(c10::DispatchKey::Python), op, ": ", list.name, "[", i,
+                  "] is a tensor subclass dispatched to Python (a DTensor, FakeTensor or "
+                  "similar) on ", t.device(), "; the cuda backend runs on plain CUDA tensors "
+                  "(pass the local tensors, or use backend='foreach')");
+      TORCH_CHECK(!t.is_meta(), op, ": ", list.name, "[", i,
+                  "] is a meta tensor (it holds no data); the cuda backend takes CUDA tensors");
+    }
+  }
+  for (const NamedList& list : lists) {
+    for (size_t i = 0; i < list.tensors.size(); ++i) {
+      TORCH_CHECK(list.tensors[i].is_cuda(), op, ": the cuda backend takes CUDA tensors, got ",
+                  list.name, "[", i, "] on ", list.tensors[i].device());
+    }
+  }
+}
+
+// A zero 0-d fp32 tensor on the current CUDA device: the result of a reduction over nothing.
+at::Tensor device_zero() {
+  return at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA,
+                                                                     c10::cuda::current_device()));
 }
 
 // What the kernels rely on: every list as long as the first; tensor i of every list on the
@@ -128,6 +160,18 @@ DeviceScalar device_scalar(const char* op, const char* name, const ScalarArg& ar
   return {t.data_ptr<float>(), 0.f};
 }
 
+// found_inf as the kernels read it: nullptr (never skipped) or the address of a one-element
+// fp32 tensor on the tensors' device.
+const float* found_inf_pointer(const char* op, const std::optional<at::Tensor>& found_inf,
+                               const TensorList& like) {
+  if (!found_inf || like.empty()) return nullptr;
+  const at::Tensor& t = *found_inf;
+  TORCH_CHECK(t.numel() == 1 && t.scalar_type() == at::kFloat && t.device() == like[0].device(),
+              op, ": found_inf must be None or a one-element fp32 tensor on ", like[0].device(),
+              ", got a ", t.scalar_type(), " tensor of ", t.numel(), " elements on ", t.device());
+  return t.data_ptr<float>();
+}
+
 StepHyper step_hyper(const char* op, const TensorList& params, const ScalarArg& lr,
                      double weight_decay, double beta1, const ScalarArg& bias_correction1,
                      const ScalarArg& bias_correction2, double hessian_power, double eps) {
@@ -149,6 +193,7 @@ void mark_modified(const TensorList& tensors) {
 
 at::Tensor global_norm_op(const TensorList& tensors, const OptionalList& weights) {
   constexpr const char* op = "global_norm";
+  check_tensor_kinds(op, {{"tensors", tensors}, {"weights", weights ? *weights : TensorList{}}});
   const TensorList values = dense(tensors);
   const OptionalList weights_in_layout =
       weights ? OptionalList(in_layout_of(values, *weights)) : std::nullopt;
@@ -159,16 +204,18 @@ at::Tensor global_norm_op(const TensorList& tensors, const OptionalList& weights
     check_lists(op, {{"tensors", values}});
   }
   float_dtype(op, {"tensors", values});
-  if (values.empty()) return at::zeros({}, at::kFloat);
+  if (values.empty()) return device_zero();
   return cuda::global_norm(values, weights_in_layout ? &*weights_in_layout : nullptr);
 }
 
 void perturb_op(const TensorList& params, const TensorList& grads, const ScalarArg& scale,
-                bool adaptive) {
+                bool adaptive, const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "perturb";
+  check_tensor_kinds(op, {{"params", params}, {"grads", grads}});
   check_lists(op, {{"params", params}, {"grads", grads}});
   check_dtype(op, {"grads", grads}, float_dtype(op, {"params", params}));
-  cuda::perturb(params, grads, device_scalar(op, "scale", scale, params), adaptive);
+  cuda::perturb(params, grads, device_scalar(op, "scale", scale, params), adaptive,
+                found_inf_pointer(op, found_inf, params));
   mark_modified(params);
   mark_modified(grads);
 }
@@ -189,8 +236,14 @@ void sassha_update_op(const TensorList& params, const TensorList& grads,
                       const TensorList& exp_avgs, const TensorList& exp_hessians,
                       const OptionalList& perturbations, const ScalarArg& lr, double weight_decay,
                       double beta1, const ScalarArg& bias_correction1,
-                      const ScalarArg& bias_correction2, double hessian_power, double eps) {
+                      const ScalarArg& bias_correction2, double hessian_power, double eps,
+                      const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "sassha_update";
+  check_tensor_kinds(op, {{"params", params},
+                          {"grads", grads},
+                          {"exp_avgs", exp_avgs},
+                          {"exp_hessians", exp_hessians},
+                          {"perturbations", perturbations ? *perturbations : TensorList{}}});
   const TensorList grads_in_layout = in_layout_of(params, grads);
   check_update_lists(op, params, grads_in_layout, exp_avgs, exp_hessians);
   const OptionalList perturbations_in_layout =
@@ -203,19 +256,23 @@ void sassha_update_op(const TensorList& params, const TensorList& grads,
   cuda::sassha_update(params, grads_in_layout, exp_avgs, exp_hessians,
                       perturbations_in_layout ? &*perturbations_in_layout : nullptr,
                       step_hyper(op, params, lr, weight_decay, beta1, bias_correction1,
-                                 bias_correction2, hessian_power, eps));
+                                 bias_correction2, hessian_power, eps),
+                      found_inf_pointer(op, found_inf, params));
   mark_modified(params);
   mark_modified(exp_avgs);
 }
 
-void hessian_ema_op(const TensorList& exp_hessians, const TensorList& hessians, double beta2) {
+void hessian_ema_op(const TensorList& exp_hessians, const TensorList& hessians, double beta2,
+                    const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "hessian_ema";
+  check_tensor_kinds(op, {{"exp_hessians", exp_hessians}, {"hessians", hessians}});
   const TensorList hessians_in_layout = in_layout_of(exp_hessians, hessians);
   check_lists(op, {{"exp_hessians", exp_hessians}, {"hessians", hessians_in_layout}});
   check_dtype(op, {"exp_hessians", exp_hessians}, at::kFloat);
   float_dtype(op, {"hessians", hessians_in_layout});
   cuda::hessian_ema(exp_hessians, hessians_in_layout, static_cast<float>(beta2),
-                    static_cast<float>(1.0 - beta2));
+                    static_cast<float>(1.0 - beta2),
+                    found_inf_pointer(op, found_inf, exp_hessians));
   mark_modified(exp_hessians);
 }
 
@@ -225,16 +282,21 @@ at::Tensor msassha_update_op(const TensorList& params, const TensorList& grads,
                              double weight_decay, double beta1,
                              const ScalarArg& bias_correction1,
                              const ScalarArg& bias_correction2, double hessian_power,
-                             double eps) {
+                             double eps, const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "msassha_update";
+  check_tensor_kinds(op, {{"params", params},
+                          {"grads", grads},
+                          {"exp_avgs", exp_avgs},
+                          {"exp_hessians", exp_hessians}});
   const TensorList grads_in_layout = in_layout_of(params, grads);
   check_update_lists(op, params, grads_in_layout, exp_avgs, exp_hessians);
-  if (params.empty()) return at::zeros({}, at::kFloat);
+  if (params.empty()) return device_zero();
   at::Tensor sum_of_squares = cuda::msassha_update(
       params, grads_in_layout, exp_avgs, exp_hessians,
       device_scalar(op, "norm_factor", norm_factor, params),
       step_hyper(op, params, lr, weight_decay, beta1, bias_correction1, bias_correction2,
-                 hessian_power, eps));
+                 hessian_power, eps),
+      found_inf_pointer(op, found_inf, params));
   mark_modified(params);
   mark_modified(exp_avgs);
   return sum_of_squares;
@@ -242,6 +304,7 @@ at::Tensor msassha_update_op(const TensorList& params, const TensorList& grads,
 
 void add_scaled_op(const TensorList& params, const TensorList& tensors, const ScalarArg& alpha) {
   constexpr const char* op = "add_scaled";
+  check_tensor_kinds(op, {{"params", params}, {"tensors", tensors}});
   const TensorList tensors_in_layout = in_layout_of(params, tensors);
   check_lists(op, {{"params", params}, {"tensors", tensors_in_layout}});
   float_dtype(op, {"params", params});
@@ -250,10 +313,12 @@ void add_scaled_op(const TensorList& params, const TensorList& tensors, const Sc
   mark_modified(params);
 }
 
-// The launcher's plan for tensors of these sizes over Depth lists. Tensor t of list d gets
-// the fake address t * Depth + d + 1, which the plan's address tables are decoded from.
-template <int Depth>
+// The launcher's plan for tensors of these sizes over Depth lists with ArgBytes of kernel
+// arguments. Tensor t of list d gets the fake address t * Depth + d + 1, which the plan's
+// address tables are decoded from.
+template <int Depth, int ArgBytes>
 py::dict launch_plan(const std::vector<int64_t>& numels) {
+  using Args = cuda::LaunchArgs<Depth, ArgBytes>;
   std::vector<std::array<void*, Depth>> addresses(numels.size());
   for (size_t t = 0; t < numels.size(); ++t) {
     for (int d = 0; d < Depth; ++d) {
@@ -261,8 +326,8 @@ py::dict launch_plan(const std::vector<int64_t>& numels) {
     }
   }
   py::list launches;
-  cuda::plan_launches<Depth>(
-      addresses, numels, [&](const cuda::LaunchArgs<Depth>& args, int blocks) {
+  cuda::plan_launches<Depth, ArgBytes>(
+      addresses, numels, [&](const Args& args, int blocks) {
         py::list block_list;
         for (int b = 0; b < blocks; ++b) {
           const int slot = args.block_tensor[b];
@@ -278,20 +343,27 @@ py::dict launch_plan(const std::vector<int64_t>& numels) {
         launches.append(py::dict(py::arg("first_block") = args.first_block,
                                  py::arg("blocks") = block_list));
       });
-  return py::dict(py::arg("chunk") = cuda::kChunk,
-                  py::arg("max_blocks") = cuda::kMaxBlocksPerLaunch,
-                  py::arg("max_tensors") = cuda::LaunchArgs<Depth>::kMaxTensors,
-                  py::arg("launches") = launches);
+  return py::dict(py::arg("chunk") = cuda::kChunk, py::arg("max_blocks") = Args::kMaxBlocks,
+                  py::arg("max_tensors") = Args::kMaxTensors,
+                  py::arg("args_bytes") = sizeof(Args), py::arg("launches") = launches);
 }
 
+template <int ArgBytes>
 py::dict launch_plan_for_depth(const std::vector<int64_t>& numels, int depth) {
   switch (depth) {
-    case 1: return launch_plan<1>(numels);
-    case 2: return launch_plan<2>(numels);
-    case 4: return launch_plan<4>(numels);
-    case 5: return launch_plan<5>(numels);
+    case 1: return launch_plan<1, ArgBytes>(numels);
+    case 2: return launch_plan<2, ArgBytes>(numels);
+    case 4: return launch_plan<4, ArgBytes>(numels);
+    case 5: return launch_plan<5, ArgBytes>(numels);
     default: TORCH_CHECK(false, "cuda_launch_plan: the ops use 1, 2, 4 or 5 lists, not ", depth);
   }
+}
+
+py::dict launch_plan_op(const std::vector<int64_t>& numels, int depth, int arg_bytes) {
+  if (arg_bytes == cuda::kLargeArgBytes) return launch_plan_for_depth<cuda::kLargeArgBytes>(numels, depth);
+  TORCH_CHECK(arg_bytes == cuda::kSmallArgBytes, "cuda_launch_plan: arg_bytes is ",
+              cuda::kSmallArgBytes, " or ", cuda::kLargeArgBytes, ", not ", arg_bytes);
+  return launch_plan_for_depth<cuda::kSmallArgBytes>(numels, depth);
 }
 
 }  // namespace
@@ -302,23 +374,30 @@ void register_cuda_ops(py::module_& m) {
   m.def("global_norm_cuda", &global_norm_op, no_gil, arg("tensors"), arg("weights"),
         "sqrt(sum ||(|w| or 1) * t||^2) as a 0-d fp32 tensor on the tensors' device");
   m.def("perturb_cuda", &perturb_op, no_gil, arg("params"), arg("grads"), arg("scale"),
-        arg("adaptive"), "e = scale * g (* p^2 when adaptive) stored in g; p += e");
+        arg("adaptive"), arg("found_inf") = py::none(),
+        "e = scale * g (* p^2 when adaptive) stored in g; p += e");
   m.def("sassha_update_cuda", &sassha_update_op, no_gil, arg("params"), arg("grads"),
         arg("exp_avgs"), arg("exp_hessians"), arg("perturbations"), arg("lr"),
         arg("weight_decay"), arg("beta1"), arg("bias_correction1"), arg("bias_correction2"),
-        arg("hessian_power"), arg("eps"), "[p -= e;] SASSHA's step");
+        arg("hessian_power"), arg("eps"), arg("found_inf") = py::none(),
+        "[p -= e;] SASSHA's step");
   m.def("hessian_ema_cuda", &hessian_ema_op, no_gil, arg("exp_hessians"), arg("hessians"),
-        arg("beta2"), "D = b2*D + (1-b2)*|h|");
+        arg("beta2"), arg("found_inf") = py::none(), "D = b2*D + (1-b2)*|h|");
   m.def("msassha_update_cuda", &msassha_update_op, no_gil, arg("params"), arg("grads"),
         arg("exp_avgs"), arg("exp_hessians"), arg("norm_factor"), arg("lr"),
         arg("weight_decay"), arg("beta1"), arg("bias_correction1"), arg("bias_correction2"),
-        arg("hessian_power"), arg("eps"),
+        arg("hessian_power"), arg("eps"), arg("found_inf") = py::none(),
         "p += nf * m; SASSHA's step; returns sum ||m_new||^2 as a 0-d fp32 device tensor");
   m.def("add_scaled_cuda", &add_scaled_op, no_gil, arg("params"), arg("tensors"), arg("alpha"),
         "p += alpha * t");
   // The GIL stays held: the plan is built into Python objects.
-  m.def("cuda_launch_plan", &launch_plan_for_depth, arg("numels"), arg("depth"),
-        "How the multi-tensor launcher would cut tensors of these sizes into launches");
+  m.def("cuda_launch_plan", &launch_plan_op, arg("numels"), arg("depth"),
+        arg("arg_bytes") = cuda::kSmallArgBytes,
+        "How the multi-tensor launcher would cut tensors of these sizes into launches with "
+        "4096 or 32764 bytes of kernel arguments");
+  m.def("cuda_kernel_arg_bytes", &cuda::kernel_arg_bytes,
+        "Bytes of kernel arguments the launches use here: 32764 with a CUDA 12.1+ toolkit and "
+        "driver, else 4096");
 }
 
 }  // namespace sassha

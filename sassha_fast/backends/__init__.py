@@ -6,13 +6,17 @@ every op to its implementation in every backend that can run here.
 
 A backend module defines every name in ``OPS`` plus:
   ``unavailable_reason() -> Optional[str]``: None when usable in this process, else why not;
-  ``supports(device: torch.device) -> bool``: whether it runs on tensors of that device.
+  ``supports(device: torch.device) -> bool``: whether it runs on tensors of that device;
+  ``supports_dtype(dtype: torch.dtype) -> bool``: whether it runs with parameters of that
+  dtype (every backend runs float32, bfloat16 and float16; some also float64).
 """
 import importlib
 from types import ModuleType
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
+
+from .reference import compute_dtype as state_dtype  # noqa: F401 (the frontend's state dtype)
 
 OPS = ("global_norm", "perturb", "sassha_update", "hessian_ema", "msassha_update", "add_scaled")
 
@@ -55,7 +59,8 @@ def _unavailable_reason(name: str) -> Optional[str]:
         return f"cannot import {BACKEND_MODULES[name]}: {exc}"
     reason = getattr(module, "unavailable_reason", lambda: None)()
     if reason is None:
-        missing = [op for op in OPS if not callable(getattr(module, op, None))]
+        missing = [attr for attr in OPS + ("supports", "supports_dtype")
+                   if not callable(getattr(module, attr, None))]
         if missing:
             return "does not implement " + ", ".join(missing)
     return reason
@@ -107,14 +112,20 @@ def _ops(name: str) -> Ops:
     return Ops(name, *(table[op][name] for op in OPS))
 
 
-def resolve(name: str, device: torch.device) -> Ops:
-    """The ops of backend ``name`` (or the best one for ``device`` when ``name == "auto"``).
+def _runs(name: str, device: torch.device, dtype: torch.dtype) -> bool:
+    module = _load(name)
+    return module.supports(device) and module.supports_dtype(dtype)
+
+
+def resolve(name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> Ops:
+    """The ops of backend ``name`` for parameters of ``dtype`` on ``device`` (the best
+    backend for both when ``name == "auto"``).
 
     Raises ValueError for an unknown name and RuntimeError for a backend that cannot run
-    here or on ``device``, saying why."""
+    here, on ``device`` or with ``dtype``, saying why and what to use instead."""
     if name == "auto":
         for candidate in AUTO_ORDER.get(device.type, AUTO_FALLBACK):
-            if candidate in op_table()["perturb"] and _load(candidate).supports(device):
+            if candidate in op_table()["perturb"] and _runs(candidate, device, dtype):
                 return _ops(candidate)
         return _ops("reference")
     reason = _unavailable_reason(name)
@@ -122,6 +133,11 @@ def resolve(name: str, device: torch.device) -> Ops:
         raise RuntimeError(f"sassha_fast backend {name!r} is unavailable: {reason}")
     if not _load(name).supports(device):
         raise RuntimeError(f"sassha_fast backend {name!r} does not run on {device.type} tensors")
+    if not _load(name).supports_dtype(dtype):
+        instead = [b for b in op_table()["perturb"] if _runs(b, device, dtype)]
+        raise RuntimeError(f"sassha_fast backend {name!r} does not run with {dtype} "
+                           f"parameters; use backend='auto' or one of "
+                           + ", ".join(repr(b) for b in instead) + f" for them on {device.type}")
     return _ops(name)
 
 

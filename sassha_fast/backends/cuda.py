@@ -29,6 +29,11 @@ def supports(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def supports_dtype(dtype: torch.dtype) -> bool:
+    """Parameters of fp32, bf16 or fp16 (the kernels compute in fp32); not float64."""
+    return dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _kernel_scalar(value: Scalar) -> Union[float, Tensor]:
     """A number, or an fp32 CUDA tensor for the kernel to read. A CPU tensor is read here,
     which costs no synchronisation."""

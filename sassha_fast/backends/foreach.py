@@ -1,14 +1,18 @@
 """foreach backend: each step of an op is one ``torch._foreach_*`` call over the whole list.
 
-Runs wherever PyTorch does. fp32 parameters are updated in place; low-precision ones go
-through fp32 copies that are rounded back once, as the op contract in ``reference.py`` asks.
+Runs wherever PyTorch does, with every dtype of the contract in ``reference.py`` (float64
+included). float32 and float64 parameters are updated in place; low-precision ones go
+through float32 copies that are rounded back once. With ``found_inf`` the step is computed
+into copies and committed with one ``torch.where`` per tensor, so the skip flag is only
+read on the device.
 """
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .reference import Scalar
+from .reference import Scalar, compute_dtype, supports_dtype  # noqa: F401 (backend API)
+from .tensor_checks import check_plain_tensors
 
 
 def unavailable_reason():
@@ -19,11 +23,28 @@ def supports(device: torch.device) -> bool:
     return True
 
 
-def _fp32(tensors: List[Tensor]) -> Tuple[List[Tensor], bool]:
-    """The tensors as fp32 (themselves when already fp32) and whether they are copies."""
-    if not tensors or tensors[0].dtype == torch.float32:
+def _wide(tensors: List[Tensor]) -> Tuple[List[Tensor], bool]:
+    """The tensors in the compute dtype (themselves when already in it) and whether they
+    are copies."""
+    if not tensors or tensors[0].dtype in (torch.float32, torch.float64):
         return tensors, False
     return [t.float() for t in tensors], True
+
+
+def _copies(tensors: List[Tensor]) -> List[Tensor]:
+    """New tensors in the compute dtype holding the values of ``tensors``."""
+    return [t.to(compute_dtype(t.dtype), copy=True) for t in tensors]
+
+
+def _skipped(found_inf: Optional[Tensor]) -> Optional[Tensor]:
+    return None if found_inf is None else found_inf != 0
+
+
+def _commit(targets: List[Tensor], kept: List[Tensor], results: List[Tensor],
+            skip: Tensor) -> None:
+    """targets[i] = kept[i] if skipped else results[i], the flag read on the device."""
+    for target, old, new in zip(targets, kept, results):
+        target.copy_(torch.where(skip, old, new))
 
 
 def _sum_of_squares(tensors: List[Tensor]) -> Tensor:
@@ -33,84 +54,129 @@ def _sum_of_squares(tensors: List[Tensor]) -> Tensor:
 def global_norm(tensors: List[Tensor], weights: Optional[List[Tensor]] = None) -> Tensor:
     if not tensors:
         return torch.zeros((), dtype=torch.float32)
-    xs, _ = _fp32(tensors)
+    check_plain_tensors("global_norm", tensors=tensors, weights=weights)
+    xs, _ = _wide(tensors)
     if weights is not None:
-        ws, _ = _fp32(weights)
+        ws, _ = _wide(weights)
         xs = torch._foreach_mul(torch._foreach_abs(ws), xs)
     return torch.stack(torch._foreach_norm(xs)).norm(p=2)
 
 
-def perturb(params: List[Tensor], grads: List[Tensor], scale: Scalar, adaptive: bool) -> None:
+def perturb(params: List[Tensor], grads: List[Tensor], scale: Scalar, adaptive: bool, *,
+            found_inf: Optional[Tensor] = None) -> None:
     if not params:
         return
-    es, copied = _fp32(grads)
-    if copied:
+    check_plain_tensors("perturb", params=params, grads=grads)
+    skip = _skipped(found_inf)
+    es, copied = _wide(grads)
+    if copied or skip is not None:
         es = torch._foreach_mul(es, scale)
     else:
         torch._foreach_mul_(es, scale)
     if adaptive:
-        ps, _ = _fp32(params)
+        ps, _ = _wide(params)
         torch._foreach_mul_(es, torch._foreach_mul(ps, ps))
-    if copied or adaptive:
+    if skip is not None:
+        torch._foreach_copy_(grads, [torch.where(skip, 0.0, e) for e in es])
+    elif copied or adaptive:
         torch._foreach_copy_(grads, es)
-    xs, p_copied = _fp32(params)
-    torch._foreach_add_(xs, _fp32(grads)[0])
+    xs, p_copied = _wide(params)
+    if skip is not None:
+        _commit(params, params, torch._foreach_add(xs, _wide(grads)[0]), skip)
+        return
+    torch._foreach_add_(xs, _wide(grads)[0])
     if p_copied:
         torch._foreach_copy_(params, xs)
 
 
 def _adaptive_step(xs: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
-                   exp_hessians: List[Tensor], lr: float, weight_decay: float, beta1: float,
-                   bias_correction1: float, bias_correction2: float, hessian_power: float,
+                   exp_hessians: List[Tensor], lr: Scalar, weight_decay: float, beta1: float,
+                   bias_correction1: Scalar, bias_correction2: Scalar, hessian_power: float,
                    eps: float) -> None:
-    """Decay, momentum and preconditioned step on fp32 parameters ``xs`` (shared by both
-    updates, which differ only in how they leave the perturbed point)."""
+    """Decay, momentum and preconditioned step, in place on parameters ``xs`` and momenta
+    ``exp_avgs`` of the compute dtype (shared by both updates, which differ only in how
+    they leave the perturbed point)."""
     if weight_decay != 0:
         torch._foreach_mul_(xs, 1 - lr * weight_decay)
     torch._foreach_mul_(exp_avgs, beta1)
-    torch._foreach_add_(exp_avgs, _fp32(grads)[0], alpha=1 - beta1)
+    torch._foreach_add_(exp_avgs, _wide(grads)[0], alpha=1 - beta1)
     if hessian_power == 0.5:
         denom = torch._foreach_sqrt(exp_hessians)
     else:
         denom = torch._foreach_pow(exp_hessians, hessian_power)
     torch._foreach_div_(denom, bias_correction2)
     torch._foreach_add_(denom, eps)
-    torch._foreach_addcdiv_(xs, exp_avgs, denom, value=-lr / bias_correction1)
+    step_size = lr / bias_correction1
+    if isinstance(step_size, Tensor):  # addcdiv's value must be a number
+        steps = torch._foreach_div(exp_avgs, denom)
+        torch._foreach_mul_(steps, step_size)
+        torch._foreach_sub_(xs, steps)
+    else:
+        torch._foreach_addcdiv_(xs, exp_avgs, denom, value=-step_size)
 
 
 def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                   exp_hessians: List[Tensor], perturbations: Optional[List[Tensor]], *,
-                  lr: float, weight_decay: float, beta1: float, bias_correction1: float,
-                  bias_correction2: float, hessian_power: float, eps: float) -> None:
+                  lr: Scalar, weight_decay: float, beta1: float, bias_correction1: Scalar,
+                  bias_correction2: Scalar, hessian_power: float, eps: float,
+                  found_inf: Optional[Tensor] = None) -> None:
     if not params:
         return
-    xs, copied = _fp32(params)
+    check_plain_tensors("sassha_update", params=params, grads=grads, exp_avgs=exp_avgs,
+                        exp_hessians=exp_hessians, perturbations=perturbations)
+    hyper = (lr, weight_decay, beta1, bias_correction1, bias_correction2, hessian_power, eps)
+    skip = _skipped(found_inf)
+    if skip is not None:
+        left = _copies(params)
+        if perturbations is not None:
+            torch._foreach_sub_(left, _wide(perturbations)[0])
+        xs, ms = _copies(left), _copies(exp_avgs)
+        _adaptive_step(xs, grads, ms, exp_hessians, *hyper)
+        _commit(exp_avgs, exp_avgs, ms, skip)
+        _commit(params, left, xs, skip)
+        return
+    xs, copied = _wide(params)
     if perturbations is not None:
-        torch._foreach_sub_(xs, _fp32(perturbations)[0])
-    _adaptive_step(xs, grads, exp_avgs, exp_hessians, lr, weight_decay, beta1,
-                   bias_correction1, bias_correction2, hessian_power, eps)
+        torch._foreach_sub_(xs, _wide(perturbations)[0])
+    _adaptive_step(xs, grads, exp_avgs, exp_hessians, *hyper)
     if copied:
         torch._foreach_copy_(params, xs)
 
 
-def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float) -> None:
+def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float, *,
+                found_inf: Optional[Tensor] = None) -> None:
     if not exp_hessians:
         return
-    torch._foreach_mul_(exp_hessians, beta2)
-    torch._foreach_add_(exp_hessians, torch._foreach_abs(_fp32(hessians)[0]), alpha=1 - beta2)
+    check_plain_tensors("hessian_ema", exp_hessians=exp_hessians, hessians=hessians)
+    skip = _skipped(found_inf)
+    ds = exp_hessians if skip is None else _copies(exp_hessians)
+    torch._foreach_mul_(ds, beta2)
+    torch._foreach_add_(ds, torch._foreach_abs(_wide(hessians)[0]), alpha=1 - beta2)
+    if skip is not None:
+        _commit(exp_hessians, exp_hessians, ds, skip)
 
 
 def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
-                   exp_hessians: List[Tensor], *, norm_factor: Scalar, lr: float,
-                   weight_decay: float, beta1: float, bias_correction1: float,
-                   bias_correction2: float, hessian_power: float, eps: float) -> Tensor:
+                   exp_hessians: List[Tensor], *, norm_factor: Scalar, lr: Scalar,
+                   weight_decay: float, beta1: float, bias_correction1: Scalar,
+                   bias_correction2: Scalar, hessian_power: float, eps: float,
+                   found_inf: Optional[Tensor] = None) -> Tensor:
     if not params:
         return torch.zeros((), dtype=torch.float32)
-    xs, copied = _fp32(params)
+    check_plain_tensors("msassha_update", params=params, grads=grads, exp_avgs=exp_avgs,
+                        exp_hessians=exp_hessians)
+    hyper = (lr, weight_decay, beta1, bias_correction1, bias_correction2, hessian_power, eps)
+    skip = _skipped(found_inf)
+    if skip is not None:
+        xs, ms = _copies(params), _copies(exp_avgs)
+    else:
+        (xs, copied), ms = _wide(params), exp_avgs
     torch._foreach_add_(xs, torch._foreach_mul(exp_avgs, norm_factor))
-    _adaptive_step(xs, grads, exp_avgs, exp_hessians, lr, weight_decay, beta1,
-                   bias_correction1, bias_correction2, hessian_power, eps)
-    if copied:
+    _adaptive_step(xs, grads, ms, exp_hessians, *hyper)
+    if skip is not None:
+        _commit(exp_avgs, exp_avgs, ms, skip)
+        _commit(params, params, xs, skip)
+    elif copied:
         torch._foreach_copy_(params, xs)
     return _sum_of_squares(exp_avgs)
 
@@ -118,7 +184,8 @@ def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Ten
 def add_scaled(params: List[Tensor], tensors: List[Tensor], alpha: Scalar) -> None:
     if not params:
         return
-    xs, copied = _fp32(params)
-    torch._foreach_add_(xs, torch._foreach_mul(_fp32(tensors)[0], alpha))
+    check_plain_tensors("add_scaled", params=params, tensors=tensors)
+    xs, copied = _wide(params)
+    torch._foreach_add_(xs, torch._foreach_mul(_wide(tensors)[0], alpha))
     if copied:
         torch._foreach_copy_(params, xs)

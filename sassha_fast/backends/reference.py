@@ -1,11 +1,30 @@
 """Reference backend: one plain PyTorch expression per tensor, written to be read
 against ``spec/ALGORITHMS.md``. Every fused backend is tested against these functions.
 
-Every op takes lists of equal length whose tensors share one device; parameters and
-gradients share one dtype (fp32, bf16 or fp16) and the optimizer state is fp32. Values are
-computed in fp32 and a low-precision parameter is rounded once, when it is stored.
-Scalars that come out of a norm (``scale``, ``norm_factor``) may be Python floats or 0-d
-fp32 tensors on the parameters' device, so that a device backend never has to synchronise.
+The op contract every backend follows:
+
+* Lists. Every op takes lists of equal length whose tensors share one device; tensor i of
+  every list has the shape of parameter i.
+* Dtypes. Parameters, gradients and perturbations share one dtype: float32, bfloat16,
+  float16 or float64 (Hessian estimates may be any of these). The optimizer state
+  (``exp_avgs``, ``exp_hessians``) is float64 for float64 parameters, else float32. Values
+  are computed in the state's dtype (the *compute dtype*) and a low-precision parameter is
+  rounded once, when it is stored. Backends say which parameter dtypes they run with
+  ``supports_dtype``.
+* Scalars. The per-step scalars (``scale``, ``alpha``, ``norm_factor``, ``lr``,
+  ``bias_correction1``, ``bias_correction2``) may be Python floats or 0-d tensors on the
+  parameters' device (float32, or float64 for float64 parameters), so that a device
+  backend never has to synchronise: no backend reads a CUDA tensor on the host.
+  ``weight_decay``, ``beta1``, ``beta2``, ``hessian_power`` and ``eps`` are Python floats.
+* found_inf. ``perturb``, ``sassha_update``, ``hessian_ema`` and ``msassha_update`` take
+  ``found_inf``: None (the step runs) or a 0-d float32 tensor on the parameters' device,
+  read on the device; nonzero (NaN included) means this iteration is skipped, and then
+  each op writes only what its docstring says.
+* Empty lists. ``global_norm([])`` and ``msassha_update`` of empty lists return a zero 0-d
+  tensor (float32).
+* Tensor types. A backend given a tensor it cannot run on (a tensor subclass such as
+  DTensor, a meta tensor, a tensor on another device) raises an error naming the op, the
+  list, the index and the tensor's type or device.
 """
 from typing import List, Optional, Union
 
@@ -15,73 +34,110 @@ from torch import Tensor
 Scalar = Union[float, Tensor]
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype ops compute in, and the optimizer state's dtype, for parameters of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _wide(t: Tensor) -> Tensor:
+    return t.to(compute_dtype(t.dtype))
+
+
+def _skipped(found_inf: Optional[Tensor]) -> Optional[Tensor]:
+    """A 0-d bool tensor, true when this iteration is skipped (None: never skipped)."""
+    return None if found_inf is None else found_inf != 0
+
+
+def _unless_skipped(skip: Optional[Tensor], old: Tensor, new: Tensor) -> Tensor:
+    return new if skip is None else torch.where(skip, old, new)
+
+
 def global_norm(tensors: List[Tensor], weights: Optional[List[Tensor]] = None) -> Tensor:
-    """sqrt(sum_i ||w_i * t_i||^2) with w_i = |weights_i| (or 1), as a 0-d fp32 tensor."""
+    """sqrt(sum_i ||w_i * t_i||^2) with w_i = |weights_i| (or 1), as a 0-d tensor of the
+    compute dtype (float64 for float64 tensors, else float32)."""
     if not tensors:
         return torch.zeros((), dtype=torch.float32)
     norms = []
     for i, t in enumerate(tensors):
-        x = t.float()
+        x = _wide(t)
         if weights is not None:
-            x = weights[i].float().abs() * x
+            x = _wide(weights[i]).abs() * x
         norms.append(x.norm(p=2))
     return torch.stack(norms).norm(p=2)
 
 
-def perturb(params: List[Tensor], grads: List[Tensor], scale: Scalar, adaptive: bool) -> None:
+def perturb(params: List[Tensor], grads: List[Tensor], scale: Scalar, adaptive: bool, *,
+            found_inf: Optional[Tensor] = None) -> None:
     """e = scale * g (times p*p when adaptive), written into g's own buffer; then p += e.
 
     The perturbation is rounded to the gradient's dtype when stored, and p moves by that
-    stored value, so that ``sassha_update`` can undo exactly what was added."""
+    stored value, so that ``sassha_update`` can undo exactly what was added. Skipped
+    (``found_inf`` nonzero): every e is stored as 0 and p is not written."""
+    skip = _skipped(found_inf)
     for p, g in zip(params, grads):
-        e = g.float() * scale
+        e = _wide(g) * scale
         if adaptive:
-            e = e * p.float().pow(2)
-        g.copy_(e)
-        p.copy_(p.float() + g.float())
+            e = e * _wide(p).pow(2)
+        g.copy_(_unless_skipped(skip, torch.zeros_like(e), e))
+        p.copy_(_unless_skipped(skip, p, _wide(p) + _wide(g)))
 
 
 def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                   exp_hessians: List[Tensor], perturbations: Optional[List[Tensor]], *,
-                  lr: float, weight_decay: float, beta1: float, bias_correction1: float,
-                  bias_correction2: float, hessian_power: float, eps: float) -> None:
+                  lr: Scalar, weight_decay: float, beta1: float, bias_correction1: Scalar,
+                  bias_correction2: Scalar, hessian_power: float, eps: float,
+                  found_inf: Optional[Tensor] = None) -> None:
     """Optionally leave the perturbed point (p -= e), then the SASSHA step:
     p *= 1 - lr*wd; m = b1*m + (1-b1)*g; p -= (lr/bc1) * m / (D^hp / bc2 + eps).
-    ``bias_correction2`` already carries its power (the frozen ``b`` of the spec)."""
+    ``bias_correction2`` already carries its power (the frozen ``b`` of the spec).
+    Skipped (``found_inf`` nonzero): m and D are untouched and p only leaves the perturbed
+    point (p = p - e, rounded as usual) when ``perturbations`` is given."""
+    skip = _skipped(found_inf)
     step_size = lr / bias_correction1
     for i, (p, g, m, d) in enumerate(zip(params, grads, exp_avgs, exp_hessians)):
-        x = p.float()
+        x = _wide(p)
         if perturbations is not None:
-            x = x - perturbations[i].float()
+            x = x - _wide(perturbations[i])
+        unperturbed = x
         x = x * (1 - lr * weight_decay)
-        m.mul_(beta1).add_(g.float(), alpha=1 - beta1)
+        m_new = torch.add(m * beta1, _wide(g), alpha=1 - beta1)
         denom = d.pow(hessian_power) / bias_correction2 + eps
-        x = x - step_size * (m / denom)
-        p.copy_(x)
+        x = x - step_size * (m_new / denom)
+        m.copy_(_unless_skipped(skip, m, m_new))
+        p.copy_(_unless_skipped(skip, unperturbed, x))
 
 
-def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float) -> None:
-    """D = b2*D + (1-b2)*|h| (h: the Hutchinson estimate, any dtype)."""
+def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float, *,
+                found_inf: Optional[Tensor] = None) -> None:
+    """D = b2*D + (1-b2)*|h| (h: the Hutchinson estimate, any supported dtype).
+    Skipped (``found_inf`` nonzero): D is untouched."""
+    skip = _skipped(found_inf)
     for d, h in zip(exp_hessians, hessians):
-        d.mul_(beta2).add_(h.float().abs(), alpha=1 - beta2)
+        d.copy_(_unless_skipped(skip, d, torch.add(d * beta2, _wide(h).abs(), alpha=1 - beta2)))
 
 
 def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
-                   exp_hessians: List[Tensor], *, norm_factor: Scalar, lr: float,
-                   weight_decay: float, beta1: float, bias_correction1: float,
-                   bias_correction2: float, hessian_power: float, eps: float) -> Tensor:
+                   exp_hessians: List[Tensor], *, norm_factor: Scalar, lr: Scalar,
+                   weight_decay: float, beta1: float, bias_correction1: Scalar,
+                   bias_correction2: Scalar, hessian_power: float, eps: float,
+                   found_inf: Optional[Tensor] = None) -> Tensor:
     """Leave the momentum-perturbed point (p += nf*m_old), then the same step as
     ``sassha_update`` (``bias_correction2`` already carries its power). Returns
-    sum_i ||m_new_i||^2 as a 0-d fp32 tensor for the next perturbation's norm."""
+    sum_i ||m_i||^2 of the momenta as stored (for the next perturbation's norm) as a 0-d
+    tensor of the compute dtype. Skipped (``found_inf`` nonzero): p, m and D are
+    untouched and the sum is that of the unchanged m."""
+    skip = _skipped(found_inf)
     step_size = lr / bias_correction1
-    sq = torch.zeros((), dtype=torch.float32, device=params[0].device if params else None)
+    dtype = compute_dtype(params[0].dtype) if params else torch.float32
+    sq = torch.zeros((), dtype=dtype, device=params[0].device if params else None)
     for p, g, m, d in zip(params, grads, exp_avgs, exp_hessians):
-        x = p.float() + norm_factor * m
+        x = _wide(p) + norm_factor * m
         x = x * (1 - lr * weight_decay)
-        m.mul_(beta1).add_(g.float(), alpha=1 - beta1)
+        m_new = torch.add(m * beta1, _wide(g), alpha=1 - beta1)
         denom = d.pow(hessian_power) / bias_correction2 + eps
-        x = x - step_size * (m / denom)
-        p.copy_(x)
+        x = x - step_size * (m_new / denom)
+        m.copy_(_unless_skipped(skip, m, m_new))
+        p.copy_(_unless_skipped(skip, p, x))
         sq = sq + m.pow(2).sum()
     return sq
 
@@ -89,7 +145,7 @@ def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Ten
 def add_scaled(params: List[Tensor], tensors: List[Tensor], alpha: Scalar) -> None:
     """p += alpha * t (M-SASSHA's move to / from the perturbed point)."""
     for p, t in zip(params, tensors):
-        p.copy_(p.float() + alpha * t.float())
+        p.copy_(_wide(p) + alpha * _wide(t))
 
 
 def unavailable_reason():
@@ -98,3 +154,7 @@ def unavailable_reason():
 
 def supports(device: torch.device) -> bool:
     return True
+
+
+def supports_dtype(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64)

@@ -1,0 +1,117 @@
+"""Writing a quality-suite run: quality.csv, quality.json, quality.md, quality-noise.png
+(clean test accuracy against label noise) and quality-time.png (test accuracy against
+wall-clock time, one panel per noise level)."""
+import csv
+import json
+import pathlib
+from typing import List
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt  # noqa: E402  (after choosing the backend)
+
+from .quality_suite import QualityProfile, mean_std, seconds_per_epoch  # noqa: E402
+
+CSV_COLUMNS = ("noise", "method", "lr", "test_acc_mean", "test_acc_std", "test_accs",
+               "diverged", "epoch_s_median", "seeds", "epochs", "train_size", "val_size",
+               "test_size", "flipped", "grid_val_acc")
+
+
+def table_markdown(rows: List[dict]) -> str:
+    """Methods down, noise levels across: clean test accuracy (%) mean ± std over seeds,
+    the learning rate the held-out slice chose, and the median seconds per epoch."""
+    noises = sorted({r["noise"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["method"], r["noise"]): r for r in rows}
+    per_epoch = seconds_per_epoch(rows)
+    head = (["method"] + [f"{100 * n:.0f}% noise" for n in noises]
+            + ["lr chosen (per noise level)", "s / epoch"])
+    lines = ["| " + " | ".join(head) + " |",
+             "| :--- | " + " | ".join("---:" for _ in noises) + " | :--- | ---: |"]
+    for method in methods:
+        accs = [mean_std(cell[method, n]) + ("" if not cell[method, n]["diverged"] else
+                                             f" ({cell[method, n]['diverged']} diverged)")
+                for n in noises]
+        lrs = ", ".join(f"{cell[method, n]['lr']:g}" for n in noises)
+        lines.append(f"| {method} | " + " | ".join(accs)
+                     + f" | {lrs} | {per_epoch[method]:.2f} |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: List[dict], path: pathlib.Path, meta: dict) -> None:
+    with open(path, "w", newline="") as handle:
+        for key in ("date", "device_name", "torch", "commit"):
+            handle.write(f"# {key}: {meta[key]}\n")
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else
+                                 f"{v:.6g}" if isinstance(v, float) else v)
+                             for k, v in row.items() if k in CSV_COLUMNS})
+
+
+def noise_plot(rows: List[dict], path: pathlib.Path, title: str) -> None:
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for index, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["noise"])
+        axis.errorbar([100 * r["noise"] for r in mine], [100 * r["test_acc_mean"] for r in mine],
+                      yerr=[100 * r["test_acc_std"] for r in mine], label=method, marker="o",
+                      capsize=3, color=f"C{index}")
+    axis.set_xlabel("symmetric label noise on the training set (%)")
+    axis.set_ylabel("clean test accuracy (%), mean ± std over seeds")
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def time_plot(curves: List[dict], path: pathlib.Path, title: str) -> None:
+    noises = sorted({c["noise"] for c in curves})
+    figure, axes = plt.subplots(1, len(noises), figsize=(4 * len(noises), 4), squeeze=False)
+    methods = list(dict.fromkeys(c["method"] for c in curves))
+    for axis, noise in zip(axes[0], noises):
+        for curve in (c for c in curves if c["noise"] == noise):
+            axis.plot(curve["elapsed_s"], [100 * a for a in curve["test_acc"]],
+                      label=curve["method"], color=f"C{methods.index(curve['method'])}",
+                      marker=".")
+        axis.set_title(f"{100 * noise:.0f}% label noise")
+        axis.set_xlabel("training wall-clock time (s), mean over seeds")
+        axis.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("clean test accuracy (%) after each epoch")
+    axes[0][-1].legend(fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_all(rows: List[dict], curves: List[dict], out: pathlib.Path, meta: dict,
+              profile: QualityProfile) -> List[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    title = (f"label noise on digits, small CNN, {profile.epochs} epochs, {profile.seeds} "
+             f"seeds; {meta['device_name']}, torch {meta['torch']}, {meta['date']}")
+    noise_plot(rows, out / "quality-noise.png", title)
+    time_plot(curves, out / "quality-time.png", title)
+    write_csv(rows, out / "quality.csv", meta)
+    (out / "quality.json").write_text(json.dumps(
+        dict(meta=meta, profile=profile._asdict(), results=rows, curves=curves), indent=1) + "\n")
+    first = rows[0]
+    lines = ["# sassha_fast quality suite: label noise on scikit-learn's digits", "",
+             f"- command: `{' '.join(['python -m bench'] + meta['argv'])}`",
+             f"- device: {meta['device_name']}, 1 torch thread; torch {meta['torch']}, "
+             f"commit {meta['commit']}, {meta['date']}",
+             f"- load average before/after: {' '.join(f'{v:.2f}' for v in meta['load_average_before'])}"
+             f" / {' '.join(f'{v:.2f}' for v in meta['load_average_after'])}",
+             f"- data: {first['train_size']} training images (noisy labels), "
+             f"{first['val_size']} held out from them (noisy) to choose the learning rate, "
+             f"{first['test_size']} clean test images; {profile.epochs} epochs, batch 64, "
+             f"cosine learning rate; {profile.seeds} seeds per method and noise level",
+             "", "Clean test accuracy (%), mean ± std over seeds:", "", table_markdown(rows), "",
+             "![accuracy against noise](quality-noise.png)", "",
+             "![accuracy against wall-clock time](quality-time.png)", ""]
+    (out / "quality.md").write_text("\n".join(lines))
+    return [str(out / n) for n in ("quality.csv", "quality.json", "quality.md",
+                                   "quality-noise.png", "quality-time.png")]
