@@ -406,6 +406,8 @@ class HessianOptimizer(torch.optim.Optimizer):
                                   signed: bool) -> Tuple[List[Tensor], Optional[dict]]:
         # Not while a CUDA graph is captured (replays advance the generator themselves).
         before = None if capturing() else self._rademacher.state_dict()
+        if self._has_dtensors and not any(p.grad.requires_grad for p in due_params):
+            raise errors.dtensor_double_backward_error()
         try:
             if self._backward_record.create_graph and \
                     not any(p.grad.requires_grad for p in due_params):
