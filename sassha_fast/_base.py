@@ -8,7 +8,8 @@ from typing import (Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTu
 import torch
 from torch import Tensor
 
-from . import amp, backends, checkpoint, diagnostics, errors, finite_difference, step_counters
+from . import (amp, backends, checkpoint, diagnostics, dtensor, errors, finite_difference,
+               step_counters)
 from ._validation import (check_dense, check_hessian_power, check_hyperparameters,
                           check_parameters, check_positive_int)
 from .backward_record import BackwardRecord
@@ -144,6 +145,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         self.backend = backend
         self._rademacher = RademacherSource(seed)
         self._ops_by_device: Dict[Tuple[torch.device, torch.dtype], backends.Ops] = {}
+        self._has_dtensors = False  # set by add_param_group; the ops then take DTensors
         self._plan: Optional[Plan] = None
         self._backward_record = BackwardRecord()
         super().__init__(params, defaults)
@@ -157,6 +159,12 @@ class HessianOptimizer(torch.optim.Optimizer):
             check_hyperparameters(**{k: group[k] for k in _GROUP_HYPERPARAMETERS},
                                   perturb_eps=group.get("perturb_eps", 0.0))
             check_parameters(type(self).__name__, group["params"])
+            if dtensor.any_dtensor(group["params"]):
+                for p in group["params"]:
+                    if dtensor.is_dtensor(p):
+                        dtensor.check_placements(p)
+                self._has_dtensors = True
+                self._ops_by_device.clear()
         except (ValueError, TypeError):
             self.param_groups.pop()
             raise
@@ -179,8 +187,10 @@ class HessianOptimizer(torch.optim.Optimizer):
         per pair: "auto" may pick another backend for float64 than for float32)."""
         ops = self._ops_by_device.get((device, dtype))
         if ops is None:
-            ops = self._ops_by_device[(device, dtype)] = backends.resolve(self.backend, device,
-                                                                          dtype)
+            ops = backends.resolve(self.backend, device, dtype)
+            if self._has_dtensors:
+                ops = dtensor.local_ops(ops)
+            self._ops_by_device[(device, dtype)] = ops
         return ops
 
     @property
@@ -396,6 +406,8 @@ class HessianOptimizer(torch.optim.Optimizer):
                                   signed: bool) -> Tuple[List[Tensor], Optional[dict]]:
         # Not while a CUDA graph is captured (replays advance the generator themselves).
         before = None if capturing() else self._rademacher.state_dict()
+        if self._has_dtensors and not any(p.grad.requires_grad for p in due_params):
+            raise errors.dtensor_double_backward_error()
         try:
             if self._backward_record.create_graph and \
                     not any(p.grad.requires_grad for p in due_params):

@@ -12,6 +12,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from .dtensor import is_dtensor
+
 # Large enough to amortise each collective's latency, small enough that the flat copy of a
 # bucket stays a fraction of the gradients' memory.
 BUCKET_BYTES = 32 * 2 ** 20
@@ -42,6 +44,9 @@ class Averager:
         """Replace every tensor by its mean (or sum) over the ranks. Every rank must pass
         tensors of the same shapes, dtypes and order (as DDP requires of the parameters)."""
         world = self.world_size()
+        # A DTensor's gradient was reduced by FSDP / tensor parallelism, and what is derived
+        # from it (a finite-difference Hessian estimate) is global already.
+        tensors = [t for t in tensors if not is_dtensor(t)]
         if world == 1 or not tensors:
             return
         pending = []

@@ -14,6 +14,16 @@ MISSING_DERIVATIVE = ("derivative for ", "is not implemented")
 LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-place operation"
 
 
+def dtensor_double_backward_error() -> RuntimeError:
+    """For DTensor parameters whose gradients carry no graph after a create_graph pass."""
+    return RuntimeError(
+        "the Hessian is due at this step, but the gradients of the DTensor parameters carry "
+        "no graph: FSDP2's fully_shard (and other DTensor wrappers) reduce the gradients "
+        "outside autograd, so the double backward of hessian_estimator='autograd' cannot run "
+        "through them. Use hessian_estimator='finite_difference', which needs first-order "
+        "gradients only.")
+
+
 def double_backward_error(exc: RuntimeError) -> Optional[RuntimeError]:
     """A clearer error for a Hessian-vector product that autograd cannot run, or None."""
     compiled = compiled_double_backward_error(exc)

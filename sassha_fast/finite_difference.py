@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .batchnorm import frozen_batchnorm_stats
+from .dtensor import local
 from .hessian import RademacherSource
 
 ESTIMATORS = ("autograd", "finite_difference")
@@ -227,7 +228,7 @@ def _difference(params: List[Tensor], upper: List[Optional[Tensor]],
     pass gets a zero estimate, as the double backward gives one the loss does not reach."""
     present = [i for i, (u, l) in enumerate(zip(upper, lower)) if u is not None and l is not None]
     for i in present:
-        if upper[i].data_ptr() == lower[i].data_ptr():
+        if local(upper[i]).data_ptr() == local(lower[i]).data_ptr():
             # DistributedDataParallel(gradient_as_bucket_view=True) writes every backward
             # into the same buffer, which would overwrite the gradient being differenced.
             raise RuntimeError(

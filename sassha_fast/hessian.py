@@ -4,6 +4,8 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
+from .dtensor import draw_like, is_dtensor
+
 
 class RademacherSource:
     """Seeded generators, one per device, so that every rank draws the same z.
@@ -20,17 +22,17 @@ class RademacherSource:
             self._generators[device] = torch.Generator(device).manual_seed(self.seed)
         return self._generators[device]
 
+    def _draw(self, shape: torch.Size, device: torch.device, dtype: torch.dtype) -> Tensor:
+        z = torch.randint(0, 2, shape, generator=self.generator(device), device=device) * 2.0 - 1.0
+        return z if z.dtype == dtype else z.to(dtype)
+
     def generators(self) -> List[torch.Generator]:
         """The generators created so far (a CUDA graph that draws from one must register it)."""
         return list(self._generators.values())
 
     def draw(self, params: List[Tensor]) -> List[Tensor]:
-        zs = []
-        for p in params:
-            z = torch.randint(0, 2, p.shape, generator=self.generator(p.device),
-                              device=p.device) * 2.0 - 1.0
-            zs.append(z if z.dtype == p.dtype else z.to(p.dtype))
-        return zs
+        return [draw_like(p, lambda shape, p=p: self._draw(shape, p.device, p.dtype))
+                if is_dtensor(p) else self._draw(p.shape, p.device, p.dtype) for p in params]
 
     def state_dict(self) -> Dict[str, Tensor]:
         return {str(device): g.get_state() for device, g in self._generators.items()}
