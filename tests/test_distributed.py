@@ -2,21 +2,17 @@
 process fed the whole batch (Hessian and non-Hessian steps), with a DDP-wrapped model and
 with a bare model whose gradients the optimizer averages itself."""
 import contextlib
-import os
-import socket
-import tempfile
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from sassha_fast import MSASSHA, SASSHA
 from sassha_fast.distributed import Averager
+from gloo_ranks import rank_results
 from tiny import LOSS, make_model, whole_batch
 
-WORLD = 2
 STEPS = 4
 LAZY = 2  # steps 1 and 3 estimate the Hessian, 2 and 4 do not
 
@@ -147,36 +143,18 @@ def bucket_view_probe(x, y) -> str:
     return ""
 
 
-def worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD)
-    try:
-        # DDP's own all-reduces run in C++; this counts the optimizer's only.
-        dist.all_reduce = _counting(dist.all_reduce)
-        x, y = whole_batch()
-        half = len(x) // WORLD
-        mine = slice(rank * half, (rank + 1) * half)
-        results = {name: train(name, x[mine], y[mine], distributed=True) for name in CONFIGS}
-        results["ddp_create_graph_error"] = create_graph_through_ddp(x[mine], y[mine])
-        results["bucket_view_error"] = bucket_view_probe(x[mine], y[mine])
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def run_all(x, y) -> dict:
+    # DDP's own all-reduces run in C++; this counts the optimizer's only.
+    dist.all_reduce = _counting(dist.all_reduce)
+    results = {name: train(name, x, y, distributed=True) for name in CONFIGS}
+    results["ddp_create_graph_error"] = create_graph_through_ddp(x, y)
+    results["bucket_view_error"] = bucket_view_probe(x, y)
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks():
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available in this build")
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(worker, args=(free_port(), out_dir), nprocs=WORLD, join=True)
-        yield [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
+    return rank_results(run_all)
 
 
 def assert_close_lists(got, want, **tolerance):

@@ -2,19 +2,13 @@
 DTensor shard and fed half of the batch, match one process fed the whole batch, with the
 finite-difference Hessian estimator (a double backward cannot run through FSDP2's
 reduce-scatter) on every CPU backend, SASSHA and M-SASSHA, Hessian and non-Hessian steps."""
-import os
-import socket
-import tempfile
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from sassha_fast import MSASSHA, SASSHA
+from gloo_ranks import rank_results
 from tiny import LOSS, make_model, whole_batch
 
-WORLD = 2
 STEPS = 4
 LAZY = 2  # steps 1 and 3 estimate the Hessian, 2 and 4 do not
 BACKENDS = ("reference", "foreach", "cpu")
@@ -58,34 +52,16 @@ def autograd_estimator_error(x, y) -> str:
     return ""
 
 
-def worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD)
-    try:
-        x, y = whole_batch()
-        half = len(x) // WORLD
-        mine = slice(rank * half, (rank + 1) * half)
-        results = {(name, backend): train(name, backend, x[mine], y[mine], shard=True)
-                   for name in OPTIMIZERS for backend in BACKENDS}
-        results["autograd_error"] = autograd_estimator_error(x[mine], y[mine])
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def run_all(x, y) -> dict:
+    results = {(name, backend): train(name, backend, x, y, shard=True)
+               for name in OPTIMIZERS for backend in BACKENDS}
+    results["autograd_error"] = autograd_estimator_error(x, y)
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks():
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available in this build")
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(worker, args=(free_port(), out_dir), nprocs=WORLD, join=True)
-        yield [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
+    return rank_results(run_all)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
