@@ -82,18 +82,7 @@ def make_iteration(method: str, model, x, y, loss_fn, lazy_hessian: int,
         return iteration, lambda: "per-tensor SAM"
     if method == "sassha-authors-loop":
         opt = SASSHA(params, lazy_hessian=lazy_hessian, backend="reference", **SASSHA_HP)
-
-        def iteration():
-            # The authors' training loop: create_graph on every iteration.
-            opt.zero_grad(set_to_none=True)
-            loss().backward()
-            opt.perturb_weights(zero_grad=True)
-            with frozen_batchnorm_stats(), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=CREATE_GRAPH_WARNING)
-                loss().backward(create_graph=True)
-            opt.unperturb()
-            opt.step()
-        return iteration, lambda: "reference"
+        return _authors_sassha_loop(opt, loss), lambda: "reference"
     if method.endswith("-authors"):
         return _authors_iteration(method, params, loss, lazy_hessian, authors_code)
     if method in ("sassha", "msassha"):
@@ -103,6 +92,21 @@ def make_iteration(method: str, model, x, y, loss_fn, lazy_hessian: int,
     raise ValueError(f"unknown training method {method!r}")
 
 
+def _authors_sassha_loop(opt, loss):
+    """The authors' SASSHA training loop (theirs or ours in it): create_graph on every
+    iteration."""
+    def iteration():
+        opt.zero_grad(set_to_none=True)
+        loss().backward()
+        opt.perturb_weights(zero_grad=True)
+        with frozen_batchnorm_stats(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=CREATE_GRAPH_WARNING)
+            loss().backward(create_graph=True)
+        opt.unperturb()
+        opt.step()
+    return iteration
+
+
 def _authors_iteration(method: str, params, loss, lazy_hessian: int, authors_code):
     """Their optimizers in their scripts' loops: create_graph on every iteration."""
     if not authors_code:
@@ -110,16 +114,7 @@ def _authors_iteration(method: str, params, loss, lazy_hessian: int, authors_cod
     code = authors.load(authors_code)
     if method == "sassha-authors":
         opt = code.sassha(params, lazy_hessian=lazy_hessian, rho=0.05, **SASSHA_HP)
-
-        def iteration():
-            opt.zero_grad(set_to_none=True)
-            loss().backward()
-            opt.perturb_weights(zero_grad=True)
-            with frozen_batchnorm_stats(), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=CREATE_GRAPH_WARNING)
-                loss().backward(create_graph=True)
-            opt.unperturb()
-            opt.step()
+        iteration = _authors_sassha_loop(opt, loss)
     elif method == "msassha-authors":
         opt = code.msassha(params, lazy_hessian=lazy_hessian, **SASSHA_HP)
 
