@@ -25,7 +25,8 @@ from typing import Iterable, NamedTuple
 import torch
 
 AUTHORS = "authors"  # the backend column of their rows
-# The package's default hessian_power, so that both implementations do the same arithmetic.
+# The hessian_power the package's rows use (SASSHA's default, config.PAPER_SETTINGS for
+# M-SASSHA), so that both implementations do the same arithmetic.
 HESSIAN_POWER = 0.5
 WORKAROUNDS = ("SASSHA: a constant hessian_power_scheduler (else power None raises); "
                "M-SASSHA: a subclass with track_hessian = False (the constructor reads it, "

@@ -29,7 +29,7 @@ def trajectory(net: str, backend: str, steps: int, device: torch.device,
     x_train, y_train, _, _ = digits(0.4, seed=0)
     torch.manual_seed(0)
     model = network(net).to(device)
-    opt = sassha_fast.SASSHA(model.parameters(), backend=backend,
+    opt = sassha_fast.SASSHA(model.parameters(), backend=backend, rho=0.05,
                              curvature_floor=curvature_floor)
     loss_fn = nn.CrossEntropyLoss()
     x, y = x_train[:BATCH].to(device), y_train[:BATCH].to(device)

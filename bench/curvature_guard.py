@@ -90,7 +90,7 @@ def train(case: Case, safeguard: str, seed: int, epochs: int,
     torch.manual_seed(seed)
     model = network(case.net)
     kind, _, value = safeguard.partition("=")
-    opt = sassha_fast.SASSHA(model.parameters(), lr=case.lr,
+    opt = sassha_fast.SASSHA(model.parameters(), lr=case.lr, rho=0.05,
                              curvature_floor=float(value) if kind == "floor" else 0.0)
     run = bounded(list(model.parameters()), float(value)) if kind == "bound" else \
         (lambda step: step())

@@ -46,7 +46,8 @@ METHODS = (
     Method("sassha", (0.03, 0.1, 0.3, 1.0),
            lambda p, lr: SASSHA(p, lr=lr, rho=0.1, weight_decay=DECAY / lr), "closure"),
     Method("msassha", (0.03, 0.1, 0.3, 1.0),
-           lambda p, lr: MSASSHA(p, lr=lr, rho=0.3, weight_decay=DECAY / lr), "closure"),
+           lambda p, lr: MSASSHA(p, lr=lr, rho=0.3, hessian_power=0.5,
+                                 weight_decay=DECAY / lr), "closure"),
 )
 
 

@@ -23,6 +23,7 @@ from sassha_fast import backends as sassha_backends
 
 from . import traffic
 from .authors import AUTHORS, AuthorsCode
+from .config import PAPER_SETTINGS
 from .sam import SAM
 from .shapes import ParamSet, random_tensors
 from .timing import Budget, measure_all
@@ -100,7 +101,8 @@ def seed_sassha_state(opt: SASSHA, beta2: float = BETAS[1]) -> None:
             bias_correction2=(1 - beta2) ** 0.5)
 
 
-# The authors' defaults but for the learning rate and weight decay, which follow AdamW's.
+# The authors' defaults but for the learning rate and weight decay, which follow AdamW's
+# (and PAPER_SETTINGS).
 SASSHA_HP = dict(lr=ADAMW["lr"], betas=BETAS, weight_decay=ADAMW["weight_decay"],
                  lazy_hessian=NEVER)
 
@@ -109,7 +111,8 @@ def _sassha(backend: str) -> Callable[[Tensors, torch.device], Iteration]:
     def build(t: Tensors, device: torch.device) -> Iteration:
         # nonfinite="ignore": like AdamW without a GradScaler, no inf/NaN check (the default
         # "skip" adds one read of g2 and a host synchronisation per step).
-        opt = SASSHA(t.params, **SASSHA_HP, backend=backend, nonfinite="ignore")
+        opt = SASSHA(t.params, **SASSHA_HP,
+                     **PAPER_SETTINGS["SASSHA"], backend=backend, nonfinite="ignore")
         seed_sassha_state(opt)
         return _two_pass(opt, opt.perturb_weights, t)
     return build
@@ -117,7 +120,8 @@ def _sassha(backend: str) -> Callable[[Tensors, torch.device], Iteration]:
 
 def _msassha(backend: str) -> Callable[[Tensors, torch.device], Iteration]:
     def build(t: Tensors, device: torch.device) -> Iteration:
-        opt = MSASSHA(t.params, **SASSHA_HP, backend=backend, nonfinite="ignore")
+        opt = MSASSHA(t.params, **SASSHA_HP,
+                      **PAPER_SETTINGS["MSASSHA"], backend=backend, nonfinite="ignore")
         seed_sassha_state(opt)
         return _one_pass(opt, t)
     return build

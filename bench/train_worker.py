@@ -19,6 +19,7 @@ from sassha_fast import MSASSHA, SASSHA
 from sassha_fast.batchnorm import frozen_batchnorm_stats
 
 from . import authors
+from .config import PAPER_SETTINGS
 from .meta import proc_status_bytes
 from .models import GPT, CifarResNet, GPTConfig
 from .sam import SAM
@@ -81,13 +82,14 @@ def make_iteration(method: str, model, x, y, loss_fn, lazy_hessian: int,
             sam.step()
         return iteration, lambda: "per-tensor SAM"
     if method == "sassha-authors-loop":
-        opt = SASSHA(params, lazy_hessian=lazy_hessian, backend="reference", **SASSHA_HP)
+        opt = SASSHA(params, lazy_hessian=lazy_hessian, backend="reference", **SASSHA_HP,
+                     **PAPER_SETTINGS["SASSHA"])
         return _authors_sassha_loop(opt, loss), lambda: "reference"
     if method.endswith("-authors"):
         return _authors_iteration(method, params, loss, lazy_hessian, authors_code)
     if method in ("sassha", "msassha"):
         cls = SASSHA if method == "sassha" else MSASSHA
-        opt = cls(params, lazy_hessian=lazy_hessian, **SASSHA_HP)
+        opt = cls(params, lazy_hessian=lazy_hessian, **SASSHA_HP, **PAPER_SETTINGS[cls.__name__])
         return (lambda: opt.step(loss)), lambda: ",".join(opt.backends_in_use.values())
     raise ValueError(f"unknown training method {method!r}")
 

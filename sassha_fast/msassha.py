@@ -36,7 +36,7 @@ class MSASSHA(HessianOptimizer):
 
     def __init__(self, params, lr: float = 0.15, betas=(0.9, 0.999), weight_decay: float = 1e-2,
                  lazy_hessian: int = 10, rho: float = 0.3, n_samples: int = 1,
-                 eps: float = 1e-4, hessian_power: float = 0.5, seed: int = 0,
+                 eps: float = 1e-4, hessian_power: float = 1.0, seed: int = 0,
                  maximize: bool = False, hessian_power_scheduler=None, backend: str = "auto",
                  process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
                  grad_reduce: str = "mean", capturable: Optional[bool] = None,

@@ -61,7 +61,7 @@ class SASSHA(HessianOptimizer):
     """
 
     def __init__(self, params, hessian_power_scheduler=None, lr: float = 0.15,
-                 betas=(0.9, 0.999), weight_decay: float = 0.0, rho: float = 0.05,
+                 betas=(0.9, 0.999), weight_decay: float = 0.0, rho: float = 0.0,
                  lazy_hessian: int = 10, n_samples: int = 1, perturb_eps: float = 1e-12,
                  eps: float = 1e-4, adaptive: bool = False, grad_reduce: str = "mean",
                  seed: int = 0, hessian_power: float = 0.5, backend: str = "auto",

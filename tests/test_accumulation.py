@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sassha_fast import MSASSHA, SASSHA
-from tiny import LOSS, make_model, whole_batch
+from tiny import LOSS, PAPER_SETTINGS, make_model, whole_batch
 
 STEPS = 4  # lazy_hessian=2: Hessian and non-Hessian steps
 MICRO = 4
@@ -43,7 +43,7 @@ ITERATIONS = {SASSHA: sassha_iteration, MSASSHA: msassha_iteration}
 def train(optimizer, micro, max_norm=None, steps=STEPS):
     model = make_model()
     x, y = whole_batch()
-    opt = optimizer(model.parameters(), lazy_hessian=2)
+    opt = optimizer(model.parameters(), lazy_hessian=2, **PAPER_SETTINGS[optimizer])
     micro_batches = list(zip(x.chunk(micro), y.chunk(micro)))
     for _ in range(steps):
         ITERATIONS[optimizer](model, opt, micro_batches, max_norm)
@@ -93,7 +93,7 @@ def test_with_a_grad_scaler_clip_to_max_norm_times_the_scale():
     clipped_model, clipped_opt = train(SASSHA, 1, max_norm=max_norm, steps=2)
     model = make_model()
     x, y = whole_batch()
-    opt = SASSHA(model.parameters(), lazy_hessian=2)
+    opt = SASSHA(model.parameters(), lazy_hessian=2, rho=0.05)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
     for _ in range(2):
         scaler.scale(LOSS(model(x), y)).backward()

@@ -6,7 +6,7 @@ import torch
 
 import sassha_fast._base as base
 from sassha_fast import MSASSHA, SASSHA
-from tiny import LOSS, assert_identical, make_model, snapshot, whole_batch
+from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, snapshot, whole_batch
 
 OPTIMIZERS = [SASSHA, MSASSHA]
 
@@ -18,7 +18,7 @@ def scaler(init_scale=2.0 ** 12):
 def run(optimizer, steps, use_scaler, manual=False, **kwargs):
     model = make_model()
     x, y = whole_batch()
-    opt = optimizer(model.parameters(), lazy_hessian=2, **kwargs)
+    opt = optimizer(model.parameters(), lazy_hessian=2, **kwargs, **PAPER_SETTINGS[optimizer])
     grad_scaler = scaler() if use_scaler else None
     for _ in range(steps):
         if manual:
@@ -68,7 +68,7 @@ def skipped_iteration(optimizer, poisoned_call=None, poison_hessian=False, monke
     """Two good iterations, then one poisoned one; returns (before, after, scaler scales)."""
     model = make_model()
     x, y = whole_batch()
-    opt = optimizer(model.parameters(), lazy_hessian=2)
+    opt = optimizer(model.parameters(), lazy_hessian=2, **PAPER_SETTINGS[optimizer])
     grad_scaler = scaler()
     calls_per_step = 2 if optimizer is SASSHA else 1
     closure = Poisoned(model, x, y, None)
@@ -120,7 +120,7 @@ def test_an_overflow_after_the_perturbation_leaves_the_state_bit_identical(
 def test_a_good_iteration_counts_towards_growing_the_scale():
     model = make_model()
     x, y = whole_batch()
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
     grad_scaler = torch.amp.GradScaler("cpu", init_scale=8.0, growth_interval=1)
     opt.step(lambda: LOSS(model(x), y), scaler=grad_scaler)
     grad_scaler.update()
@@ -130,7 +130,7 @@ def test_a_good_iteration_counts_towards_growing_the_scale():
 def test_scaler_step_is_refused_with_the_call_to_use():
     model = make_model()
     x, y = whole_batch()
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
     grad_scaler = scaler()
     grad_scaler.scale(LOSS(model(x), y)).backward()
     opt.perturb_weights(zero_grad=True, scaler=grad_scaler)
@@ -158,7 +158,7 @@ def test_low_precision_parameters_with_a_scaler(optimizer, dtype):
     reference = run(optimizer, 3, use_scaler=False)
     model = make_model(dtype)
     x, y = whole_batch(dtype)
-    opt = optimizer(model.parameters(), lazy_hessian=2)
+    opt = optimizer(model.parameters(), lazy_hessian=2, **PAPER_SETTINGS[optimizer])
     grad_scaler = scaler()
     for _ in range(3):
         opt.step(lambda: LOSS(model(x).float(), y), scaler=grad_scaler)
@@ -176,7 +176,7 @@ def test_autocast_bf16_forward_with_fp32_parameters(optimizer):
     reference = run(optimizer, 3, use_scaler=False)
     model = make_model()
     x, y = whole_batch()
-    opt = optimizer(model.parameters(), lazy_hessian=2)
+    opt = optimizer(model.parameters(), lazy_hessian=2, **PAPER_SETTINGS[optimizer])
 
     def closure():
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -191,7 +191,7 @@ def test_autocast_bf16_forward_with_fp32_parameters(optimizer):
 def test_a_scaler_that_scaled_nothing_is_reported():
     model = make_model()
     x, y = whole_batch()
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
     LOSS(model(x), y).backward()
     with pytest.raises(RuntimeError, match="has not scaled a loss yet"):
         opt.perturb_weights(scaler=scaler())

@@ -10,6 +10,8 @@ import sassha_fast
 from sassha_fast import MSASSHA, SASSHA
 from sassha_fast._base import HessianOptimizer
 
+from tiny import PAPER_SETTINGS
+
 OPTIMIZERS = [SASSHA, MSASSHA]
 
 
@@ -86,7 +88,7 @@ def test_invalid_perturb_eps_and_bad_group_value():
 
 def test_bad_group_leaves_the_optimizer_unchanged():
     model = small_model()
-    opt = SASSHA(model[0].parameters())
+    opt = SASSHA(model[0].parameters(), rho=0.05)
     with pytest.raises(ValueError, match="Invalid rho value"):
         opt.add_param_group({"params": model[2].parameters(), "rho": -1.0})
     assert len(opt.param_groups) == 1
@@ -95,7 +97,7 @@ def test_bad_group_leaves_the_optimizer_unchanged():
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_sparse_gradients_are_refused(optimizer):
     embedding = nn.Embedding(10, 4, sparse=True)
-    opt = optimizer(embedding.parameters())
+    opt = optimizer(embedding.parameters(), **PAPER_SETTINGS[optimizer])
     embedding(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(RuntimeError, match="does not support sparse gradients"):
         opt.step()
@@ -128,7 +130,7 @@ def test_available_backends_lists_every_backend_with_a_reason():
 
 def test_auto_picks_a_fused_backend_on_cpu():
     model = small_model()
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
     opt.step(lambda: loss_of(model))
     expected = "cpu" if sassha_fast.available_backends()["cpu"].available else "foreach"
     assert opt.backends_in_use == {"cpu": expected}
@@ -154,7 +156,7 @@ def test_one_call_and_method_level_agree(backend, batchnorm):
     runs = []
     for style in ("method", "closure"):
         model = small_model(batchnorm)
-        opt = SASSHA(model.parameters(), lr=0.05, lazy_hessian=3, backend=backend)
+        opt = SASSHA(model.parameters(), lr=0.05, lazy_hessian=3, backend=backend, rho=0.05)
         losses = []
         for _ in range(8):
             if style == "method":
@@ -179,7 +181,7 @@ def test_create_graph_only_when_the_hessian_is_due(monkeypatch):
 
     monkeypatch.setattr(HessianOptimizer, "_backward", staticmethod(recording_backward))
     model = small_model()
-    opt = SASSHA(model.parameters(), lazy_hessian=3)
+    opt = SASSHA(model.parameters(), lazy_hessian=3, rho=0.05)
     due = []
     for _ in range(7):
         due.append(opt.hessian_due)
@@ -193,7 +195,7 @@ def test_create_graph_only_when_the_hessian_is_due(monkeypatch):
 
 def test_one_call_returns_the_first_pass_loss():
     model = small_model()
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
     expected = loss_of(model).item()
     assert opt.step(lambda: loss_of(model)).item() == pytest.approx(expected, rel=1e-7)
 
@@ -213,7 +215,7 @@ def test_batchnorm_statistics_are_frozen_in_the_perturbed_pass():
 @pytest.mark.parametrize("returned", [None, 1.0, "loss"])
 def test_closure_must_return_the_loss_without_backward(returned):
     model = small_model()
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
 
     def closure():
         loss = loss_of(model)
@@ -272,7 +274,7 @@ def test_step_without_perturbation_is_sassha_with_rho_zero(backend):
 
 def test_hessian_due_without_a_graph_says_what_to_do():
     model = small_model()
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
     loss_of(model).backward()
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(RuntimeError, match="create_graph=True"):
@@ -287,7 +289,7 @@ def test_frozen_parameters_and_parameters_without_gradients_are_untouched():
     unused = nn.Linear(2, 2)
     model[0].bias.requires_grad_(False)
     frozen, idle = model[0].bias.detach().clone(), unused.weight.detach().clone()
-    opt = SASSHA(list(model.parameters()) + list(unused.parameters()), lazy_hessian=2)
+    opt = SASSHA(list(model.parameters()) + list(unused.parameters()), lazy_hessian=2, rho=0.05)
     for _ in range(3):
         opt.step(lambda: loss_of(model))
     assert torch.equal(model[0].bias, frozen) and torch.equal(unused.weight, idle)
@@ -337,7 +339,7 @@ def test_msassha_step_taken_at_the_clean_point_matches_one_taken_at_the_perturbe
 def test_resume_in_the_middle_of_a_lazy_interval_is_bit_for_bit(optimizer, backend):
     kwargs = dict(lazy_hessian=3, n_samples=2, seed=5, backend=backend)
     model = small_model()
-    opt = optimizer(model.parameters(), **kwargs)
+    opt = optimizer(model.parameters(), **kwargs, **PAPER_SETTINGS[optimizer])
     for _ in range(4):  # Hessian at 1 and 4; the next one is due at 7
         opt.step(lambda: loss_of(model))
     saved = copy.deepcopy((model.state_dict(), opt.state_dict()))
@@ -347,7 +349,8 @@ def test_resume_in_the_middle_of_a_lazy_interval_is_bit_for_bit(optimizer, backe
 
     resumed_model = small_model()
     resumed_model.load_state_dict(saved[0])
-    resumed = optimizer(resumed_model.parameters(), **dict(kwargs, seed=99))
+    resumed = optimizer(resumed_model.parameters(), **dict(kwargs, seed=99),
+                        **PAPER_SETTINGS[optimizer])
     resumed.load_state_dict(saved[1])
     for _ in range(5):
         resumed.step(lambda: loss_of(resumed_model))
@@ -357,7 +360,7 @@ def test_resume_in_the_middle_of_a_lazy_interval_is_bit_for_bit(optimizer, backe
 def test_state_lives_in_the_state_dict_not_on_parameters():
     model = small_model()
     attributes_before = [set(vars(p)) for p in model.parameters()]
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
     opt.step(lambda: loss_of(model))
     assert [set(vars(p)) for p in model.parameters()] == attributes_before
     state = opt.state_dict()
@@ -369,9 +372,9 @@ def test_state_lives_in_the_state_dict_not_on_parameters():
 def test_low_precision_parameters_keep_fp32_state_through_a_checkpoint():
     model = small_model().to(torch.bfloat16)
     x, y = batch()
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
     opt.step(lambda: nn.functional.cross_entropy(model(x.bfloat16()).float(), y))
-    fresh = SASSHA(model.parameters())
+    fresh = SASSHA(model.parameters(), rho=0.05)
     fresh.load_state_dict(opt.state_dict())
     for p in model.parameters():
         for key in ("exp_avg", "exp_hessian_diag"):

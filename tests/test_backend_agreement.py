@@ -15,7 +15,7 @@ def test_authors_loop_and_one_call_are_bit_identical_on_one_backend(backend, dev
     runs = []
     for one_call in (True, False):
         model = make_model().to(device)
-        opt = sassha_fast.SASSHA(model.parameters(), backend=backend, lazy_hessian=2)
+        opt = sassha_fast.SASSHA(model.parameters(), backend=backend, lazy_hessian=2, rho=0.05)
         for _ in range(3):
             if one_call:
                 opt.step(lambda: LOSS(model(x), y))

@@ -141,7 +141,7 @@ def test_perturb_moves_p_by_the_stored_perturbation(dtype, adaptive):
 def test_auto_picks_the_cpu_backend():
     assert resolve("auto", torch.device("cpu")).name == "cpu"
     w = torch.nn.Parameter(torch.randn(4, 3))
-    opt = SASSHA([w], lazy_hessian=1)
+    opt = SASSHA([w], lazy_hessian=1, rho=0.05)
     opt.step(lambda: (w ** 2).sum())
     assert opt.backends_in_use == {"cpu": "cpu"}
 

@@ -10,6 +10,7 @@ from sassha_fast import MSASSHA, SASSHA
 from sassha_fast.backends import _load
 
 from backend_params import backend_device_params
+from tiny import PAPER_SETTINGS
 
 STEPS = 100
 FINAL_TOLERANCE = {
@@ -44,7 +45,8 @@ def make_run(optimizer, backend, device, dtype):
         {"params": [model.body.bias, model.head.weight, model.head.bias, model.frozen.bias,
                     model.unused.bias], "lr": 0.02, "weight_decay": 0.0, "rho": 0.02},
     ]
-    opt = optimizer(groups, lr=0.05, weight_decay=1e-3, lazy_hessian=3, backend=backend)
+    opt = optimizer(groups, lr=0.05, weight_decay=1e-3, lazy_hessian=3, backend=backend,
+                    **PAPER_SETTINGS[optimizer])
     generator = torch.Generator().manual_seed(4)
     x = torch.randn(32, 6, generator=generator).to(device=device, dtype=dtype)
     y = torch.randint(0, 3, (32,), generator=generator).to(device)

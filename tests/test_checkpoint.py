@@ -8,7 +8,7 @@ import torch
 import sassha_fast
 from sassha_fast import MSASSHA, SASSHA, backends
 from sassha_fast.checkpoint import generator_states_for, last_hessian_step
-from tiny import LOSS, assert_identical, make_model, snapshot, whole_batch
+from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, snapshot, whole_batch
 
 LAZY = 3
 
@@ -46,7 +46,7 @@ def start(optimizer, backend="auto", device="cpu", dtype=torch.float32):
     model = make_model(dtype).to(device)
     x, y = (t.to(device) for t in whole_batch(dtype))
     return model, x, y, optimizer(model.parameters(), lazy_hessian=LAZY, n_samples=2,
-                                  backend=backend)
+                                  backend=backend, **PAPER_SETTINGS[optimizer])
 
 
 def resumed(model, opt, optimizer, backend="auto", device="cpu", map_location=None):
@@ -56,7 +56,7 @@ def resumed(model, opt, optimizer, backend="auto", device="cpu", map_location=No
     new_model = make_model(next(model.parameters()).dtype).to(device)
     new_model.load_state_dict(checkpoint["model"])
     new_opt = optimizer(new_model.parameters(), lazy_hessian=LAZY, n_samples=2,
-                        backend=backend)
+                        backend=backend, **PAPER_SETTINGS[optimizer])
     new_opt.load_state_dict(checkpoint["optimizer"])
     return new_model, new_opt
 
@@ -166,7 +166,7 @@ def test_an_authors_sassha_checkpoint_loads_and_continues():
     authors = authors_sassha_state_dict(opt, torch.float32)
     new_model, _ = resumed(model, opt, SASSHA)
     new_opt = SASSHA(new_model.parameters(), lazy_hessian=LAZY, n_samples=2,
-                     hessian_power=0.5)
+                     hessian_power=0.5, rho=0.05)
     new_opt.load_state_dict(saved_and_loaded(authors))
     converted = new_opt.state_dict()
     assert_identical(converted["state"], opt.state_dict()["state"])
@@ -179,7 +179,7 @@ def test_an_authors_sassha_checkpoint_loads_and_continues():
 def test_an_authors_checkpoint_in_bf16_gets_fp32_state():
     model, x, y, opt = start(SASSHA, dtype=torch.bfloat16)
     iterate(model, opt, x, y, 1)
-    new_opt = SASSHA(make_model(torch.bfloat16).parameters(), lazy_hessian=LAZY)
+    new_opt = SASSHA(make_model(torch.bfloat16).parameters(), lazy_hessian=LAZY, rho=0.05)
     new_opt.load_state_dict(authors_sassha_state_dict(opt, torch.bfloat16))
     for s in new_opt.state.values():
         assert s["exp_avg"].dtype == s["exp_hessian_diag"].dtype == torch.float32
@@ -189,7 +189,7 @@ def test_an_authors_checkpoint_in_bf16_gets_fp32_state():
 def test_an_authors_checkpoint_with_other_settings_warns():
     model, x, y, opt = start(SASSHA)
     iterate(model, opt, x, y, 1)
-    other = SASSHA(make_model().parameters(), lazy_hessian=5, n_samples=2)
+    other = SASSHA(make_model().parameters(), lazy_hessian=5, n_samples=2, rho=0.05)
     with pytest.warns(UserWarning, match="lazy_hessian=3"):
         other.load_state_dict(authors_sassha_state_dict(opt, torch.float32))
     assert other.lazy_hessian == 5
@@ -201,7 +201,7 @@ def test_an_authors_msassha_checkpoint_loads_at_the_clean_point():
     with opt.evaluation():  # the authors' script saves at the clean point
         authors = authors_msassha_state_dict(opt)
         new_model, _ = resumed(model, opt, MSASSHA)
-    new_opt = MSASSHA(new_model.parameters(), lazy_hessian=LAZY, n_samples=2)
+    new_opt = MSASSHA(new_model.parameters(), lazy_hessian=LAZY, n_samples=2, hessian_power=0.5)
     new_opt.load_state_dict(authors)
     assert_identical(new_opt.state_dict()["state"], opt.state_dict()["state"])
     assert new_opt.param_groups[0]["norm_factor"] == opt.param_groups[0]["norm_factor"]

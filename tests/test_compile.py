@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sassha_fast import MSASSHA, SASSHA
-from tiny import LOSS, assert_identical, make_model, snapshot, whole_batch
+from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, snapshot, whole_batch
 
 GUIDANCE = r"hessian_due is True, run the forward pass .* through the uncompiled module"
 
@@ -21,7 +21,7 @@ def test_a_hessian_step_through_a_compiled_model_explains_itself(optimizer):
     model = make_model()
     compiled = torch.compile(model, backend="aot_eager")
     x, y = whole_batch()
-    opt = optimizer(model.parameters(), lazy_hessian=2)
+    opt = optimizer(model.parameters(), lazy_hessian=2, **PAPER_SETTINGS[optimizer])
     before = snapshot(model, opt)
     with pytest.raises(RuntimeError, match=GUIDANCE):
         opt.step(lambda: LOSS(compiled(x), y))
@@ -36,7 +36,7 @@ def test_the_default_inductor_backend_fails_the_same_way():
     model = make_model()
     compiled = torch.compile(model)
     x, y = whole_batch()
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
     with pytest.raises(RuntimeError, match=GUIDANCE):
         opt.step(lambda: LOSS(compiled(x), y))
 
@@ -47,7 +47,7 @@ def test_the_uncompiled_module_on_hessian_steps_trains_like_eager(optimizer):
         model = make_model()
         compiled = torch.compile(model, backend="aot_eager")
         x, y = whole_batch()
-        opt = optimizer(model.parameters(), lazy_hessian=2)
+        opt = optimizer(model.parameters(), lazy_hessian=2, **PAPER_SETTINGS[optimizer])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for _ in range(4):
@@ -69,7 +69,7 @@ def test_batchnorm_statistics_stay_frozen_in_a_compiled_perturbed_pass():
         model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
         compiled = torch.compile(model, backend="aot_eager") if compile_ else model
         x, y = whole_batch()
-        opt = SASSHA(model.parameters(), lazy_hessian=10)
+        opt = SASSHA(model.parameters(), lazy_hessian=10, rho=0.05)
         for _ in range(3):
             runner = model if opt.hessian_due else compiled
             opt.step(lambda: LOSS(runner(x), y))
@@ -85,7 +85,7 @@ def test_backend_eager_runs_hessian_steps():
         model = make_model()
         runner = torch.compile(model, backend="eager") if compile_ else model
         x, y = whole_batch()
-        opt = SASSHA(model.parameters(), lazy_hessian=2)
+        opt = SASSHA(model.parameters(), lazy_hessian=2, rho=0.05)
         for _ in range(3):
             opt.step(lambda: LOSS(runner(x), y))
         return list(model.parameters())

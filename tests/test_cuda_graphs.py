@@ -9,6 +9,7 @@ from torch import nn
 from sassha_fast import MSASSHA, SASSHA, available_backends
 from sassha_fast.cuda_graphs import GraphedStep
 from test_no_sync import takes_found_inf
+from tiny import PAPER_SETTINGS
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device (CUDA graphs, sync debug mode)")
@@ -34,7 +35,8 @@ def setup(optimizer_class, backend):
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(64, 16, generator=generator).cuda()
     y = torch.randint(0, 4, (64,), generator=generator).cuda()
-    opt = optimizer_class(model.parameters(), lazy_hessian=2, backend=backend)
+    opt = optimizer_class(model.parameters(), lazy_hessian=2, backend=backend,
+                          **PAPER_SETTINGS[optimizer_class])
     return model, opt, x, y
 
 
@@ -98,7 +100,7 @@ def test_no_host_sync_on_cuda_under_sync_debug_mode(backend, optimizer):
     (False, 1, "device path"), (True, 0, "take a few eager optimizer steps")])
 def test_graphed_step_refuses_what_it_cannot_capture(capturable, steps, error):
     model = nn.Linear(3, 2)
-    opt = SASSHA(model.parameters(), capturable=capturable, backend="reference")
+    opt = SASSHA(model.parameters(), capturable=capturable, backend="reference", rho=0.05)
     x = torch.randn(4, 3)
     for _ in range(steps):
         opt.step(lambda: model(x).square().sum())

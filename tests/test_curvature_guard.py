@@ -8,6 +8,7 @@ import sassha_fast
 from sassha_fast.curvature_guard import floor_hessian_
 
 from backend_params import backend_device_params
+from tiny import PAPER_SETTINGS
 
 LOSS = nn.CrossEntropyLoss()
 
@@ -33,7 +34,8 @@ def batches():
 
 def train(optimizer_class, steps: int, backend: str = "auto", device="cpu", **kwargs):
     model = dead_unit_model().to(device)
-    opt = optimizer_class(model.parameters(), backend=backend, **kwargs)
+    opt = optimizer_class(model.parameters(), backend=backend, **kwargs,
+                          **PAPER_SETTINGS[optimizer_class])
     (x_dead, y), (x_alive, _) = [(x.to(device), y.to(device)) for x, y in batches()]
     start = [p.detach().clone() for p in model.parameters()]
     for i in range(steps):

@@ -7,7 +7,7 @@ import torch
 import sassha_fast
 
 from test_curvature_guard import LOSS, batches, dead_unit_model
-from tiny import assert_identical, make_model, snapshot, whole_batch
+from tiny import PAPER_SETTINGS, assert_identical, make_model, snapshot, whole_batch
 
 OPTIMIZERS = [sassha_fast.SASSHA, sassha_fast.MSASSHA]
 
@@ -25,7 +25,8 @@ def test_update_ratio_is_the_last_steps_update(optimizer_class, steps):
     model = make_model()
     x, y = whole_batch()
     # No perturbation and no decay: the change of the parameters is the update itself.
-    opt = optimizer_class(model.parameters(), rho=0.0, weight_decay=0.0, lazy_hessian=2)
+    opt = optimizer_class(model.parameters(), **dict(PAPER_SETTINGS[optimizer_class], rho=0.0),
+                          weight_decay=0.0, lazy_hessian=2)
     for _ in range(steps):
         before = [p.detach().clone() for p in model.parameters()]
         opt.step(lambda: LOSS(model(x), y))
@@ -48,7 +49,7 @@ def test_zero_and_below_eps_fractions_and_the_scheduler_power():
             return 0.75
 
     model = dead_unit_model()
-    opt = sassha_fast.SASSHA(model.parameters(), hessian_power_scheduler=Power())
+    opt = sassha_fast.SASSHA(model.parameters(), hessian_power_scheduler=Power(), rho=0.05)
     (x, y), _ = batches()
     opt.step(lambda: LOSS(model(x), y))
     group = opt.diagnostics()["groups"][0]
@@ -66,7 +67,7 @@ def test_zero_and_below_eps_fractions_and_the_scheduler_power():
 def test_skipped_steps_and_a_nan_ratio_are_reported():
     model = make_model()
     x, y = whole_batch()
-    opt = sassha_fast.SASSHA(model.parameters())
+    opt = sassha_fast.SASSHA(model.parameters(), rho=0.05)
     opt.step(lambda: LOSS(model(x), y))
     opt.step(lambda: LOSS(model(x), y) * float("nan"))
     assert opt.diagnostics()["skipped_steps"] == 1
@@ -79,7 +80,8 @@ def test_skipped_steps_and_a_nan_ratio_are_reported():
 def test_diagnostics_change_nothing(optimizer_class):
     model = make_model()
     x, y = whole_batch()
-    opt = optimizer_class(model.parameters(), curvature_floor=0.01)
+    opt = optimizer_class(model.parameters(), curvature_floor=0.01,
+                          **PAPER_SETTINGS[optimizer_class])
     for _ in range(2):
         opt.step(lambda: LOSS(model(x), y))
     before = snapshot(model, opt)

@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from sassha_fast import MSASSHA, SASSHA
 from sassha_fast.distributed import Averager
 from gloo_ranks import rank_results
-from tiny import LOSS, make_model, whole_batch
+from tiny import LOSS, PAPER_SETTINGS, make_model, whole_batch
 
 STEPS = 4
 LAZY = 2  # steps 1 and 3 estimate the Hessian, 2 and 4 do not
@@ -93,7 +93,7 @@ def train(name: str, x, y, distributed: bool):
     opt = optimizer(model.parameters(), lazy_hessian=LAZY, lr=0.05,
                     sync_gradients=sync_gradients and distributed,
                     hessian_estimator="finite_difference" if name in FINITE_DIFFERENCE
-                    else "autograd")
+                    else "autograd", **PAPER_SETTINGS[optimizer])
     runner = DistributedDataParallel(model) if wrap and distributed else model
     if not distributed:
         loop = closure_loop

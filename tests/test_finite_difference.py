@@ -15,7 +15,7 @@ from bench import hvp_accuracy
 from bench.models import GPT, GPTConfig
 from sassha_fast import MSASSHA, SASSHA
 from sassha_fast.finite_difference import DEFAULT_EPS, FiniteDifference
-from tiny import LOSS, assert_identical, make_model, snapshot, whole_batch
+from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, snapshot, whole_batch
 
 FD = "finite_difference"
 OPTIMIZERS = [SASSHA, MSASSHA]
@@ -67,7 +67,7 @@ def train(optimizer, steps, estimator, model_fn=make_model, **options):
     x, y = whole_batch()
     model = model_fn()
     opt = optimizer(model.parameters(), lr=0.05, lazy_hessian=2,
-                    hessian_estimator=estimator, **options)
+                    hessian_estimator=estimator, **options, **PAPER_SETTINGS[optimizer])
     for _ in range(steps):
         opt.step(lambda: LOSS(model(x), y))
     return model, opt
@@ -96,7 +96,7 @@ def test_the_default_estimator_is_unchanged():
     a, opt_a = train(SASSHA, 3, "autograd")
     x, y = whole_batch()
     b = make_model()
-    opt_b = SASSHA(b.parameters(), lr=0.05, lazy_hessian=2)
+    opt_b = SASSHA(b.parameters(), lr=0.05, lazy_hessian=2, rho=0.05)
     for _ in range(3):
         opt_b.step(lambda: LOSS(b(x), y))
     assert_identical(snapshot(b, opt_b), snapshot(a, opt_a))
@@ -116,7 +116,8 @@ def test_method_level_probes_equal_the_one_call_step(optimizer):
     def one_call():
         torch.manual_seed(5)
         model = dropout_model()
-        opt = optimizer(model.parameters(), lazy_hessian=2, hessian_estimator=FD)
+        opt = optimizer(model.parameters(), lazy_hessian=2, hessian_estimator=FD,
+                        **PAPER_SETTINGS[optimizer])
         for _ in range(3):
             opt.step(lambda: LOSS(model(x), y))
         return snapshot(model, opt), torch.get_rng_state()
@@ -124,7 +125,8 @@ def test_method_level_probes_equal_the_one_call_step(optimizer):
     def method_level():
         torch.manual_seed(5)
         model = dropout_model()
-        opt = optimizer(model.parameters(), lazy_hessian=2, hessian_estimator=FD)
+        opt = optimizer(model.parameters(), lazy_hessian=2, hessian_estimator=FD,
+                        **PAPER_SETTINGS[optimizer])
         for _ in range(3):
             if optimizer is SASSHA:
                 LOSS(model(x), y).backward()
@@ -178,7 +180,8 @@ def test_a_closure_that_calls_backward_itself_works(optimizer):
     results = []
     for torch_style in (False, True):
         model = make_model()
-        opt = optimizer(model.parameters(), lazy_hessian=2, hessian_estimator=FD)
+        opt = optimizer(model.parameters(), lazy_hessian=2, hessian_estimator=FD,
+                        **PAPER_SETTINGS[optimizer])
 
         def closure():
             loss = LOSS(model(x), y)
@@ -199,7 +202,8 @@ def test_a_grad_scaler_scales_the_probes_with_the_same_scale(optimizer):
     results = []
     for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)):
         model = make_model()
-        opt = optimizer(model.parameters(), lazy_hessian=2, hessian_estimator=FD)
+        opt = optimizer(model.parameters(), lazy_hessian=2, hessian_estimator=FD,
+                        **PAPER_SETTINGS[optimizer])
         for _ in range(3):
             opt.step(lambda: LOSS(model(x), y), scaler=scaler)
             if scaler is not None:
@@ -212,7 +216,7 @@ def test_a_grad_scaler_scales_the_probes_with_the_same_scale(optimizer):
 def test_the_double_backward_still_refuses_a_closure_that_calls_backward():
     model = make_model()
     x, y = whole_batch()
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
 
     def closure():
         loss = LOSS(model(x), y)
@@ -290,7 +294,8 @@ def test_a_model_with_sdpa_trains(optimizer):
     x, y = gpt_batch()
     torch.manual_seed(0)
     model = SDPAAttentionGPT(GPT_CONFIG)
-    opt = optimizer(model.parameters(), lr=0.003, lazy_hessian=2, hessian_estimator=FD)
+    opt = optimizer(model.parameters(), lr=0.003, lazy_hessian=2, hessian_estimator=FD,
+                    **PAPER_SETTINGS[optimizer])
     losses = [opt.step(lambda: gpt_loss(model, x, y)).item() for _ in range(4)]
     assert losses[-1] < losses[0]
     assert all(opt.state[p]["exp_hessian_diag"].abs().sum() > 0 for p in model.parameters())
@@ -301,7 +306,7 @@ def test_sdpa_with_the_double_backward_names_the_way_out(optimizer):
     torch.manual_seed(0)
     model = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
     x = torch.randn(2, 4, 8)
-    opt = optimizer(model.parameters())
+    opt = optimizer(model.parameters(), **PAPER_SETTINGS[optimizer])
     with pytest.raises(RuntimeError, match="hessian_estimator='finite_difference'"):
         opt.step(lambda: model(x).square().mean())
 
@@ -331,7 +336,8 @@ def test_activation_checkpointing_trains_like_the_plain_model(optimizer):
     for use_checkpoint in (True, False):
         torch.manual_seed(0)
         model = cls(use_checkpoint)
-        opt = optimizer(model.parameters(), lazy_hessian=2, hessian_estimator=FD)
+        opt = optimizer(model.parameters(), lazy_hessian=2, hessian_estimator=FD,
+                        **PAPER_SETTINGS[optimizer])
         for _ in range(3):
             opt.step(lambda: LOSS(model(x), y))
         results.append(list(model.parameters()))
@@ -348,7 +354,7 @@ def test_a_fully_compiled_model_trains_hessian_steps_included():
     for compile_ in (True, False):
         model = make_model()
         runner = torch.compile(model) if compile_ else model
-        opt = SASSHA(model.parameters(), lazy_hessian=2, hessian_estimator=FD)
+        opt = SASSHA(model.parameters(), lazy_hessian=2, hessian_estimator=FD, rho=0.05)
         for _ in range(3):
             opt.step(lambda: LOSS(runner(x), y))
         results.append((list(model.parameters()),
@@ -362,13 +368,14 @@ def test_a_fully_compiled_model_trains_hessian_steps_included():
 def test_low_precision_parameters_need_a_larger_step():
     x, y = whole_batch(torch.bfloat16)
     model = make_model(torch.bfloat16)
-    opt = SASSHA(model.parameters(), hessian_estimator=FD)
+    opt = SASSHA(model.parameters(), hessian_estimator=FD, rho=0.05)
     before = snapshot(model, opt)
     with pytest.raises(TypeError, match="bfloat16 parameters.*fd_eps=3e-2"):
         opt.step(lambda: LOSS(model(x), y))
     opt.zero_grad()
     assert_identical(snapshot(model, opt)["optimizer"], before["optimizer"])
-    opt = SASSHA(model.parameters(), hessian_estimator=FD, fd_scheme="central", fd_eps=3e-2)
+    opt = SASSHA(model.parameters(), hessian_estimator=FD, fd_scheme="central",
+                 fd_eps=3e-2, rho=0.05)
     opt.step(lambda: LOSS(model(x), y))
     assert all(opt.state[p]["exp_hessian_diag"].abs().sum() > 0 for p in model.parameters())
 
@@ -398,7 +405,7 @@ def test_a_due_hessian_without_probes_says_what_to_run():
 
 
 def test_probes_belong_to_the_finite_difference_estimator():
-    opt = SASSHA(make_model().parameters())
+    opt = SASSHA(make_model().parameters(), rho=0.05)
     with pytest.raises(RuntimeError, match="hessian_estimator='finite_difference'"):
         list(opt.hessian_probes())
 

@@ -9,6 +9,8 @@ from sassha_fast import MSASSHA, SASSHA, available_backends
 from sassha_fast.backends import resolve
 from sassha_fast.hessian import RademacherSource
 
+from tiny import PAPER_SETTINGS
+
 
 def quadratic(params):
     return lambda: sum((p.double() - 1.0).square().sum() * (i + 1) for i, p in enumerate(params))
@@ -33,12 +35,12 @@ def test_rademacher_draws_are_in_the_parameters_dtype():
 def test_state_is_float64_and_stays_float64_through_a_checkpoint(optimizer):
     p64 = nn.Parameter(torch.randn(4, dtype=torch.float64))
     p32 = nn.Parameter(torch.randn(3))
-    opt = optimizer([p64, p32], lr=0.1, lazy_hessian=1)
+    opt = optimizer([p64, p32], lr=0.1, lazy_hessian=1, **PAPER_SETTINGS[optimizer])
     opt.step(quadratic([p64, p32]))
     for p, dtype in ((p64, torch.float64), (p32, torch.float32)):
         assert opt.state[p]["exp_avg"].dtype == opt.state[p]["exp_hessian_diag"].dtype == dtype
     saved = opt.state_dict()
-    fresh = optimizer([p64, p32], lr=0.1, lazy_hessian=1)
+    fresh = optimizer([p64, p32], lr=0.1, lazy_hessian=1, **PAPER_SETTINGS[optimizer])
     fresh.load_state_dict(saved)
     for p in (p64, p32):
         for key in ("exp_avg", "exp_hessian_diag"):
@@ -46,7 +48,7 @@ def test_state_is_float64_and_stays_float64_through_a_checkpoint(optimizer):
             assert torch.equal(fresh.state[p][key], opt.state[p][key])
     # A float32 model's checkpoint loaded into float64 parameters: the state widens.
     wide = nn.Parameter(p32.detach().double())
-    widened = optimizer([p64, wide], lr=0.1, lazy_hessian=1)
+    widened = optimizer([p64, wide], lr=0.1, lazy_hessian=1, **PAPER_SETTINGS[optimizer])
     widened.load_state_dict(saved)
     assert widened.state[wide]["exp_avg"].dtype == torch.float64
     assert torch.equal(widened.state[wide]["exp_avg"], opt.state[p32]["exp_avg"].double())
@@ -76,7 +78,7 @@ def test_float64_and_float32_parameters_in_one_optimizer_follow_the_reference(op
                   nn.Parameter(torch.randn(2, 3)),
                   nn.Parameter(torch.randn(300, dtype=torch.float64))]
         opt = optimizer(params, lr=0.05, weight_decay=1e-2, lazy_hessian=2,
-                        backend=backend_name)
+                        backend=backend_name, **PAPER_SETTINGS[optimizer])
         for _ in range(5):  # Hessian steps 1, 3, 5; the others reuse D
             opt.step(quadratic(params))
         return params, opt

@@ -7,7 +7,7 @@ import torch
 
 from sassha_fast import MSASSHA, SASSHA
 from gloo_ranks import rank_results
-from tiny import LOSS, make_model, whole_batch
+from tiny import LOSS, PAPER_SETTINGS, make_model, whole_batch
 
 STEPS = 4
 LAZY = 2  # steps 1 and 3 estimate the Hessian, 2 and 4 do not
@@ -27,8 +27,9 @@ def train(optimizer: str, backend: str, x, y, shard: bool):
             if any(True for _ in layer.parameters()):
                 fully_shard(layer)
         fully_shard(model)
-    opt = OPTIMIZERS[optimizer](model.parameters(), lazy_hessian=LAZY, lr=0.05, backend=backend,
-                                hessian_estimator="finite_difference")
+    cls = OPTIMIZERS[optimizer]
+    opt = cls(model.parameters(), lazy_hessian=LAZY, lr=0.05, backend=backend,
+              hessian_estimator="finite_difference", **PAPER_SETTINGS[cls])
     for _ in range(STEPS):
         opt.step(lambda: LOSS(model(x), y))
     params = list(model.parameters())
@@ -44,7 +45,7 @@ def autograd_estimator_error(x, y) -> str:
     from torch.distributed.fsdp import fully_shard
     model = make_model()
     fully_shard(model)
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
     try:
         opt.step(lambda: LOSS(model(x), y))
     except RuntimeError as exc:

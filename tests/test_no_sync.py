@@ -14,7 +14,7 @@ from torch import nn
 
 from sassha_fast import MSASSHA, SASSHA, available_backends
 from sassha_fast.backends import op_table
-from tiny import LOSS, whole_batch
+from tiny import LOSS, PAPER_SETTINGS, whole_batch
 
 # Every Tensor method that copies a value to the host (and so waits for a CUDA device).
 SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
@@ -90,7 +90,8 @@ def run(optimizer_class, backend, capturable, closure, use_scaler, dtype=torch.f
     model = make_model().to(dtype)
     x, y = whole_batch(dtype)
     opt = optimizer_class(model.parameters(), lazy_hessian=2, backend=backend,
-                          capturable=capturable, skip_check_interval=1000)
+                          capturable=capturable, skip_check_interval=1000,
+                          **PAPER_SETTINGS[optimizer_class])
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12) if use_scaler else None
     for _ in range(STEPS):
         iteration(opt, model, x, y, scaler, closure)
@@ -154,7 +155,7 @@ def start(optimizer_class, backend, steps):
     """A device-path optimizer after ``steps`` clean closure iterations."""
     model = make_model()
     opt = optimizer_class(model.parameters(), lazy_hessian=2, backend=backend, capturable=True,
-                          skip_check_interval=1000)
+                          skip_check_interval=1000, **PAPER_SETTINGS[optimizer_class])
     x, y = whole_batch()
     for _ in range(steps):
         iteration(opt, model, x, y, None, closure=True)
@@ -216,7 +217,7 @@ def test_a_skipped_first_hessian_step_holds_the_update_until_the_next(optimizer)
 
 def test_a_grad_scaler_overflow_on_the_device_lowers_the_scale():
     model = make_model()
-    opt = SASSHA(model.parameters(), lazy_hessian=2, backend="reference", capturable=True)
+    opt = SASSHA(model.parameters(), lazy_hessian=2, backend="reference", capturable=True, rho=0.05)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
     x, y = whole_batch()
     handle = poison(model)
@@ -235,7 +236,7 @@ def test_a_checkpoint_loads_into_the_other_path(optimizer, saved_on_device):
     x, y = whole_batch()
     model = make_model()
     opt = optimizer(model.parameters(), lazy_hessian=2, backend="reference",
-                    capturable=saved_on_device)
+                    capturable=saved_on_device, **PAPER_SETTINGS[optimizer])
     for _ in range(3):
         opt.step(lambda: LOSS(model(x), y))
     saved = copy.deepcopy(opt.state_dict())
@@ -248,7 +249,7 @@ def test_a_checkpoint_loads_into_the_other_path(optimizer, saved_on_device):
         for p, q in zip(other_model.parameters(), saved_params):
             p.copy_(q)
     other = optimizer(other_model.parameters(), lazy_hessian=2, backend="reference",
-                      capturable=not saved_on_device)
+                      capturable=not saved_on_device, **PAPER_SETTINGS[optimizer])
     other.load_state_dict(saved)
     steps = [other.state[p]["step"] for p in other_model.parameters()]
     if saved_on_device:
@@ -268,7 +269,7 @@ def test_raise_reads_the_flag_on_the_device_path_too(optimizer):
     """nonfinite="raise" must read the flag to raise: the one policy that synchronises."""
     model = make_model()
     opt = optimizer(model.parameters(), lazy_hessian=2, backend="reference", capturable=True,
-                    nonfinite="raise")
+                    nonfinite="raise", **PAPER_SETTINGS[optimizer])
     x, y = whole_batch()
     opt.step(lambda: LOSS(model(x), y))
     handle = poison(model)

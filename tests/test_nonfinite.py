@@ -7,7 +7,7 @@ import torch
 
 import sassha_fast._base as base
 from sassha_fast import MSASSHA, SASSHA
-from tiny import LOSS, assert_identical, make_model, snapshot, whole_batch
+from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, snapshot, whole_batch
 
 NAN = float("nan")
 
@@ -15,7 +15,8 @@ NAN = float("nan")
 def setup(optimizer, **kwargs):
     model = make_model()
     x, y = whole_batch()
-    return model, x, y, optimizer(model.parameters(), lazy_hessian=2, **kwargs)
+    return model, x, y, optimizer(model.parameters(), lazy_hessian=2, **kwargs,
+                                  **PAPER_SETTINGS[optimizer])
 
 
 def poison_gradient(model, value=NAN):

@@ -10,6 +10,8 @@ from torch import nn
 from sassha_fast import MSASSHA, SASSHA
 from sassha_fast.lm import SASSHA as LMSASSHA
 
+from tiny import PAPER_SETTINGS
+
 
 def model_and_data(seed=0):
     torch.manual_seed(seed)
@@ -71,7 +73,7 @@ def test_copies_of_the_optimizer_step_and_continue_identically(kind, how):
 
 def test_a_load_state_dict_pre_hook_that_returns_a_new_dict_is_what_is_loaded():
     model, x, y = model_and_data()
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
     opt.step(lambda: (model(x) - y).pow(2).mean())
     saved = opt.state_dict()
     posted = []
@@ -83,7 +85,7 @@ def test_a_load_state_dict_pre_hook_that_returns_a_new_dict_is_what_is_loaded():
             state["exp_hessian_diag"] = state["exp_hessian_diag"] * 3
         return new
 
-    fresh = SASSHA(model.parameters())
+    fresh = SASSHA(model.parameters(), rho=0.05)
     fresh.register_load_state_dict_pre_hook(doubled)
     fresh.register_load_state_dict_post_hook(
         lambda o: posted.append(o.state[model[0].weight]["exp_avg"].clone()))
@@ -101,7 +103,7 @@ def test_a_tensor_learning_rate_gives_the_float_trajectory(cls, backend):
     runs = []
     for lr in (0.01, torch.tensor(0.01)):
         model, x, y = model_and_data()
-        opt = cls(model.parameters(), lr=lr, lazy_hessian=2, backend=backend)
+        opt = cls(model.parameters(), lr=lr, lazy_hessian=2, backend=backend, **PAPER_SETTINGS[cls])
         for _ in range(3):
             opt.step(lambda: (model(x) - y).pow(2).mean())
         runs.append([p.detach().clone() for p in model.parameters()])
@@ -134,7 +136,7 @@ def test_unknown_keywords_are_ignored_with_a_warning_and_grad_reduce_is_checked(
 
 def test_step_refuses_an_iteration_number_before_touching_the_gradients():
     model, x, y = model_and_data()
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
     (model(x) - y).pow(2).mean().backward()
     with pytest.raises(TypeError, match="sassha_fast.lm.SASSHA"):
         opt.step(3)
@@ -143,7 +145,7 @@ def test_step_refuses_an_iteration_number_before_touching_the_gradients():
 
 def test_the_authors_hessian_step_reset_on_resume_is_honoured():
     model, x, y = model_and_data()
-    opt = SASSHA(model.parameters(), lazy_hessian=3)
+    opt = SASSHA(model.parameters(), lazy_hessian=3, rho=0.05)
     opt.step(lambda: (model(x) - y).pow(2).mean())
     assert not opt.hessian_due
     for p in opt.get_params():  # their image-classification script, after loading
@@ -155,14 +157,14 @@ def test_the_authors_hessian_step_reset_on_resume_is_honoured():
 
 def test_an_authors_checkpoint_leaves_no_dead_e_w_state():
     model, x, y = model_and_data()
-    opt = SASSHA(model.parameters())
+    opt = SASSHA(model.parameters(), rho=0.05)
     opt.step(lambda: (model(x) - y).pow(2).mean())
     theirs = opt.state_dict()
     del theirs["sassha_fast"]
     for state in theirs["state"].values():
         state["hessian step"] = state.pop("hessian_step")
         state["e_w"] = torch.ones_like(state["exp_avg"])
-    fresh = SASSHA(model.parameters())
+    fresh = SASSHA(model.parameters(), rho=0.05)
     fresh.load_state_dict(theirs)
     assert all("e_w" not in s and "hessian step" not in s for s in fresh.state.values())
 
@@ -207,7 +209,7 @@ def test_set_hessian_per_micro_batch_sums_the_estimates_at_the_perturbed_point(c
 def test_zero_curvature_gives_a_zero_hessian_and_a_missing_graph_still_raises(cls):
     lin = nn.Linear(3, 2, bias=False)
     x = torch.randn(4, 3)
-    opt = cls(lin.parameters(), lazy_hessian=1)
+    opt = cls(lin.parameters(), lazy_hessian=1, **PAPER_SETTINGS[cls])
     lin(x).sum().backward(create_graph=True)  # the gradient does not depend on the weight
     opt.step()
     assert opt.state[lin.weight]["step"] == 1
@@ -218,12 +220,13 @@ def test_zero_curvature_gives_a_zero_hessian_and_a_missing_graph_still_raises(cl
         opt.step()
     assert opt.state[lin.weight]["step"] == 1
     # the closure form knows it asked for the graph
-    assert cls(lin.parameters(), lazy_hessian=1).step(lambda: lin(x).sum()) is not None
+    closure_opt = cls(lin.parameters(), lazy_hessian=1, **PAPER_SETTINGS[cls])
+    assert closure_opt.step(lambda: lin(x).sum()) is not None
 
 
 def test_the_backward_hooks_go_with_the_optimizer():
     lin = nn.Linear(3, 2)
-    opt = SASSHA(lin.parameters())
+    opt = SASSHA(lin.parameters(), rho=0.05)
     assert len(lin.weight._post_accumulate_grad_hooks) == 1
     del opt
     import gc

@@ -11,13 +11,14 @@ import sassha_fast.skipped_steps as skipped_steps
 from sassha_fast import MSASSHA, SASSHA
 from sassha_fast.skipped_steps import SkipCounter, SkippedStepWarning
 from test_no_sync import guard
-from tiny import LOSS, make_model, whole_batch
+from tiny import LOSS, PAPER_SETTINGS, make_model, whole_batch
 
 
 def optimizer_on(optimizer_class, **kwargs):
     model = make_model()
     x, y = whole_batch()
-    opt = optimizer_class(model.parameters(), lazy_hessian=2, backend="reference", **kwargs)
+    opt = optimizer_class(model.parameters(), lazy_hessian=2, backend="reference", **kwargs,
+                          **PAPER_SETTINGS[optimizer_class])
     return model, opt, lambda: LOSS(model(x), y)
 
 
