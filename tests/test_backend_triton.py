@@ -530,7 +530,7 @@ def test_tensor_subclasses_and_meta_tensors_are_refused():
     p, g = randn([(3,), (4,)]), randn([(3,), (4,)])
     with pytest.raises(TypeError, match=r"perturb: grads\[1\] is a .*Subclass"):
         backend.perturb(p, [g[0], Subclass(g[1])], 0.1, False)
-    with pytest.raises(RuntimeError, match=r"add_scaled: tensors\[0\] is on meta"):
+    with pytest.raises(RuntimeError, match=r"add_scaled: tensors\[0\] is a meta tensor"):
         backend.add_scaled(p[:1], [torch.empty(3, device="meta")], 0.1)
     with pytest.raises(RuntimeError, match=r"global_norm: tensors\[0\] is a meta tensor"):
         backend.global_norm([torch.empty(3, device="meta")])
