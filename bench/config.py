@@ -23,6 +23,7 @@ class TrainModel(NamedTuple):
     label: str
     model_kwargs: dict
     batch: int
+    compile: bool = False  # torch.compile the whole model (once, in the worker)
 
 
 class Profile(NamedTuple):
@@ -41,10 +42,22 @@ def _resnet(depth: int, batch: int) -> TrainModel:
     return TrainModel("cifar_resnet", f"resnet{depth}", dict(depth=depth), batch)
 
 
-def _gpt(layers: int, width: int, heads: int, vocab: int, context: int, batch: int) -> TrainModel:
-    return TrainModel("gpt", f"gpt-{layers}L-{width}", dict(layers=layers, width=width,
-                                                            heads=heads, vocab=vocab,
-                                                            context=context), batch)
+def _gpt(layers: int, width: int, heads: int, vocab: int, context: int, batch: int,
+         attention: str = "manual", compile: bool = False) -> TrainModel:
+    kwargs = dict(layers=layers, width=width, heads=heads, vocab=vocab, context=context)
+    label = f"gpt-{layers}L-{width}"
+    if attention != "manual":  # the hand-written GPT keeps its kwargs and label
+        kwargs["attention"] = attention
+        label += f"-{attention}"
+    return TrainModel("gpt", label + ("-compiled" if compile else ""), kwargs, batch, compile)
+
+
+def _gpts(layers: int, width: int, heads: int, vocab: int, context: int,
+          batch: int) -> Tuple[TrainModel, ...]:
+    """The hand-written GPT, and the same GPT with SDPA attention, eager and compiled."""
+    size = (layers, width, heads, vocab, context, batch)
+    return (_gpt(*size), _gpt(*size, attention="sdpa"),
+            _gpt(*size, attention="sdpa", compile=True))
 
 
 def memory_budget_bytes(device: torch.device, cap_gib: float) -> int:
@@ -73,7 +86,8 @@ def profile(name: str, device: torch.device, memory_cap_gib: float) -> Profile:
         sweep = tuple(sweep_set(n) for n in (10_000, 40_000))
         once = Budget(warmup=1, min_reps=2, max_reps=2, target_s=0.0, min_rep_s=0.0)
         return Profile(name, sweep, sweep[-1:], once, once,
-                       (_resnet(8, 2), _gpt(1, 32, 2, 64, 16, 2)),
+                       (_resnet(8, 2), _gpt(1, 32, 2, 64, 16, 2),
+                        _gpt(1, 32, 2, 64, 16, 2, attention="sdpa")),
                        train_warmup=1, train_windows=1, lazy_hessian=2)
     if name == "quick":
         named = tuple(named_sets(gpt2_layers=12 if gpu else 4))
@@ -83,8 +97,8 @@ def profile(name: str, device: torch.device, memory_cap_gib: float) -> Profile:
         # more rounds (timed in turns) keep the medians' ratios steady from run to run.
         budget = Budget(warmup=3 if gpu else 1, min_reps=5 if gpu else 3, max_reps=50 if gpu else 30,
                         target_s=0.5 if gpu else 2.0, min_rep_s=0.005)
-        models = ((_resnet(32, 128), _gpt(4, 256, 4, 4096, 128, 16)) if gpu else
-                  (_resnet(32, 8), _gpt(4, 128, 4, 2048, 64, 4)))
+        models = ((_resnet(32, 128),) + _gpts(4, 256, 4, 4096, 128, 16) if gpu else
+                  (_resnet(32, 8),) + _gpts(4, 128, 4, 2048, 64, 4))
         return Profile(name, named + sweep, named[:1], budget, budget, models,
                        train_warmup=3 if gpu else 2, train_windows=3,
                        lazy_hessian=10)
@@ -95,8 +109,8 @@ def profile(name: str, device: torch.device, memory_cap_gib: float) -> Profile:
         budget = Budget(warmup=5 if gpu else 2, min_reps=10 if gpu else 5,
                         max_reps=100 if gpu else 20, target_s=1.0 if gpu else 3.0,
                         min_rep_s=0.01)
-        models = ((_resnet(32, 128), _gpt(4, 512, 8, 8192, 256, 32)) if gpu else
-                  (_resnet(32, 32), _gpt(4, 256, 4, 4096, 128, 8)))
+        models = ((_resnet(32, 128),) + _gpts(4, 512, 8, 8192, 256, 32) if gpu else
+                  (_resnet(32, 32),) + _gpts(4, 256, 4, 4096, 128, 8))
         return Profile(name, named + sweep, named, budget, budget, models,
                        train_warmup=5 if gpu else 2, train_windows=5 if gpu else 3,
                        lazy_hessian=10)

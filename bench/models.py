@@ -1,5 +1,7 @@
-"""The two models of the training suite, written small so that every layer supports the
-double backward that SASSHA's Hessian-vector product needs (no fused attention kernels)."""
+"""The models of the training suite, written small. By default every layer supports the
+double backward that SASSHA's default Hessian estimator needs (attention written out by
+hand); ``GPTConfig(attention="sdpa")`` uses ``F.scaled_dot_product_attention`` instead,
+which has no double backward (first-order methods and the finite-difference estimator only)."""
 import math
 from typing import NamedTuple
 
@@ -58,6 +60,10 @@ class GPTConfig(NamedTuple):
     heads: int = 4
     vocab: int = 4096
     context: int = 128
+    attention: str = "manual"  # "manual" (softmax written out, O(T^2) memory) or "sdpa"
+
+
+ATTENTIONS = ("manual", "sdpa")
 
 
 class CausalSelfAttention(nn.Module):
@@ -65,16 +71,23 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         if config.width % config.heads:
             raise ValueError("width must be a multiple of heads")
+        if config.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {config.attention!r}")
         self.heads = config.heads
+        self.sdpa = config.attention == "sdpa"
         self.qkv = nn.Linear(config.width, 3 * config.width)
         self.proj = nn.Linear(config.width, config.width)
-        mask = torch.ones(config.context, config.context, dtype=torch.bool).triu(1)
-        self.register_buffer("mask", mask, persistent=False)
+        if not self.sdpa:
+            mask = torch.ones(config.context, config.context, dtype=torch.bool).triu(1)
+            self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, length, width = x.shape
         q, k, v = self.qkv(x).split(width, dim=2)
         q, k, v = (t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        if self.sdpa:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.proj(out.transpose(1, 2).reshape(batch, length, width))
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
         scores = scores.masked_fill(self.mask[:length, :length], float("-inf"))
         out = scores.softmax(dim=-1) @ v

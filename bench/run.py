@@ -131,11 +131,14 @@ def train_jobs(prof: Profile, args, device) -> List[Job]:
     if prefixes and not models:
         raise SystemExit(f"--models {args.models} matches none of "
                          f"{', '.join(m.label for m in prof.train_models)}")
-    methods = train_suite.METHODS + (train_suite.AUTHORS_METHODS if args.authors else ())
     code = str(args.authors.path) if args.authors else None
-    return [Job("train", f"{model.label}: {len(methods)} methods in turns",
-                lambda model=model: train_suite.run_model(model, device, prof, methods, code))
-            for model in models]
+    jobs = []
+    for model in models:
+        methods = train_suite.methods_for(model, authors=bool(args.authors))
+        jobs.append(Job("train", f"{model.label}: {len(methods)} methods in turns",
+                        lambda model=model, methods=methods:
+                        train_suite.run_model(model, device, prof, methods, code)))
+    return jobs
 
 
 def run_jobs(jobs: List[Job], progress: Progress, errors: List[str]) -> List[dict]:

@@ -4,7 +4,10 @@ issue 3: reference / foreach / cpu SASSHA vs fused AdamW on >= 160 tensors and >
          (targets: cpu >= 90% of fused AdamW's GB/s and >= 5x faster than reference);
 issues 4 and 5: each op's GB/s as a fraction of a copy's on a GPU (target >= 85%);
 with --authors-code: each sassha_fast row's speed-up over the authors' implementation of
-the same method, beside its time over the baseline (fused AdamW)."""
+the same method, beside its time over the baseline (fused AdamW);
+issue 11: per training model with finite-difference rows, SASSHA-fd's time and peak memory
+          over SAM-AdamW's (targets <= 1.1x, <= 1.15x) and M-SASSHA-fd's time over AdamW's
+          (target <= 1.15x)."""
 from typing import List, Optional
 
 from .authors import AUTHORS
@@ -14,6 +17,10 @@ from .shapes import format_count
 CPU_BANDWIDTH_TARGET = 0.90
 CPU_SPEEDUP_TARGET = 5.0
 COPY_FRACTION_TARGET = 0.85
+# issue 11: (numerator method, denominator method, column, what, target)
+FD_TARGETS = (("sassha-fd", "sam-adamw", "median_ms", "time", 1.10),
+              ("sassha-fd", "sam-adamw", "peak_mem_mb", "peak memory", 1.15),
+              ("msassha-fd", "adamw", "median_ms", "time", 1.15))
 
 
 def _set_with(rows: List[dict], min_tensors: int, min_params: int) -> Optional[dict]:
@@ -125,8 +132,38 @@ def versus_authors(rows: List[dict]) -> List[str]:
     return lines
 
 
+def finite_difference(rows: List[dict]) -> List[str]:
+    """Issue 11's targets, per training workload that has finite-difference rows. The
+    "+MiB in training" ratio (peak minus the memory in use once everything was built) is
+    shown beside the peak's, for information: on a CPU the peak includes torch itself."""
+    workloads = dict.fromkeys(r["workload"] for r in rows if r["suite"] == "train"
+                              and r["method"] in ("sassha-fd", "msassha-fd"))
+    if not workloads:
+        return []
+    lines = ["issue 11: finite-difference estimator (SASSHA-fd, M-SASSHA-fd) on the training suite"]
+    for workload in workloads:
+        parts = []
+        for mine, theirs, column, what, target in FD_TARGETS:
+            num = find(rows, suite="train", workload=workload, method=mine)
+            den = find(rows, suite="train", workload=workload, method=theirs)
+            if num is None or den is None:
+                parts.append(f"{mine} / {theirs} {what}: not measured")
+                continue
+            ratio = num[column] / den[column]
+            part = (f"{mine} / {theirs} {what} {ratio:.2f}x (target <= {target:.2f}x: "
+                    f"{_verdict(ratio <= target)})")
+            if column == "peak_mem_mb" and den["mem_delta_mb"] > 0:
+                part += (f" [+MiB in training: {num['mem_delta_mb']:.0f} / "
+                         f"{den['mem_delta_mb']:.0f} = "
+                         f"{num['mem_delta_mb'] / den['mem_delta_mb']:.2f}x]")
+            parts.append(part)
+        lines.append(f"  {workload}: " + "; ".join(parts))
+    return lines
+
+
 def summarize(rows: List[dict], backend_report: dict, device_type: str) -> List[str]:
     lines = []
     if any(r["suite"] == "step" for r in rows):
         lines += issue2(rows) + issue3(rows, backend_report)
-    return lines + issues4_5(rows, device_type) + versus_authors(rows)
+    return (lines + issues4_5(rows, device_type) + versus_authors(rows)
+            + finite_difference(rows))

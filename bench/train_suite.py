@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -18,9 +18,22 @@ from .config import Profile, TrainModel
 from .train_worker import DONE, RESULT_PREFIX
 
 METHODS = ("adamw", "sam-adamw", "sassha-authors-loop", "sassha", "msassha")
+# SASSHA and M-SASSHA with hessian_estimator="finite_difference": no double backward.
+FD_METHODS = ("sassha-fd", "msassha-fd")
+# What runs on a GPT with F.scaled_dot_product_attention, which has no double backward.
+FIRST_ORDER_METHODS = ("adamw", "sam-adamw") + FD_METHODS
 # With --authors-code: the authors' optimizers in their loops (bench/train_worker.py).
 AUTHORS_METHODS = ("sassha-authors", "msassha-authors")
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def methods_for(model: TrainModel, authors: bool = False) -> Tuple[str, ...]:
+    """The methods timed on a model: on SDPA attention only those without a double
+    backward; the CNN also gets the finite-difference rows."""
+    if model.model_kwargs.get("attention", "manual") != "manual":
+        return FIRST_ORDER_METHODS
+    methods = METHODS + (FD_METHODS if model.model == "cifar_resnet" else ())
+    return methods + (AUTHORS_METHODS if authors else ())
 
 
 def spec(model: TrainModel, method: str, device: torch.device, profile: Profile,
@@ -28,7 +41,7 @@ def spec(model: TrainModel, method: str, device: torch.device, profile: Profile,
     return dict(model=model.model, model_kwargs=model.model_kwargs, batch=model.batch,
                 method=method, device=str(device), warmup=profile.train_warmup,
                 windows=profile.train_windows, lazy_hessian=profile.lazy_hessian, seed=0,
-                authors_code=authors_code)
+                authors_code=authors_code, compile=model.compile)
 
 
 class Worker:

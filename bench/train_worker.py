@@ -50,7 +50,11 @@ def build_model(spec: dict, device: torch.device, generator: torch.Generator):
             return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
     else:
         raise ValueError(f"unknown model {spec['model']!r}")
-    return model.to(device).train(), x.to(device), y.to(device), loss_fn
+    model = model.to(device).train()
+    if spec.get("compile"):
+        # Compiled on the first (warm-up) iterations, so compile time is never timed.
+        model = torch.compile(model)
+    return model, x.to(device), y.to(device), loss_fn
 
 
 def make_iteration(method: str, model, x, y, loss_fn, lazy_hessian: int,
@@ -87,9 +91,11 @@ def make_iteration(method: str, model, x, y, loss_fn, lazy_hessian: int,
         return _authors_sassha_loop(opt, loss), lambda: "reference"
     if method.endswith("-authors"):
         return _authors_iteration(method, params, loss, lazy_hessian, authors_code)
-    if method in ("sassha", "msassha"):
-        cls = SASSHA if method == "sassha" else MSASSHA
-        opt = cls(params, lazy_hessian=lazy_hessian, **SASSHA_HP, **PAPER_SETTINGS[cls.__name__])
+    if method in ("sassha", "msassha", "sassha-fd", "msassha-fd"):
+        cls = MSASSHA if method.startswith("msassha") else SASSHA
+        estimator = "finite_difference" if method.endswith("-fd") else "autograd"
+        opt = cls(params, lazy_hessian=lazy_hessian, hessian_estimator=estimator, **SASSHA_HP,
+                  **PAPER_SETTINGS[cls.__name__])
         return (lambda: opt.step(loss)), lambda: ",".join(opt.backends_in_use.values())
     raise ValueError(f"unknown training method {method!r}")
 

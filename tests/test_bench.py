@@ -12,6 +12,7 @@ import torch
 from bench import (authors, quality_data, quality_suite, run, shapes, summary, table, traffic,
                    train_suite, train_worker)
 from bench.config import profile
+from bench.models import GPT, GPTConfig
 from bench.progress import Progress
 from bench.results import COLUMNS, add_ratios
 from bench.sam import SAM
@@ -252,6 +253,74 @@ def test_quick_profile_holds_the_sets_issues_2_and_3_ask_for():
     full = profile("full", CPU, 1.0)  # a 1 GiB cap bounds the sweep
     sweep = [s.numel for s in full.step_sets if s.name.startswith("sweep")]
     assert sweep and max(sweep) * 112 <= 2**30
+
+
+TINY_SDPA_GPT = dict(TINY_GPT, model_kwargs=dict(TINY_GPT["model_kwargs"], attention="sdpa"))
+
+
+def test_sdpa_attention_computes_the_hand_written_attention():
+    torch.manual_seed(0)
+    manual = GPT(GPTConfig(layers=2, width=16, heads=2, vocab=32, context=8))
+    sdpa = GPT(GPTConfig(layers=2, width=16, heads=2, vocab=32, context=8, attention="sdpa"))
+    sdpa.load_state_dict(manual.state_dict())
+    idx = torch.randint(0, 32, (3, 8))
+    torch.testing.assert_close(sdpa(idx), manual(idx), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        GPT(GPTConfig(attention="flash"))
+
+
+def test_sdpa_models_get_first_order_methods_and_the_cnn_the_fd_rows():
+    quick = profile("quick", CPU, 1.0)
+    by_label = {m.label: m for m in quick.train_models}
+    assert set(by_label) == {"resnet32", "gpt-4L-128", "gpt-4L-128-sdpa",
+                             "gpt-4L-128-sdpa-compiled"}
+    assert "attention" not in by_label["gpt-4L-128"].model_kwargs  # existing rows unchanged
+    assert [m.compile for m in quick.train_models] == [False, False, False, True]
+    assert train_suite.methods_for(by_label["gpt-4L-128"]) == train_suite.METHODS
+    assert train_suite.methods_for(by_label["resnet32"]) == (train_suite.METHODS
+                                                            + train_suite.FD_METHODS)
+    for label in ("gpt-4L-128-sdpa", "gpt-4L-128-sdpa-compiled"):
+        # SDPA has no double backward: neither the autograd estimator nor the authors' loops.
+        assert (train_suite.methods_for(by_label[label], authors=True)
+                == ("adamw", "sam-adamw", "sassha-fd", "msassha-fd"))
+    assert train_suite.spec(by_label["gpt-4L-128-sdpa-compiled"], "adamw", CPU,
+                            quick)["compile"] is True
+
+
+@pytest.mark.parametrize("method", train_suite.FIRST_ORDER_METHODS)
+def test_first_order_methods_train_the_sdpa_gpt(method):
+    result = train_worker.run(dict(TINY_SDPA_GPT, method=method))  # lazy_hessian 2: a Hessian step
+    assert len(result["iteration_s"]) == 2 and result["peak_mem_mb"] > 0
+    if method.endswith("-fd"):
+        assert result["backend"] in run.backends.usable(CPU)
+
+
+def test_double_backward_sassha_cannot_train_the_sdpa_gpt():
+    with pytest.raises(RuntimeError, match="finite_difference"):
+        train_worker.run(dict(TINY_SDPA_GPT, method="sassha"))
+
+
+def test_fd_sassha_trains_a_compiled_sdpa_gpt():
+    # The one compiled case (compile time): Hessian steps (lazy_hessian 2) included.
+    result = train_worker.run(dict(TINY_SDPA_GPT, method="sassha-fd", compile=True))
+    assert len(result["iteration_s"]) == 2 and result["backend"] in run.backends.usable(CPU)
+
+
+def _train_row(method, ms, peak, delta, workload="gpt-sdpa batch 4"):
+    return dict(suite="train", workload=workload, method=method, median_ms=ms,
+                peak_mem_mb=peak, mem_delta_mb=delta)
+
+
+def test_fd_summary_judges_each_ratio_against_issue_11s_targets():
+    rows = [_train_row("adamw", 100.0, 500.0, 20.0), _train_row("sam-adamw", 200.0, 600.0, 40.0),
+            _train_row("sassha-fd", 210.0, 700.0, 60.0), _train_row("msassha-fd", 110.0, 550.0, 30.0)]
+    lines = summary.finite_difference(rows)
+    assert lines[0].startswith("issue 11") and len(lines) == 2
+    assert "sassha-fd / sam-adamw time 1.05x (target <= 1.10x: meets target)" in lines[1]
+    assert "peak memory 1.17x (target <= 1.15x: MISSES target) [+MiB in training: 60 / 40" in lines[1]
+    assert "msassha-fd / adamw time 1.10x (target <= 1.15x: meets target)" in lines[1]
+    assert summary.finite_difference(rows[:3])[1].endswith("msassha-fd / adamw time: not measured")
+    assert summary.finite_difference(rows[:2]) == []
 
 
 def test_a_diverged_training_run_is_refused(monkeypatch):
