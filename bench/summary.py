@@ -150,6 +150,13 @@ def finite_difference(rows: List[dict]) -> List[str]:
                 parts.append(f"{mine} / {theirs} {what}: not measured")
                 continue
             ratio = num[column] / den[column]
+            skipped = {m: r.get("skipped_steps", 0) for m, r in ((mine, num), (theirs, den))
+                       if r.get("skipped_steps", 0)}
+            if skipped:
+                parts.append(f"{mine} / {theirs} {what} {ratio:.2f}x: NOT VALID ("
+                             + ", ".join(f"{m} skipped {n} steps: inf/NaN, diverged"
+                                         for m, n in skipped.items()) + ")")
+                continue
             part = (f"{mine} / {theirs} {what} {ratio:.2f}x (target <= {target:.2f}x: "
                     f"{_verdict(ratio <= target)})")
             if column == "peak_mem_mb" and den["mem_delta_mb"] > 0:

@@ -115,4 +115,5 @@ def _row(model: TrainModel, method: str, result: dict) -> dict:
                 iter_min_ms=min(result["iteration_s"]) * 1e3,
                 iter_max_ms=max(result["iteration_s"]) * 1e3,
                 peak_mem_mb=result["peak_mem_mb"], mem_delta_mb=result["mem_delta_mb"],
-                memory_measure=result["memory_measure"])
+                memory_measure=result["memory_measure"],
+                skipped_steps=result.get("skipped_steps", 0))

@@ -96,7 +96,11 @@ def make_iteration(method: str, model, x, y, loss_fn, lazy_hessian: int,
         estimator = "finite_difference" if method.endswith("-fd") else "autograd"
         opt = cls(params, lazy_hessian=lazy_hessian, hessian_estimator=estimator, **SASSHA_HP,
                   **PAPER_SETTINGS[cls.__name__])
-        return (lambda: opt.step(loss)), lambda: ",".join(opt.backends_in_use.values())
+        def iteration():
+            return opt.step(loss)
+        # A skipped (inf/NaN) step does less work: the summary must not read its time.
+        iteration.skipped_steps = lambda: opt.skipped_steps
+        return iteration, lambda: ",".join(opt.backends_in_use.values())
     raise ValueError(f"unknown training method {method!r}")
 
 
@@ -206,7 +210,9 @@ class Session:
         window = self.spec["lazy_hessian"]
         means = [statistics.fmean(self.times[i:i + window])
                  for i in range(0, len(self.times), window)]
+        skipped = getattr(self.iteration, "skipped_steps", lambda: 0)()
         return dict(backend=self.backend(), window_means_s=means, iteration_s=self.times,
+                    skipped_steps=skipped,
                     params=sum(p.numel() for p in self.model.parameters()),
                     tensors=sum(1 for _ in self.model.parameters()), **self.probe.result())
 

@@ -538,3 +538,18 @@ def test_quality_suite_trains_every_method_and_writes_its_files(tmp_path):
     for png in ("quality-noise.png", "quality-time.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
     assert "± " in (out / "quality.md").read_text()
+
+
+def test_fd_summary_refuses_a_verdict_on_a_run_that_skipped_steps():
+    rows = [_train_row("adamw", 100.0, 500.0, 20.0), _train_row("sam-adamw", 200.0, 600.0, 40.0),
+            dict(_train_row("sassha-fd", 100.0, 700.0, 60.0), skipped_steps=26),
+            _train_row("msassha-fd", 110.0, 550.0, 30.0)]
+    line = summary.finite_difference(rows)[1]
+    assert "sassha-fd / sam-adamw time 0.50x: NOT VALID (sassha-fd skipped 26 steps" in line
+    assert "meets target" in line  # the msassha-fd ratio, which skipped nothing, keeps its verdict
+    assert "time 0.50x (target" not in line
+
+
+def test_the_training_worker_reports_skipped_steps():
+    result = train_worker.run(dict(TINY_SDPA_GPT, method="sassha-fd"))
+    assert result["skipped_steps"] == 0
