@@ -2,7 +2,7 @@
 import csv
 import json
 import pathlib
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from . import table, traffic
 from .plot import step_plot
@@ -11,20 +11,23 @@ from .results import COLUMNS
 SUITES = ("step", "ops", "train")
 
 
-def write_csv(rows: List[dict], path: pathlib.Path, meta: dict) -> None:
+def write_csv(rows: List[dict], path: pathlib.Path, meta: dict,
+              columns: Sequence[str] = COLUMNS) -> None:
     with open(path, "w", newline="") as handle:
         # Where and when, as comment lines a CSV reader can skip (pandas: comment="#").
         for key in ("date", "device_name", "torch", "commit"):
             handle.write(f"# {key}: {meta[key]}\n")
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _csv_value(row.get(k)) for k in COLUMNS})
+            writer.writerow({k: _csv_value(row.get(k)) for k in columns})
 
 
 def _csv_value(value):
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, (list, dict)):  # the quality suite's per-seed figures
+        return json.dumps(value)
     return "" if value is None else value
 
 

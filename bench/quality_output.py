@@ -1,7 +1,6 @@
 """Writing a quality-suite run: quality.csv, quality.json, quality.md, quality-noise.png
 (clean test accuracy against label noise) and quality-time.png (test accuracy against
 wall-clock time, one panel per noise level)."""
-import csv
 import json
 import pathlib
 from typing import List
@@ -11,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402  (after choosing the backend)
 
+from .output import write_csv  # noqa: E402
 from .quality_suite import QualityProfile, mean_std, seconds_per_epoch  # noqa: E402
 
 CSV_COLUMNS = ("noise", "method", "lr", "test_acc_mean", "test_acc_std", "test_accs",
@@ -37,18 +37,6 @@ def table_markdown(rows: List[dict]) -> str:
         lines.append(f"| {method} | " + " | ".join(accs)
                      + f" | {lrs} | {per_epoch[method]:.2f} |")
     return "\n".join(lines)
-
-
-def write_csv(rows: List[dict], path: pathlib.Path, meta: dict) -> None:
-    with open(path, "w", newline="") as handle:
-        for key in ("date", "device_name", "torch", "commit"):
-            handle.write(f"# {key}: {meta[key]}\n")
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else
-                                 f"{v:.6g}" if isinstance(v, float) else v)
-                             for k, v in row.items() if k in CSV_COLUMNS})
 
 
 def noise_plot(rows: List[dict], path: pathlib.Path, title: str) -> None:
@@ -95,7 +83,7 @@ def write_all(rows: List[dict], curves: List[dict], out: pathlib.Path, meta: dic
              f"seeds; {meta['device_name']}, torch {meta['torch']}, {meta['date']}")
     noise_plot(rows, out / "quality-noise.png", title)
     time_plot(curves, out / "quality-time.png", title)
-    write_csv(rows, out / "quality.csv", meta)
+    write_csv(rows, out / "quality.csv", meta, CSV_COLUMNS)
     (out / "quality.json").write_text(json.dumps(
         dict(meta=meta, profile=profile._asdict(), results=rows, curves=curves), indent=1) + "\n")
     first = rows[0]
