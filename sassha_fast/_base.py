@@ -7,14 +7,14 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import (amp, backends, checkpoint, diagnostics, dtensor, errors, finite_difference,
-               step_counters)
+from . import (amp, backends, checkpoint, diagnostics, dtensor, errors, estimators,
+               finite_difference, step_counters)
 from ._validation import (check_dense, check_hessian_power, check_hyperparameters,
                           check_parameters, check_positive_int)
 from .backward_record import BackwardRecord
 from .curvature_guard import check_curvature_floor, floor_hessian_
 from .distributed import Averager, check_process_group
-from .hessian import RademacherSource, hutchinson
+from .hessian import RademacherSource
 # Also what the subclasses import from here.
 from .plan import (Bucket, Entry, Plan, buckets, found_inf_argument,  # noqa: F401
                    group_scalars, kernel_scalar, sqrt_of_sum)
@@ -69,11 +69,8 @@ class HessianOptimizer(torch.optim.Optimizer):
         check_positive_int("skip_check_interval", skip_check_interval)
         if max_consecutive_skips is not None:
             check_positive_int("max_consecutive_skips", max_consecutive_skips)
-        self._finite_difference = finite_difference.make_estimator(hessian_estimator,
-                                                                   fd_scheme, fd_eps)
+        self._estimator = estimators.make(hessian_estimator, fd_scheme, fd_eps)
         self.hessian_estimator = hessian_estimator
-        # (params, estimate, generator states before its draws) from hessian_probes().
-        self._probed: Optional[Tuple[List[Tensor], List[Tensor], dict]] = None
         self.sync_gradients = sync_gradients
         self.nonfinite = nonfinite
         self.capturable = capturable
@@ -95,7 +92,6 @@ class HessianOptimizer(torch.optim.Optimizer):
         self._rademacher = RademacherSource(seed)
         self._ops_by_device: Dict[Tuple[torch.device, torch.dtype], backends.Ops] = {}
         self._has_dtensors = False  # set by add_param_group; the ops then take DTensors
-        self._plan: Optional[Plan] = None
         self._backward_record = BackwardRecord()
         super().__init__(params, defaults)
 
@@ -245,31 +241,13 @@ class HessianOptimizer(torch.optim.Optimizer):
         the same loss on the same batch (same loss scale) and calls ``backward()``. After
         the loop the parameters and ``.grad`` are as before and ``step()`` uses the
         estimate. On steps where the Hessian is not due it yields nothing."""
-        if self._finite_difference is None:
-            raise RuntimeError("hessian_probes() belongs to "
-                               "hessian_estimator='finite_difference'; this optimizer uses "
-                               "the double backward (backward(create_graph=True))")
-        self._probed = None
-        params = [p for group in self.param_groups for p in self._params_with_grad(group)
-                  if self._hessian_due_for(p)]
-        if not params:
-            return
-        before = self._rademacher.state_dict()
-        try:
-            estimate = yield from finite_difference.estimate(
-                self._finite_difference, params, self._rademacher, self.n_samples,
-                lambda ps: self._global_norm(ps, ps, False), rng_state)
-        except BaseException:
-            self._rademacher.load_state_dict(before)
-            raise
-        self._probed = (params, estimate, before)
+        yield from self._estimator.probes(self, rng_state)
 
     def zero_hessian(self) -> None:
         """Drop the estimates ``set_hessian()`` summed since the last step. Estimates are
         not kept across steps here (no per-parameter Hessian buffer), so a step always
         starts a fresh sum."""
-        if self._plan is not None:
-            self._plan = self._plan._replace(hessians={})
+        self._estimator.zero()
 
     def _before_hessian(self) -> None:
         """Hook run before the Hessian-vector product (SASSHA leaves the perturbed point)."""
@@ -303,89 +281,11 @@ class HessianOptimizer(torch.optim.Optimizer):
         Hessian is taken where the backward pass ran. ``step()`` estimates the Hessian
         itself when no call came before it; the Hessian counters advance when the step is
         applied, so a failed or skipped step leaves no trace."""
-        if self._finite_difference is not None:
-            raise RuntimeError("set_hessian() sums double-backward estimates; with "
-                               "hessian_estimator='finite_difference' the estimate comes from "
-                               "hessian_probes() (or step(closure)) and step() folds it in")
-        self._estimate_hessian(accumulate=True)
+        self._estimator.add(self)
 
     def _plan_step(self) -> Plan:
-        """The plan of this step: the accumulated estimates, or a fresh one."""
-        if self._plan is None:
-            self._estimate_hessian(accumulate=False)
-        plan, self._plan = self._plan, None
-        return plan
-
-    def _estimate_hessian(self, accumulate: bool) -> None:
-        groups = []
-        due_params: List[Tensor] = []
-        for group in self.param_groups:
-            entries = []
-            for p in self._params_with_grad(group):
-                now = self._hessian_due_for(p)
-                if now:
-                    due_params.append(p)
-                entries.append(Entry(p, None, now))
-            groups.append((group, entries))
-        previous = self._plan
-        hessians: Dict[Tensor, Tensor] = dict(previous.hessians) if previous else {}
-        rademacher_before = previous.rademacher_before if previous else None
-        graph_params = set(previous.graph_params) if previous else set()
-        probed, self._probed = self._probed, None
-        if due_params:
-            if not accumulate:
-                self._before_hessian()
-            if self._finite_difference is not None:
-                estimate, before_this = self._take_probed(probed, due_params)
-            else:
-                estimate, before_this = self._double_backward_estimate(due_params, accumulate)
-            if rademacher_before is None:
-                rademacher_before = before_this
-            for p, h in zip(due_params, estimate):
-                hessians[p] = hessians[p].add_(h) if p in hessians else h
-        if accumulate:
-            for _, entries in groups:
-                for entry in entries:
-                    if entry.param.grad.grad_fn is not None:
-                        graph_params.add(entry.param)
-                        entry.param.grad = entry.param.grad.detach()
-        self._plan = Plan(groups, hessians, rademacher_before, frozenset(graph_params))
-
-    def _double_backward_estimate(self, due_params: List[Tensor],
-                                  signed: bool) -> Tuple[List[Tensor], Optional[dict]]:
-        # Not while a CUDA graph is captured (replays advance the generator themselves).
-        before = None if capturing() else self._rademacher.state_dict()
-        if self._has_dtensors and not any(p.grad.requires_grad for p in due_params):
-            raise errors.dtensor_double_backward_error()
-        try:
-            if self._backward_record.create_graph and \
-                    not any(p.grad.requires_grad for p in due_params):
-                # A create_graph pass whose gradients do not depend on the parameters.
-                return [torch.zeros_like(p) for p in due_params], before
-            with torch.enable_grad():
-                # Summed estimates need z * Hz; a lone one may keep Hz (same |h|).
-                estimate = hutchinson([p.grad for p in due_params], due_params,
-                                      self._rademacher, self.n_samples, signed=signed)
-        except RuntimeError as exc:
-            if before is not None:
-                self._rademacher.load_state_dict(before)
-            clearer = errors.double_backward_error(exc)
-            if clearer is None:
-                raise
-            raise clearer from exc
-        return estimate, before
-
-    def _take_probed(self, probed, due_params: List[Tensor]) -> Tuple[List[Tensor], dict]:
-        if probed is None or [id(p) for p in probed[0]] != [id(p) for p in due_params]:
-            if probed is not None:
-                self._rademacher.load_state_dict(probed[2])
-            raise RuntimeError(
-                "the Hessian is due at this step, but hessian_probes() did not run for the "
-                "parameters that have gradients now: after the backward pass of the point "
-                "to estimate at, run `for _ in optimizer.hessian_probes(rng_state): "
-                "loss_fn(model(x), y).backward()`, or let the optimizer run the iteration "
-                "with optimizer.step(closure)")
-        return probed[1], probed[2]
+        """The plan of this step: the estimates gathered for it, or a fresh one."""
+        return self._estimator.plan(self)
 
     def _next_hessian_power(self) -> Optional[float]:
         """The scheduler's power for this step, or None to use each group's constant."""
@@ -414,9 +314,9 @@ class HessianOptimizer(torch.optim.Optimizer):
         hessians = list(plan.hessians.values())
         # DDP cannot have averaged the gradients of a create_graph backward (it fails on one).
         to_average = grads if self.sync_gradients else [p.grad for p in carrying_graph]
-        # A finite-difference estimate differences gradients that DDP has averaged (or,
-        # with sync_gradients, local ones: then it is averaged here as they are).
-        if self._finite_difference is None or self.sync_gradients:
+        # An estimate without a graph differences gradients that DDP has averaged (or, with
+        # sync_gradients, local ones: then it is averaged here as they are).
+        if self._estimator.needs_graph or self.sync_gradients:
             to_average = to_average + hessians
         self._averager.average_(to_average)
         amp.unscale_(scaler, grads + hessians)
@@ -597,7 +497,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         rng = finite_difference.capture_rng_state() if capture_rng else None
         with torch.enable_grad():
             loss = closure()
-        if self._finite_difference is not None and \
+        if not self._estimator.needs_graph and \
                 any(p.grad is not None for p in self.get_params()):
             return loss, rng
         if not isinstance(loss, Tensor) or not loss.requires_grad:
@@ -614,7 +514,7 @@ class HessianOptimizer(torch.optim.Optimizer):
     def _gradient_pass(self, closure: Callable[[], Tensor], scaler, hessian_due: bool):
         """The pass whose gradient the update uses, with what the Hessian estimate needs:
         its graph (double backward) or the probes around it (finite difference)."""
-        probing = hessian_due and self._finite_difference is not None
+        probing = hessian_due and not self._estimator.needs_graph
         loss, rng = self._closure_pass(closure, scaler, hessian_due and not probing,
                                        capture_rng=probing)
         if probing:
@@ -712,8 +612,7 @@ class HessianOptimizer(torch.optim.Optimizer):
                             for i, p in zip(saved_group["params"], group["params"])
                             if i in state_dict["state"]], self.device_path)
         self._load_extra_state(extra)
-        self._plan = None
-        self._probed = None
+        self._estimator.reset()
         self._first_pass_nonfinite = False
         self._first_pass_found_inf = None
 
