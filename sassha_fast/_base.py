@@ -1,37 +1,36 @@
 """What SASSHA and M-SASSHA share: hyper-parameters, per-parameter state, the lazy Hessian
-schedule, backend dispatch and checkpointing. The update rules live in the subclasses."""
+schedule, backend dispatch and the step around the update. The update rules live in the
+subclasses; the Hessian estimate in ``estimators``, checkpoints and pickling in
+``checkpoint.Checkpointing``, the inf/NaN skip in ``nonfinite.NonfiniteChecks``."""
 import warnings
-from collections import OrderedDict
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from . import (amp, backends, checkpoint, diagnostics, dtensor, errors, estimators,
-               finite_difference, step_counters)
+from . import (amp, backends, diagnostics, dtensor, errors, estimators, finite_difference,
+               step_counters)
 from ._validation import (check_dense, check_hessian_power, check_hyperparameters,
                           check_parameters, check_positive_int)
 from .backward_record import BackwardRecord
+from .checkpoint import Checkpointing
 from .curvature_guard import check_curvature_floor, floor_hessian_
+from .dispatch import BackendDispatch
 from .distributed import Averager, check_process_group
 from .hessian import RademacherSource
+from .nonfinite import NONFINITE_POLICIES, NonfiniteChecks
 # Also what the subclasses import from here.
 from .plan import (Bucket, Entry, Plan, buckets, found_inf_argument,  # noqa: F401
                    group_scalars, kernel_scalar, sqrt_of_sum)
 from .skipped_steps import SkipCounter, capturing
 
-# State kept in fp32 whatever the parameter's dtype (PyTorch's loader would cast it).
-STATE_TENSOR_KEYS = ("exp_avg", "exp_hessian_diag")  # in backends.state_dtype(p.dtype)
 _GROUP_HYPERPARAMETERS = ("lr", "betas", "weight_decay", "rho", "eps", "hessian_power")
 _CREATE_GRAPH_WARNING = r"Using backward\(\) with create_graph=True"
-NONFINITE_POLICIES = ("skip", "raise", "ignore")
 
 
-class HessianOptimizer(torch.optim.Optimizer):
+class HessianOptimizer(Checkpointing, BackendDispatch, NonfiniteChecks,
+                       torch.optim.Optimizer):
     """Base class; subclasses define ``_apply_update(plan, hessian_power)``."""
-
-    # Per-parameter state of the authors' checkpoints that is not kept (see checkpoint.py).
-    _AUTHORS_DROPPED_KEYS: Tuple[str, ...] = ("e_w",)
 
     # GradScaler.step(opt) then hands the optimizer its scale instead of unscaling .grad
     # blindly; the step refuses it and says what to call (see amp.refuse_scaler_step).
@@ -125,53 +124,6 @@ class HessianOptimizer(torch.optim.Optimizer):
             check_dense(type(self).__name__, p.grad)
         return params
 
-    # -- backends ---------------------------------------------------------------------
-
-    def ops(self, device: torch.device, dtype: torch.dtype) -> backends.Ops:
-        """The backend ops used for parameters of ``dtype`` on ``device`` (resolved once
-        per pair: "auto" may pick another backend for float64 than for float32)."""
-        ops = self._ops_by_device.get((device, dtype))
-        if ops is None:
-            ops = backends.resolve(self.backend, device, dtype)
-            if self._has_dtensors:
-                ops = dtensor.local_ops(ops)
-            self._ops_by_device[(device, dtype)] = ops
-        return ops
-
-    @property
-    def backends_in_use(self) -> Dict[str, str]:
-        """``{device: backend name}`` for every device this optimizer has stepped on; a
-        device whose dtypes use different backends gets one ``"device dtype"`` key each."""
-        by_device: Dict[str, Dict[torch.dtype, str]] = {}
-        for (device, dtype), ops in self._ops_by_device.items():
-            by_device.setdefault(str(device), {})[dtype] = ops.name
-        names = {}
-        for device, by_dtype in by_device.items():
-            if len(set(by_dtype.values())) == 1:
-                names[device] = next(iter(by_dtype.values()))
-            else:
-                names.update({f"{device} {str(dtype).replace('torch.', '')}": name
-                              for dtype, name in by_dtype.items()})
-        return names
-
-    @property
-    def _home_device(self) -> torch.device:
-        """Where the step's flags and norms meet: the first parameter's device."""
-        return self.param_groups[0]["params"][0].device
-
-    @property
-    def device_path(self) -> bool:
-        """Whether steps keep their skip decision, counters and norms on the device (no host
-        synchronisation, capturable in a CUDA graph): ``capturable``, or, when None, whether
-        the parameters are CUDA tensors."""
-        if self.capturable is not None:
-            return self.capturable
-        return self._home_device.type == "cuda"
-
-    def _reads_flags_on_host(self, scaler) -> bool:
-        """The host path, and ``nonfinite="raise"``, which must read the flag to raise."""
-        return not self.device_path or (self.nonfinite == "raise" and not amp.enabled(scaler))
-
     @property
     def skipped_steps(self) -> int:
         """Iterations skipped for inf/NaN gradients or Hessian estimates (on the device
@@ -182,19 +134,6 @@ class HessianOptimizer(torch.optim.Optimizer):
         """Read the skip counts now and warn (``SkippedStepWarning``) or raise as ``step()``
         does every ``skip_check_interval`` steps on the device path."""
         self._skips.check()
-
-    def _global_norm(self, params: List[Tensor], tensors: List[Tensor],
-                     weighted: bool) -> Tensor:
-        """||(|p| if weighted else 1) * t|| over all the tensors, whatever their device/dtype."""
-        if not params:
-            return torch.zeros((), dtype=torch.float32, device=self._home_device)
-        squares = []
-        for (device, dtype), indices in buckets(
-                range(len(params)), lambda i: (params[i].device, params[i].dtype)).items():
-            norm = self.ops(device, dtype).global_norm([tensors[i] for i in indices],
-                                                [params[i] for i in indices] if weighted else None)
-            squares.append(norm.square())
-        return sqrt_of_sum(squares)
 
     # -- state ------------------------------------------------------------------------
 
@@ -359,55 +298,6 @@ class HessianOptimizer(torch.optim.Optimizer):
                 state["hessian_step"] += 1
         self._skips.tick()
 
-    def _found_inf(self, plan: Plan, scaler) -> Optional[Tensor]:
-        """1.0 (a 0-d float32 tensor on the first parameter's device) when the step's
-        gradients or Hessian estimates, or the first pass's gradients, hold inf/NaN on some
-        rank, else 0.0; reported to the scaler. None when nothing is checked."""
-        first_pass_nonfinite, self._first_pass_nonfinite = self._first_pass_nonfinite, False
-        first_pass_found_inf, self._first_pass_found_inf = self._first_pass_found_inf, None
-        if self.nonfinite == "ignore" and not amp.enabled(scaler):
-            return None
-        params = plan.params()
-        norm = self._global_norm(params, [p.grad for p in params], False)
-        hessian_norm = self._global_norm(list(plan.hessians), list(plan.hessians.values()),
-                                         False)
-        # On a parameter's device: NCCL reduces no CPU tensor.
-        device = self._home_device
-        found_inf = (~torch.isfinite(norm.to(device) + hessian_norm.to(device))).float()
-        if first_pass_nonfinite:
-            found_inf.fill_(1.0)
-        if first_pass_found_inf is not None:
-            found_inf = torch.maximum(found_inf, first_pass_found_inf)
-        found_inf = self._averager.any(found_inf)
-        amp.record_found_inf(scaler, self, found_inf)
-        return found_inf
-
-    def _skip(self, plan: Plan, scaler) -> None:
-        """Undo an iteration known on the host to hold inf/NaN: the parameters leave the
-        perturbed point, the generator rewinds and no state moves; raise or count it."""
-        params = plan.params()
-        if plan.rademacher_before is not None:
-            self._rademacher.load_state_dict(plan.rademacher_before)
-        self._abandon_step()
-        if self.nonfinite == "raise" and not amp.enabled(scaler):
-            raise FloatingPointError(self._nonfinite_message(
-                [(p, "gradient", p.grad) for p in params]
-                + [(p, "Hessian estimate", h) for p, h in plan.hessians.items()]))
-        self._skips.record(True)
-        self._skips.tick()
-
-    def _nonfinite_message(self, items: List[Tuple[Tensor, str, Tensor]]) -> str:
-        """Names the first (parameter, what, tensor) whose tensor holds inf or NaN."""
-        where = {id(p): (g, i) for g, group in enumerate(self.param_groups)
-                 for i, p in enumerate(group["params"])}
-        for p, what, tensor in items:
-            if not torch.isfinite(tensor).all():
-                group, index = where[id(p)]
-                return (f"the {what} of parameter {index} of group {group} (shape "
-                        f"{tuple(p.shape)}) holds inf or NaN; the step was not applied")
-        return "a gradient or Hessian estimate on another rank holds inf or NaN; the step " \
-               "was not applied"
-
     def _apply_update(self, plan: Plan, hessian_power: Optional[float],
                       found_inf: Optional[Tensor]) -> None:
         """The update; ``found_inf`` (device path) is the skip flag the ops read."""
@@ -521,102 +411,3 @@ class HessianOptimizer(torch.optim.Optimizer):
             for _ in self.hessian_probes(rng):
                 self._closure_pass(closure, scaler, False)
         return loss
-
-    # -- pickling and deep copies -------------------------------------------------------
-
-    def __getstate__(self) -> dict:
-        # torch.optim.Optimizer pickles defaults, state and param_groups only; every
-        # setting and counter of this package must survive too (resolved backends are
-        # looked up again; hooks are dropped, as torch drops them).
-        state = super().__getstate__()
-        state.update({key: value for key, value in self.__dict__.items()
-                      if key not in _TORCH_OPTIMIZER_ATTRIBUTES and key != "_ops_by_device"})
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        self._ops_by_device = {}
-        for group in self.param_groups:
-            self._backward_record.watch(group["params"])
-
-    # -- checkpoints ------------------------------------------------------------------
-
-    def _extra_state(self) -> dict:
-        return {"rademacher": self._rademacher.state_dict(), **self._skips.state_dict()}
-
-    def _load_extra_state(self, extra: dict) -> None:
-        devices = [p.device for p in self.get_params()]
-        self._rademacher.load_state_dict(
-            checkpoint.generator_states_for(extra.get("rademacher", {}), devices))
-        self._skips.load_state_dict(extra)
-
-    def _authors_bias_correction2(self, step: int, group: dict) -> float:
-        """``bias_correction2`` for an authors' checkpoint that lacks it."""
-        raise ValueError("the checkpoint's state has a step but no bias_correction2")
-
-    def _authors_extra_state(self) -> dict:
-        """What this package saves beside the state, for an authors' checkpoint."""
-        return {}
-
-    def state_dict(self) -> dict:
-        state_dict = super().state_dict()
-        state_dict["sassha_fast"] = self._extra_state()
-        return state_dict
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Loads this package's checkpoints and the authors' optimizers' (converted, see
-        ``checkpoint.from_authors_format``), from any device and backend. Pre-hooks see
-        the dict as saved, and the dict a pre-hook returns is the one loaded; post-hooks
-        run once everything is loaded."""
-        pre_hooks = self._optimizer_load_state_dict_pre_hooks
-        post_hooks = self._optimizer_load_state_dict_post_hooks
-        for hook in pre_hooks.values():
-            replaced = hook(self, state_dict)
-            if replaced is not None:
-                state_dict = replaced
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()
-        try:
-            self._load_state_dict(state_dict)
-        finally:
-            self._optimizer_load_state_dict_pre_hooks = pre_hooks
-            self._optimizer_load_state_dict_post_hooks = post_hooks
-        for hook in post_hooks.values():
-            hook(self)
-
-    def _load_state_dict(self, state_dict: dict) -> None:
-        if checkpoint.is_authors_format(state_dict):
-            state_dict = checkpoint.from_authors_format(state_dict, self,
-                                                        self._authors_bias_correction2,
-                                                        self._AUTHORS_DROPPED_KEYS)
-            extra = self._authors_extra_state()
-        else:
-            state_dict = dict(state_dict)
-            extra = state_dict.pop("sassha_fast")
-        super().load_state_dict(state_dict)
-        # PyTorch casts floating state to the parameter's dtype; ours stays in the state
-        # dtype (float32, float64 for float64 parameters).
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, p in zip(saved_ids, params):
-            saved = state_dict["state"].get(saved_id, {})
-            for key in STATE_TENSOR_KEYS:
-                if key in saved:
-                    self.state[p][key] = saved[key].to(device=p.device,
-                                                       dtype=backends.state_dtype(p.dtype),
-                                                       copy=True)
-        # Counters in the representation of this optimizer's path, whichever path saved them.
-        step_counters.load([(g, p, self.state[p], state_dict["state"][i])
-                            for g, (saved_group, group) in enumerate(
-                                zip(state_dict["param_groups"], self.param_groups))
-                            for i, p in zip(saved_group["params"], group["params"])
-                            if i in state_dict["state"]], self.device_path)
-        self._load_extra_state(extra)
-        self._estimator.reset()
-        self._first_pass_nonfinite = False
-        self._first_pass_found_inf = None
-
-
-# What torch.optim.Optimizer keeps in an instance (its own pickling handles these).
-_TORCH_OPTIMIZER_ATTRIBUTES = frozenset(
-    torch.optim.Optimizer([torch.zeros(1, requires_grad=True)], {}).__dict__)

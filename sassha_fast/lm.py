@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 
 from . import backends
-from ._base import STATE_TENSOR_KEYS, Entry, Plan, buckets, group_scalars
+from ._base import Entry, Plan, buckets, group_scalars
 from ._validation import _real
+from .checkpoint import STATE_TENSOR_KEYS
 from .sassha import SASSHA as _SASSHA
 
 
