@@ -9,8 +9,10 @@ One interface, ``HessianEstimator``, three implementations:
 * ``Summed``: the estimates ``set_hessian()`` adds up over micro-batches, each a
   ``DoubleBackward`` one; a step with none takes a fresh ``DoubleBackward`` estimate.
 
-The optimizer holds one, made by ``make``, and only asks it for the step's ``Plan``; the
-lazy schedule (which parameters are due) stays the optimizer's.
+The optimizer holds one, made by ``make``, and asks it for the step's ``Plan`` (``plan``),
+for what ``hessian_probes()``, ``set_hessian()`` and ``zero_hessian()`` do, and whether the
+gradient pass must keep its graph (``needs_graph``); it never asks which estimator it holds.
+The lazy schedule (which parameters are due) stays the optimizer's.
 """
 from typing import List, NamedTuple, Optional, Tuple
 
