@@ -1,88 +1,36 @@
 """What SASSHA and M-SASSHA share: hyper-parameters, per-parameter state, the lazy Hessian
-schedule, backend dispatch and checkpointing. The update rules live in the subclasses."""
+schedule, backend dispatch and the step around the update. The update rules live in the
+subclasses; the Hessian estimate in ``estimators``, checkpoints and pickling in
+``checkpoint.Checkpointing``, the inf/NaN skip in ``nonfinite.NonfiniteChecks``."""
 import warnings
-from collections import OrderedDict
-from typing import (Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple,
-                    Optional, Tuple, Union)
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from . import (amp, backends, checkpoint, diagnostics, dtensor, errors, finite_difference,
+from . import (amp, backends, diagnostics, dtensor, errors, estimators, finite_difference,
                step_counters)
 from ._validation import (check_dense, check_hessian_power, check_hyperparameters,
                           check_parameters, check_positive_int)
 from .backward_record import BackwardRecord
+from .checkpoint import Checkpointing
 from .curvature_guard import check_curvature_floor, floor_hessian_
+from .dispatch import BackendDispatch
 from .distributed import Averager, check_process_group
-from .hessian import RademacherSource, hutchinson
+from .hessian import RademacherSource
+from .nonfinite import NONFINITE_POLICIES, NonfiniteChecks
+# Also what the subclasses import from here.
+from .plan import (Bucket, Entry, Plan, buckets, found_inf_argument,  # noqa: F401
+                   group_scalars, kernel_scalar, sqrt_of_sum)
 from .skipped_steps import SkipCounter, capturing
 
-# State kept in fp32 whatever the parameter's dtype (PyTorch's loader would cast it).
-STATE_TENSOR_KEYS = ("exp_avg", "exp_hessian_diag")  # in backends.state_dtype(p.dtype)
 _GROUP_HYPERPARAMETERS = ("lr", "betas", "weight_decay", "rho", "eps", "hessian_power")
 _CREATE_GRAPH_WARNING = r"Using backward\(\) with create_graph=True"
-NONFINITE_POLICIES = ("skip", "raise", "ignore")
 
 
-class Entry(NamedTuple):
-    """A parameter that takes part in this step."""
-    param: Tensor
-    state: Optional[dict]  # None until the step is known to be applied
-    hessian_now: bool  # a Hessian estimate was computed for it in this step
-
-
-class Bucket(NamedTuple):
-    """Parameters of one group that one op call updates: same device, dtype, step count,
-    Hessian refresh, second bias correction and subclass-specific ``extra``. On the device
-    path the counters are 0-d tensors and ``found_inf`` is the ops' skip flag."""
-    ops: "backends.Ops"
-    params: List[Tensor]
-    exp_avgs: List[Tensor]
-    exp_hessians: List[Tensor]
-    step: Union[int, Tensor]
-    bias_correction2: Union[float, Tensor]
-    extra: object
-    found_inf: Optional[Tensor]
-
-    def scalar(self, value):
-        """``value`` as the ops take it for these parameters."""
-        return kernel_scalar(value, self.params[0].device, self.params[0].dtype)
-
-    def bias_correction1(self, beta1: float):
-        return self.scalar(step_counters.bias_correction1(self.step, beta1))
-
-
-class Plan(NamedTuple):
-    """The work of one step, decided before anything is modified."""
-    groups: List[Tuple[dict, List[Entry]]]
-    hessians: Dict[Tensor, Tensor]
-    rademacher_before: Optional[dict]  # generator states before this step's draws
-    # Parameters whose gradients carried a graph (set_hessian() detaches them).
-    graph_params: FrozenSet[Tensor] = frozenset()
-
-    def params(self) -> List[Tensor]:
-        return [entry.param for _, entries in self.groups for entry in entries]
-
-
-def buckets(items: Iterable, key: Callable) -> "OrderedDict":
-    """Items grouped by ``key(item)``, in first-seen order (each bucket is one op call)."""
-    items = list(items)
-    keys = [key(item) for item in items]
-    grouped: "OrderedDict" = OrderedDict()
-    if keys and keys.count(keys[0]) == len(keys):  # the common case: one bucket
-        grouped[keys[0]] = items
-        return grouped
-    for item, item_key in zip(items, keys):
-        grouped.setdefault(item_key, []).append(item)
-    return grouped
-
-
-class HessianOptimizer(torch.optim.Optimizer):
+class HessianOptimizer(Checkpointing, BackendDispatch, NonfiniteChecks,
+                       torch.optim.Optimizer):
     """Base class; subclasses define ``_apply_update(plan, hessian_power)``."""
-
-    # Per-parameter state of the authors' checkpoints that is not kept (see checkpoint.py).
-    _AUTHORS_DROPPED_KEYS: Tuple[str, ...] = ("e_w",)
 
     # GradScaler.step(opt) then hands the optimizer its scale instead of unscaling .grad
     # blindly; the step refuses it and says what to call (see amp.refuse_scaler_step).
@@ -120,11 +68,8 @@ class HessianOptimizer(torch.optim.Optimizer):
         check_positive_int("skip_check_interval", skip_check_interval)
         if max_consecutive_skips is not None:
             check_positive_int("max_consecutive_skips", max_consecutive_skips)
-        self._finite_difference = finite_difference.make_estimator(hessian_estimator,
-                                                                   fd_scheme, fd_eps)
+        self._estimator = estimators.make(hessian_estimator, fd_scheme, fd_eps)
         self.hessian_estimator = hessian_estimator
-        # (params, estimate, generator states before its draws) from hessian_probes().
-        self._probed: Optional[Tuple[List[Tensor], List[Tensor], dict]] = None
         self.sync_gradients = sync_gradients
         self.nonfinite = nonfinite
         self.capturable = capturable
@@ -146,7 +91,6 @@ class HessianOptimizer(torch.optim.Optimizer):
         self._rademacher = RademacherSource(seed)
         self._ops_by_device: Dict[Tuple[torch.device, torch.dtype], backends.Ops] = {}
         self._has_dtensors = False  # set by add_param_group; the ops then take DTensors
-        self._plan: Optional[Plan] = None
         self._backward_record = BackwardRecord()
         super().__init__(params, defaults)
 
@@ -180,53 +124,6 @@ class HessianOptimizer(torch.optim.Optimizer):
             check_dense(type(self).__name__, p.grad)
         return params
 
-    # -- backends ---------------------------------------------------------------------
-
-    def ops(self, device: torch.device, dtype: torch.dtype) -> backends.Ops:
-        """The backend ops used for parameters of ``dtype`` on ``device`` (resolved once
-        per pair: "auto" may pick another backend for float64 than for float32)."""
-        ops = self._ops_by_device.get((device, dtype))
-        if ops is None:
-            ops = backends.resolve(self.backend, device, dtype)
-            if self._has_dtensors:
-                ops = dtensor.local_ops(ops)
-            self._ops_by_device[(device, dtype)] = ops
-        return ops
-
-    @property
-    def backends_in_use(self) -> Dict[str, str]:
-        """``{device: backend name}`` for every device this optimizer has stepped on; a
-        device whose dtypes use different backends gets one ``"device dtype"`` key each."""
-        by_device: Dict[str, Dict[torch.dtype, str]] = {}
-        for (device, dtype), ops in self._ops_by_device.items():
-            by_device.setdefault(str(device), {})[dtype] = ops.name
-        names = {}
-        for device, by_dtype in by_device.items():
-            if len(set(by_dtype.values())) == 1:
-                names[device] = next(iter(by_dtype.values()))
-            else:
-                names.update({f"{device} {str(dtype).replace('torch.', '')}": name
-                              for dtype, name in by_dtype.items()})
-        return names
-
-    @property
-    def _home_device(self) -> torch.device:
-        """Where the step's flags and norms meet: the first parameter's device."""
-        return self.param_groups[0]["params"][0].device
-
-    @property
-    def device_path(self) -> bool:
-        """Whether steps keep their skip decision, counters and norms on the device (no host
-        synchronisation, capturable in a CUDA graph): ``capturable``, or, when None, whether
-        the parameters are CUDA tensors."""
-        if self.capturable is not None:
-            return self.capturable
-        return self._home_device.type == "cuda"
-
-    def _reads_flags_on_host(self, scaler) -> bool:
-        """The host path, and ``nonfinite="raise"``, which must read the flag to raise."""
-        return not self.device_path or (self.nonfinite == "raise" and not amp.enabled(scaler))
-
     @property
     def skipped_steps(self) -> int:
         """Iterations skipped for inf/NaN gradients or Hessian estimates (on the device
@@ -237,19 +134,6 @@ class HessianOptimizer(torch.optim.Optimizer):
         """Read the skip counts now and warn (``SkippedStepWarning``) or raise as ``step()``
         does every ``skip_check_interval`` steps on the device path."""
         self._skips.check()
-
-    def _global_norm(self, params: List[Tensor], tensors: List[Tensor],
-                     weighted: bool) -> Tensor:
-        """||(|p| if weighted else 1) * t|| over all the tensors, whatever their device/dtype."""
-        if not params:
-            return torch.zeros((), dtype=torch.float32, device=self._home_device)
-        squares = []
-        for (device, dtype), indices in buckets(
-                range(len(params)), lambda i: (params[i].device, params[i].dtype)).items():
-            norm = self.ops(device, dtype).global_norm([tensors[i] for i in indices],
-                                                [params[i] for i in indices] if weighted else None)
-            squares.append(norm.square())
-        return sqrt_of_sum(squares)
 
     # -- state ------------------------------------------------------------------------
 
@@ -296,31 +180,13 @@ class HessianOptimizer(torch.optim.Optimizer):
         the same loss on the same batch (same loss scale) and calls ``backward()``. After
         the loop the parameters and ``.grad`` are as before and ``step()`` uses the
         estimate. On steps where the Hessian is not due it yields nothing."""
-        if self._finite_difference is None:
-            raise RuntimeError("hessian_probes() belongs to "
-                               "hessian_estimator='finite_difference'; this optimizer uses "
-                               "the double backward (backward(create_graph=True))")
-        self._probed = None
-        params = [p for group in self.param_groups for p in self._params_with_grad(group)
-                  if self._hessian_due_for(p)]
-        if not params:
-            return
-        before = self._rademacher.state_dict()
-        try:
-            estimate = yield from finite_difference.estimate(
-                self._finite_difference, params, self._rademacher, self.n_samples,
-                lambda ps: self._global_norm(ps, ps, False), rng_state)
-        except BaseException:
-            self._rademacher.load_state_dict(before)
-            raise
-        self._probed = (params, estimate, before)
+        yield from self._estimator.probes(self, rng_state)
 
     def zero_hessian(self) -> None:
         """Drop the estimates ``set_hessian()`` summed since the last step. Estimates are
         not kept across steps here (no per-parameter Hessian buffer), so a step always
         starts a fresh sum."""
-        if self._plan is not None:
-            self._plan = self._plan._replace(hessians={})
+        self._estimator.zero()
 
     def _before_hessian(self) -> None:
         """Hook run before the Hessian-vector product (SASSHA leaves the perturbed point)."""
@@ -354,89 +220,11 @@ class HessianOptimizer(torch.optim.Optimizer):
         Hessian is taken where the backward pass ran. ``step()`` estimates the Hessian
         itself when no call came before it; the Hessian counters advance when the step is
         applied, so a failed or skipped step leaves no trace."""
-        if self._finite_difference is not None:
-            raise RuntimeError("set_hessian() sums double-backward estimates; with "
-                               "hessian_estimator='finite_difference' the estimate comes from "
-                               "hessian_probes() (or step(closure)) and step() folds it in")
-        self._estimate_hessian(accumulate=True)
+        self._estimator.add(self)
 
     def _plan_step(self) -> Plan:
-        """The plan of this step: the accumulated estimates, or a fresh one."""
-        if self._plan is None:
-            self._estimate_hessian(accumulate=False)
-        plan, self._plan = self._plan, None
-        return plan
-
-    def _estimate_hessian(self, accumulate: bool) -> None:
-        groups = []
-        due_params: List[Tensor] = []
-        for group in self.param_groups:
-            entries = []
-            for p in self._params_with_grad(group):
-                now = self._hessian_due_for(p)
-                if now:
-                    due_params.append(p)
-                entries.append(Entry(p, None, now))
-            groups.append((group, entries))
-        previous = self._plan
-        hessians: Dict[Tensor, Tensor] = dict(previous.hessians) if previous else {}
-        rademacher_before = previous.rademacher_before if previous else None
-        graph_params = set(previous.graph_params) if previous else set()
-        probed, self._probed = self._probed, None
-        if due_params:
-            if not accumulate:
-                self._before_hessian()
-            if self._finite_difference is not None:
-                estimate, before_this = self._take_probed(probed, due_params)
-            else:
-                estimate, before_this = self._double_backward_estimate(due_params, accumulate)
-            if rademacher_before is None:
-                rademacher_before = before_this
-            for p, h in zip(due_params, estimate):
-                hessians[p] = hessians[p].add_(h) if p in hessians else h
-        if accumulate:
-            for _, entries in groups:
-                for entry in entries:
-                    if entry.param.grad.grad_fn is not None:
-                        graph_params.add(entry.param)
-                        entry.param.grad = entry.param.grad.detach()
-        self._plan = Plan(groups, hessians, rademacher_before, frozenset(graph_params))
-
-    def _double_backward_estimate(self, due_params: List[Tensor],
-                                  signed: bool) -> Tuple[List[Tensor], Optional[dict]]:
-        # Not while a CUDA graph is captured (replays advance the generator themselves).
-        before = None if capturing() else self._rademacher.state_dict()
-        if self._has_dtensors and not any(p.grad.requires_grad for p in due_params):
-            raise errors.dtensor_double_backward_error()
-        try:
-            if self._backward_record.create_graph and \
-                    not any(p.grad.requires_grad for p in due_params):
-                # A create_graph pass whose gradients do not depend on the parameters.
-                return [torch.zeros_like(p) for p in due_params], before
-            with torch.enable_grad():
-                # Summed estimates need z * Hz; a lone one may keep Hz (same |h|).
-                estimate = hutchinson([p.grad for p in due_params], due_params,
-                                      self._rademacher, self.n_samples, signed=signed)
-        except RuntimeError as exc:
-            if before is not None:
-                self._rademacher.load_state_dict(before)
-            clearer = errors.double_backward_error(exc)
-            if clearer is None:
-                raise
-            raise clearer from exc
-        return estimate, before
-
-    def _take_probed(self, probed, due_params: List[Tensor]) -> Tuple[List[Tensor], dict]:
-        if probed is None or [id(p) for p in probed[0]] != [id(p) for p in due_params]:
-            if probed is not None:
-                self._rademacher.load_state_dict(probed[2])
-            raise RuntimeError(
-                "the Hessian is due at this step, but hessian_probes() did not run for the "
-                "parameters that have gradients now: after the backward pass of the point "
-                "to estimate at, run `for _ in optimizer.hessian_probes(rng_state): "
-                "loss_fn(model(x), y).backward()`, or let the optimizer run the iteration "
-                "with optimizer.step(closure)")
-        return probed[1], probed[2]
+        """The plan of this step: the estimates gathered for it, or a fresh one."""
+        return self._estimator.plan(self)
 
     def _next_hessian_power(self) -> Optional[float]:
         """The scheduler's power for this step, or None to use each group's constant."""
@@ -465,9 +253,9 @@ class HessianOptimizer(torch.optim.Optimizer):
         hessians = list(plan.hessians.values())
         # DDP cannot have averaged the gradients of a create_graph backward (it fails on one).
         to_average = grads if self.sync_gradients else [p.grad for p in carrying_graph]
-        # A finite-difference estimate differences gradients that DDP has averaged (or,
-        # with sync_gradients, local ones: then it is averaged here as they are).
-        if self._finite_difference is None or self.sync_gradients:
+        # An estimate without a graph differences gradients that DDP has averaged (or, with
+        # sync_gradients, local ones: then it is averaged here as they are).
+        if self._estimator.needs_graph or self.sync_gradients:
             to_average = to_average + hessians
         self._averager.average_(to_average)
         amp.unscale_(scaler, grads + hessians)
@@ -509,55 +297,6 @@ class HessianOptimizer(torch.optim.Optimizer):
             if "hessian_step" in state:  # the language-model variant keeps no such counter
                 state["hessian_step"] += 1
         self._skips.tick()
-
-    def _found_inf(self, plan: Plan, scaler) -> Optional[Tensor]:
-        """1.0 (a 0-d float32 tensor on the first parameter's device) when the step's
-        gradients or Hessian estimates, or the first pass's gradients, hold inf/NaN on some
-        rank, else 0.0; reported to the scaler. None when nothing is checked."""
-        first_pass_nonfinite, self._first_pass_nonfinite = self._first_pass_nonfinite, False
-        first_pass_found_inf, self._first_pass_found_inf = self._first_pass_found_inf, None
-        if self.nonfinite == "ignore" and not amp.enabled(scaler):
-            return None
-        params = plan.params()
-        norm = self._global_norm(params, [p.grad for p in params], False)
-        hessian_norm = self._global_norm(list(plan.hessians), list(plan.hessians.values()),
-                                         False)
-        # On a parameter's device: NCCL reduces no CPU tensor.
-        device = self._home_device
-        found_inf = (~torch.isfinite(norm.to(device) + hessian_norm.to(device))).float()
-        if first_pass_nonfinite:
-            found_inf.fill_(1.0)
-        if first_pass_found_inf is not None:
-            found_inf = torch.maximum(found_inf, first_pass_found_inf)
-        found_inf = self._averager.any(found_inf)
-        amp.record_found_inf(scaler, self, found_inf)
-        return found_inf
-
-    def _skip(self, plan: Plan, scaler) -> None:
-        """Undo an iteration known on the host to hold inf/NaN: the parameters leave the
-        perturbed point, the generator rewinds and no state moves; raise or count it."""
-        params = plan.params()
-        if plan.rademacher_before is not None:
-            self._rademacher.load_state_dict(plan.rademacher_before)
-        self._abandon_step()
-        if self.nonfinite == "raise" and not amp.enabled(scaler):
-            raise FloatingPointError(self._nonfinite_message(
-                [(p, "gradient", p.grad) for p in params]
-                + [(p, "Hessian estimate", h) for p, h in plan.hessians.items()]))
-        self._skips.record(True)
-        self._skips.tick()
-
-    def _nonfinite_message(self, items: List[Tuple[Tensor, str, Tensor]]) -> str:
-        """Names the first (parameter, what, tensor) whose tensor holds inf or NaN."""
-        where = {id(p): (g, i) for g, group in enumerate(self.param_groups)
-                 for i, p in enumerate(group["params"])}
-        for p, what, tensor in items:
-            if not torch.isfinite(tensor).all():
-                group, index = where[id(p)]
-                return (f"the {what} of parameter {index} of group {group} (shape "
-                        f"{tuple(p.shape)}) holds inf or NaN; the step was not applied")
-        return "a gradient or Hessian estimate on another rank holds inf or NaN; the step " \
-               "was not applied"
 
     def _apply_update(self, plan: Plan, hessian_power: Optional[float],
                       found_inf: Optional[Tensor]) -> None:
@@ -648,7 +387,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         rng = finite_difference.capture_rng_state() if capture_rng else None
         with torch.enable_grad():
             loss = closure()
-        if self._finite_difference is not None and \
+        if not self._estimator.needs_graph and \
                 any(p.grad is not None for p in self.get_params()):
             return loss, rng
         if not isinstance(loss, Tensor) or not loss.requires_grad:
@@ -665,136 +404,10 @@ class HessianOptimizer(torch.optim.Optimizer):
     def _gradient_pass(self, closure: Callable[[], Tensor], scaler, hessian_due: bool):
         """The pass whose gradient the update uses, with what the Hessian estimate needs:
         its graph (double backward) or the probes around it (finite difference)."""
-        probing = hessian_due and self._finite_difference is not None
+        probing = hessian_due and not self._estimator.needs_graph
         loss, rng = self._closure_pass(closure, scaler, hessian_due and not probing,
                                        capture_rng=probing)
         if probing:
             for _ in self.hessian_probes(rng):
                 self._closure_pass(closure, scaler, False)
         return loss
-
-    # -- pickling and deep copies -------------------------------------------------------
-
-    def __getstate__(self) -> dict:
-        # torch.optim.Optimizer pickles defaults, state and param_groups only; every
-        # setting and counter of this package must survive too (resolved backends are
-        # looked up again; hooks are dropped, as torch drops them).
-        state = super().__getstate__()
-        state.update({key: value for key, value in self.__dict__.items()
-                      if key not in _TORCH_OPTIMIZER_ATTRIBUTES and key != "_ops_by_device"})
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        self._ops_by_device = {}
-        for group in self.param_groups:
-            self._backward_record.watch(group["params"])
-
-    # -- checkpoints ------------------------------------------------------------------
-
-    def _extra_state(self) -> dict:
-        return {"rademacher": self._rademacher.state_dict(), **self._skips.state_dict()}
-
-    def _load_extra_state(self, extra: dict) -> None:
-        devices = [p.device for p in self.get_params()]
-        self._rademacher.load_state_dict(
-            checkpoint.generator_states_for(extra.get("rademacher", {}), devices))
-        self._skips.load_state_dict(extra)
-
-    def _authors_bias_correction2(self, step: int, group: dict) -> float:
-        """``bias_correction2`` for an authors' checkpoint that lacks it."""
-        raise ValueError("the checkpoint's state has a step but no bias_correction2")
-
-    def _authors_extra_state(self) -> dict:
-        """What this package saves beside the state, for an authors' checkpoint."""
-        return {}
-
-    def state_dict(self) -> dict:
-        state_dict = super().state_dict()
-        state_dict["sassha_fast"] = self._extra_state()
-        return state_dict
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Loads this package's checkpoints and the authors' optimizers' (converted, see
-        ``checkpoint.from_authors_format``), from any device and backend. Pre-hooks see
-        the dict as saved, and the dict a pre-hook returns is the one loaded; post-hooks
-        run once everything is loaded."""
-        pre_hooks = self._optimizer_load_state_dict_pre_hooks
-        post_hooks = self._optimizer_load_state_dict_post_hooks
-        for hook in pre_hooks.values():
-            replaced = hook(self, state_dict)
-            if replaced is not None:
-                state_dict = replaced
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()
-        try:
-            self._load_state_dict(state_dict)
-        finally:
-            self._optimizer_load_state_dict_pre_hooks = pre_hooks
-            self._optimizer_load_state_dict_post_hooks = post_hooks
-        for hook in post_hooks.values():
-            hook(self)
-
-    def _load_state_dict(self, state_dict: dict) -> None:
-        if checkpoint.is_authors_format(state_dict):
-            state_dict = checkpoint.from_authors_format(state_dict, self,
-                                                        self._authors_bias_correction2,
-                                                        self._AUTHORS_DROPPED_KEYS)
-            extra = self._authors_extra_state()
-        else:
-            state_dict = dict(state_dict)
-            extra = state_dict.pop("sassha_fast")
-        super().load_state_dict(state_dict)
-        # PyTorch casts floating state to the parameter's dtype; ours stays in the state
-        # dtype (float32, float64 for float64 parameters).
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, p in zip(saved_ids, params):
-            saved = state_dict["state"].get(saved_id, {})
-            for key in STATE_TENSOR_KEYS:
-                if key in saved:
-                    self.state[p][key] = saved[key].to(device=p.device,
-                                                       dtype=backends.state_dtype(p.dtype),
-                                                       copy=True)
-        # Counters in the representation of this optimizer's path, whichever path saved them.
-        step_counters.load([(g, p, self.state[p], state_dict["state"][i])
-                            for g, (saved_group, group) in enumerate(
-                                zip(state_dict["param_groups"], self.param_groups))
-                            for i, p in zip(saved_group["params"], group["params"])
-                            if i in state_dict["state"]], self.device_path)
-        self._load_extra_state(extra)
-        self._plan = None
-        self._probed = None
-        self._first_pass_nonfinite = False
-        self._first_pass_found_inf = None
-
-
-# What torch.optim.Optimizer keeps in an instance (its own pickling handles these).
-_TORCH_OPTIMIZER_ATTRIBUTES = frozenset(
-    torch.optim.Optimizer([torch.zeros(1, requires_grad=True)], {}).__dict__)
-
-
-def group_scalars(group: dict, hessian_power: Optional[float]) -> Tuple[float, float, float]:
-    """(beta1, beta2, power) of a group for this step."""
-    beta1, beta2 = group["betas"]
-    return beta1, beta2, group["hessian_power"] if hessian_power is None else hessian_power
-
-
-def kernel_scalar(value, device: torch.device, dtype: torch.dtype):
-    """A per-step scalar as the ops take it for parameters of ``device`` and ``dtype``: a
-    Python float as it is, a tensor as a 0-d float32 tensor there (float64 for float64
-    parameters)."""
-    if not isinstance(value, Tensor):
-        return value
-    return value.to(device=device, dtype=backends.state_dtype(dtype))
-
-
-def found_inf_argument(flag: Optional[Tensor]) -> dict:
-    """The ops' ``found_inf`` keyword, passed only when there is a flag."""
-    return {} if flag is None else {"found_inf": flag}
-
-
-def sqrt_of_sum(squares: List[Tensor]) -> Tensor:
-    """sqrt of a sum of 0-d tensors that may live on different devices."""
-    device = squares[0].device
-    return torch.stack([s.to(device) for s in squares]).sum().sqrt()

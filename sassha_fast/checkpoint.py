@@ -1,11 +1,18 @@
-"""Loading checkpoints: the authors' optimizers' ``state_dict`` converted to this package's
+"""Checkpoints: the optimizers' ``state_dict`` / ``load_state_dict`` and pickling
+(``Checkpointing``), the authors' optimizers' ``state_dict`` converted to this package's
 format, and saved Rademacher generator states matched to the devices the parameters now
 live on."""
 import warnings
-from typing import Callable, Dict, Iterable, Optional
+from collections import OrderedDict
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from . import backends, step_counters
+
+# State kept in fp32 whatever the parameter's dtype (PyTorch's loader would cast it).
+STATE_TENSOR_KEYS = ("exp_avg", "exp_hessian_diag")  # in backends.state_dtype(p.dtype)
 
 # The authors' names of per-parameter state -> this package's.
 AUTHORS_STATE_KEYS = {"hessian step": "hessian_step", "grad_momentum": "exp_avg",
@@ -92,3 +99,111 @@ def generator_states_for(states: Dict[str, Tensor],
                       "no parameter lives now: the Hessian probes on "
                       f"{sorted(types_used)} restart from the seed")
     return matched
+
+
+# What torch.optim.Optimizer keeps in an instance (its own pickling handles these).
+_TORCH_OPTIMIZER_ATTRIBUTES = frozenset(
+    torch.optim.Optimizer([torch.zeros(1, requires_grad=True)], {}).__dict__)
+
+
+class Checkpointing:
+    """``state_dict`` / ``load_state_dict`` and pickling for ``HessianOptimizer`` (a mixin):
+    this package's section beside torch's, the authors' format on load, and every setting
+    and counter through pickle and ``copy.deepcopy``."""
+
+    # Per-parameter state of the authors' checkpoints that is not kept (see
+    # from_authors_format).
+    _AUTHORS_DROPPED_KEYS: Tuple[str, ...] = ("e_w",)
+
+    # -- pickling and deep copies -------------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        # torch.optim.Optimizer pickles defaults, state and param_groups only; every
+        # setting and counter of this package must survive too (resolved backends are
+        # looked up again; hooks are dropped, as torch drops them).
+        state = super().__getstate__()
+        state.update({key: value for key, value in self.__dict__.items()
+                      if key not in _TORCH_OPTIMIZER_ATTRIBUTES and key != "_ops_by_device"})
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._ops_by_device = {}
+        for group in self.param_groups:
+            self._backward_record.watch(group["params"])
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def _extra_state(self) -> dict:
+        return {"rademacher": self._rademacher.state_dict(), **self._skips.state_dict()}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        devices = [p.device for p in self.get_params()]
+        self._rademacher.load_state_dict(
+            generator_states_for(extra.get("rademacher", {}), devices))
+        self._skips.load_state_dict(extra)
+
+    def _authors_bias_correction2(self, step: int, group: dict) -> float:
+        """``bias_correction2`` for an authors' checkpoint that lacks it."""
+        raise ValueError("the checkpoint's state has a step but no bias_correction2")
+
+    def _authors_extra_state(self) -> dict:
+        """What this package saves beside the state, for an authors' checkpoint."""
+        return {}
+
+    def state_dict(self) -> dict:
+        state_dict = super().state_dict()
+        state_dict["sassha_fast"] = self._extra_state()
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Loads this package's checkpoints and the authors' optimizers' (converted, see
+        ``checkpoint.from_authors_format``), from any device and backend. Pre-hooks see
+        the dict as saved, and the dict a pre-hook returns is the one loaded; post-hooks
+        run once everything is loaded."""
+        pre_hooks = self._optimizer_load_state_dict_pre_hooks
+        post_hooks = self._optimizer_load_state_dict_post_hooks
+        for hook in pre_hooks.values():
+            replaced = hook(self, state_dict)
+            if replaced is not None:
+                state_dict = replaced
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        try:
+            self._load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = pre_hooks
+            self._optimizer_load_state_dict_post_hooks = post_hooks
+        for hook in post_hooks.values():
+            hook(self)
+
+    def _load_state_dict(self, state_dict: dict) -> None:
+        if is_authors_format(state_dict):
+            state_dict = from_authors_format(state_dict, self, self._authors_bias_correction2,
+                                             self._AUTHORS_DROPPED_KEYS)
+            extra = self._authors_extra_state()
+        else:
+            state_dict = dict(state_dict)
+            extra = state_dict.pop("sassha_fast")
+        super().load_state_dict(state_dict)
+        # PyTorch casts floating state to the parameter's dtype; ours stays in the state
+        # dtype (float32, float64 for float64 parameters).
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params):
+            saved = state_dict["state"].get(saved_id, {})
+            for key in STATE_TENSOR_KEYS:
+                if key in saved:
+                    self.state[p][key] = saved[key].to(device=p.device,
+                                                       dtype=backends.state_dtype(p.dtype),
+                                                       copy=True)
+        # Counters in the representation of this optimizer's path, whichever path saved them.
+        step_counters.load([(g, p, self.state[p], state_dict["state"][i])
+                            for g, (saved_group, group) in enumerate(
+                                zip(state_dict["param_groups"], self.param_groups))
+                            for i, p in zip(saved_group["params"], group["params"])
+                            if i in state_dict["state"]], self.device_path)
+        self._load_extra_state(extra)
+        self._estimator.reset()
+        self._first_pass_nonfinite = False
+        self._first_pass_found_inf = None

@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 
 from . import backends
-from ._base import STATE_TENSOR_KEYS, Entry, Plan, buckets, group_scalars
+from ._base import Entry, Plan, buckets, group_scalars
 from ._validation import _real
+from .checkpoint import STATE_TENSOR_KEYS
 from .sassha import SASSHA as _SASSHA
 
 
@@ -78,6 +79,10 @@ class LanguageModelSASSHA(_SASSHA):
                          grad_reduce=grad_reduce, seed=seed, hessian_power=hessian_power,
                          backend=backend, process_group=process_group,
                          sync_gradients=False, nonfinite=nonfinite, **kwargs)
+        if self.hessian_estimator != "autograd":
+            raise ValueError("the language-model SASSHA sums the double backward's "
+                             "set_hessian() estimates; hessian_estimator="
+                             f"{self.hessian_estimator!r} does not apply to it")
         self.rho_scheduler = rho_scheduler
         self.rho_t = 0.0
         self._refresh = False  # whether the step in progress refreshes the Hessian average
@@ -113,11 +118,6 @@ class LanguageModelSASSHA(_SASSHA):
         # on the iterations it chooses.
         return True
 
-    def zero_hessian(self) -> None:
-        """Drop the estimates summed since the last step."""
-        if self._plan is not None:
-            self._plan = self._plan._replace(hessians={})
-
     @torch.no_grad()
     def step(self, iter_num: int, closure: Optional[Callable[[], Tensor]] = None):
         """Update from the gradients present; the Hessian average D is refreshed from the
@@ -137,8 +137,8 @@ class LanguageModelSASSHA(_SASSHA):
     # -- the step -----------------------------------------------------------------------
 
     def _plan_step(self) -> Plan:
-        summed = self._plan
-        plan, self._plan = summed, None
+        summed = self._estimator.sum
+        plan, self._estimator.sum = summed, None
         if plan is None:
             plan = Plan([(group, [Entry(p, None, True) for p in self._params_with_grad(group)])
                          for group in self.param_groups], {}, None)
@@ -146,7 +146,7 @@ class LanguageModelSASSHA(_SASSHA):
             return plan._replace(hessians={}, graph_params=frozenset())
         missing = [p for p in plan.params() if p not in plan.hessians]
         if missing:
-            self._plan = summed
+            self._estimator.sum = summed
             raise RuntimeError(
                 "this step refreshes the Hessian average (iter_num % lazy_hessian == 0), but "
                 f"{len(missing)} parameter(s) with a gradient have no Hessian estimate: call "

@@ -4,7 +4,7 @@ and autocast."""
 import pytest
 import torch
 
-import sassha_fast._base as base
+import sassha_fast.estimators as estimators
 from sassha_fast import MSASSHA, SASSHA
 from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, snapshot, whole_batch
 
@@ -78,8 +78,8 @@ def skipped_iteration(optimizer, poisoned_call=None, poison_hessian=False, monke
     before = snapshot(model, opt)
     scale_before = grad_scaler.get_scale()
     if poison_hessian:
-        real = base.hutchinson
-        monkeypatch.setattr(base, "hutchinson", lambda *args, **kwargs: [
+        real = estimators.hutchinson
+        monkeypatch.setattr(estimators, "hutchinson", lambda *args, **kwargs: [
             h * float("inf") for h in real(*args, **kwargs)])
     else:
         closure.poisoned_call = 2 * calls_per_step + poisoned_call

@@ -163,7 +163,7 @@ def test_dropout_masks_are_replayed_in_the_probes():
         LOSS(model(x), y).backward()
         for _ in opt.hessian_probes(rng if replay else None):
             LOSS(model(x), y).backward()
-        estimates.append(opt._probed[1])
+        estimates.append(opt._estimator.probed.estimate)
         # The exact product with the masks of the gradient's forward.
         torch.set_rng_state(rng.cpu)
         params = list(model.parameters())
@@ -408,6 +408,12 @@ def test_probes_belong_to_the_finite_difference_estimator():
     opt = SASSHA(make_model().parameters(), rho=0.05)
     with pytest.raises(RuntimeError, match="hessian_estimator='finite_difference'"):
         list(opt.hessian_probes())
+
+
+def test_the_language_model_sassha_refuses_the_finite_difference():
+    """It refreshes D from the sum of set_hessian() estimates only: probes would be ignored."""
+    with pytest.raises(ValueError, match="does not apply"):
+        sassha_fast.LanguageModelSASSHA(make_model().parameters(), hessian_estimator=FD)
 
 
 def test_a_failed_probe_leaves_weights_gradients_and_generator_as_they_were():

@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 
-import sassha_fast._base as base
+import sassha_fast.estimators as estimators
 from sassha_fast import MSASSHA, SASSHA
 from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, snapshot, whole_batch
 
@@ -90,8 +90,8 @@ def test_a_nan_in_the_second_pass_skips_the_iteration(hessian_step):
 def test_an_inf_hessian_estimate_skips_the_iteration(optimizer, monkeypatch):
     model, x, y, opt = setup(optimizer)
     before = snapshot(model, opt)
-    real = base.hutchinson
-    monkeypatch.setattr(base, "hutchinson", lambda *args, **kwargs: [
+    real = estimators.hutchinson
+    monkeypatch.setattr(estimators, "hutchinson", lambda *args, **kwargs: [
         torch.full_like(h, float("inf")) for h in real(*args, **kwargs)])
     opt.step(lambda: LOSS(model(x), y))
     assert opt.skipped_steps == 1
@@ -146,8 +146,8 @@ def test_raise_names_the_parameter_and_leaves_the_state(poison_pass, what):
 
 def test_raise_names_a_nonfinite_hessian_estimate(monkeypatch):
     model, x, y, opt = setup(MSASSHA, nonfinite="raise")
-    real = base.hutchinson
-    monkeypatch.setattr(base, "hutchinson", lambda *args, **kwargs: [
+    real = estimators.hutchinson
+    monkeypatch.setattr(estimators, "hutchinson", lambda *args, **kwargs: [
         torch.full_like(h, NAN) for h in real(*args, **kwargs)])
     with pytest.raises(FloatingPointError, match="Hessian estimate of parameter 0 of group 0"):
         opt.step(lambda: LOSS(model(x), y))
