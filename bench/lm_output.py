@@ -17,7 +17,8 @@ CSV_COLUMNS = ("method", "attention", "estimator", "lr", "test_bpb_mean", "test_
                "test_bpbs", "test_ppl_mean", "test_ppl_std", "val_bpb_mean", "diverged",
                "skipped_steps", "s_per_iter", "train_s_mean", "seeds", "iterations", "tokens",
                "equal_time_iterations", "equal_time_train_s", "equal_time_test_bpb",
-               "equal_time_skipped_steps", "grid_val_bpb", "stopped", "corpus_sha256")
+               "equal_time_skipped_steps", "grid_val_bpb", "grid_skipped_steps", "stopped",
+               "grid_stopped", "corpus_sha256")
 # The load average is in lm.json and lm.md.
 CSV_META_KEYS = META_KEYS + ("corpus_sha256", "corpus_bytes", "corpus_files")
 
@@ -27,12 +28,18 @@ def _pm(mean: Optional[float], std: Optional[float], digits: int) -> str:
 
 
 def _health(row: dict) -> str:
-    """Diverged seeds and skipped steps, said in the table rather than averaged away."""
+    """Diverged runs and skipped steps, the grid's included, said in the table rather than
+    averaged away."""
     notes = []
     if row["diverged"]:
         notes.append(f"{row['diverged']} of {row['seeds']} seeds diverged")
     if any(row["skipped_steps"]):
         notes.append("skipped steps per seed: " + ", ".join(map(str, row["skipped_steps"])))
+    chosen = f"{row['lr']:g}"  # its seed-0 run is the first seed above
+    for lr, skipped in row["grid_skipped_steps"].items():
+        if lr != chosen and (skipped or lr in row["grid_stopped"]):
+            state = "diverged" if row["grid_val_bpb"][lr] is None else "finished"
+            notes.append(f"grid lr {lr} {state}, {skipped} skipped steps")
     return "; ".join(notes) or "ok"
 
 

@@ -56,8 +56,8 @@ def _sassha(cls, rho: float, estimator: str):
                              weight_decay=DECAY / lr, hessian_estimator=estimator)
 
 
-ADAM_LRS = (1e-3, 3e-3, 1e-2)
-SASSHA_LRS = (0.03, 0.1, 0.3)
+ADAM_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
+SASSHA_LRS = (0.03, 0.1, 0.3, 1.0)
 METHODS = (
     LMMethod("adamw", ADAM_LRS,
              lambda p, lr: torch.optim.AdamW(p, lr=lr, weight_decay=DECAY / lr),
@@ -122,7 +122,7 @@ def lm_profile(name: str, device: torch.device) -> LMProfile:
             return LMProfile(name, width=384, heads=6, context=256, batch=64, iterations=5000,
                              seeds=3, grid=True, eval_windows=4096, curve_windows=256,
                              curve_points=25, train_bytes=0, threads=1)
-        return LMProfile(name, width=128, heads=4, context=128, batch=8, iterations=500,
+        return LMProfile(name, width=128, heads=4, context=128, batch=8, iterations=450,
                          seeds=3, grid=True, eval_windows=256, curve_windows=48,
                          curve_points=10, train_bytes=16 << 20, threads=1)
     raise ValueError(f"unknown profile {name!r}")
@@ -323,6 +323,8 @@ def _row(method: LMMethod, tuned: protocol.Tuned, equal: Optional[LMRun], profil
                 estimator=method.estimator or "-", lr=tuned.lr,
                 grid_val_bpb={f"{k:g}": bits(v.val_loss) if v.finite else None
                               for k, v in tuned.grid.items()},
+                grid_skipped_steps={f"{k:g}": v.skipped_steps for k, v in tuned.grid.items()},
+                grid_stopped={f"{k:g}": v.stopped for k, v in tuned.grid.items() if v.stopped},
                 test_bpb_mean=bpb_mean, test_bpb_std=bpb_std, test_bpbs=test_bpb,
                 test_ppl_mean=ppl_mean, test_ppl_std=ppl_std,
                 val_bpb_mean=statistics.fmean(bits(r.val_loss) for r in good) if good else None,
