@@ -50,7 +50,7 @@ def test_split_is_by_file_deterministic_and_leaves_out_installed_packages(tmp_pa
         (root / gone).unlink()
     fewer = _split_of_files(lm_data.load(root))
     assert fewer and all(placed[f] == s for f, s in fewer.items())
-    assert 0 < len(first.files["test"]) < 0.15 * 300 and 0 < len(first.files["validation"]) < 0.15 * 300
+    assert all(0 < len(first.files[s]) < 0.15 * 300 for s in ("test", "validation"))
 
 
 def test_the_corpus_hash_covers_every_file_path_and_content(tmp_path):
