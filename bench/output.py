@@ -11,11 +11,14 @@ from .results import COLUMNS
 SUITES = ("step", "ops", "train")
 
 
+META_KEYS = ("date", "device_name", "torch", "commit")
+
+
 def write_csv(rows: List[dict], path: pathlib.Path, meta: dict,
-              columns: Sequence[str] = COLUMNS) -> None:
+              columns: Sequence[str] = COLUMNS, meta_keys: Sequence[str] = META_KEYS) -> None:
     with open(path, "w", newline="") as handle:
         # Where and when, as comment lines a CSV reader can skip (pandas: comment="#").
-        for key in ("date", "device_name", "torch", "commit"):
+        for key in meta_keys:
             handle.write(f"# {key}: {meta[key]}\n")
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -62,6 +65,16 @@ def write_markdown(rows: List[dict], path: pathlib.Path, meta: dict, summary: Li
     lines += ["## Traffic model (useful bytes per parameter element)", "", "```",
               traffic.describe(), "```", ""]
     path.write_text("\n".join(lines))
+
+
+def provenance_lines(meta: dict, threads: int) -> List[str]:
+    """The markdown lines of a training suite's report that say how, where and under what
+    load it ran."""
+    return [f"- command: `{' '.join(['python -m bench'] + meta['argv'])}`",
+            f"- device: {meta['device_name']}, {threads} torch thread{'s' * (threads != 1)}; "
+            f"torch {meta['torch']}, commit {meta['commit']}, {meta['date']}",
+            f"- load average before/after: {_load(meta['load_average_before'])}"
+            f" / {_load(meta['load_average_after'])}"]
 
 
 def _load(values) -> str:

@@ -1,10 +1,11 @@
-"""The step suite's plot: time per iteration and useful GB/s against parameter count.
+"""The plots: the step suite's (time per iteration and useful GB/s against parameter count)
+and the training curves of the quality and language-model suites.
 
 Sets with the same number of tensors (the ResNet-50-shaped family: the sweep, ResNet-50,
 Wide-ResNet-50-2) are joined by a line; a set of another structure (GPT-2) is a lone marker
 of the same colour, since joining it would mix two tensor-count regimes."""
 import pathlib
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import matplotlib
 
@@ -54,3 +55,13 @@ def step_plot(rows: List[dict], path: pathlib.Path, title: str) -> bool:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
+
+
+def draw_curves(axis, curves: List[dict], x: str, y: str, methods: Sequence[str],
+                scale: float = 1.0) -> None:
+    """One line per curve (a dict with "method" and the lists ``x`` and ``y``), each
+    method in the same colour in every panel."""
+    for curve in curves:
+        axis.plot(curve[x], [scale * v for v in curve[y]], label=curve["method"],
+                  color=f"C{list(methods).index(curve['method'])}", marker=".")
+    axis.grid(True, alpha=0.3)

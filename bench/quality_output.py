@@ -10,7 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from .output import write_csv  # noqa: E402
+from .output import provenance_lines, write_csv  # noqa: E402
+from .plot import draw_curves  # noqa: E402
 from .quality_suite import QualityProfile, mean_std, seconds_per_epoch  # noqa: E402
 
 CSV_COLUMNS = ("noise", "method", "lr", "test_acc_mean", "test_acc_std", "test_accs",
@@ -61,13 +62,10 @@ def time_plot(curves: List[dict], path: pathlib.Path, title: str) -> None:
     figure, axes = plt.subplots(1, len(noises), figsize=(4 * len(noises), 4), squeeze=False)
     methods = list(dict.fromkeys(c["method"] for c in curves))
     for axis, noise in zip(axes[0], noises):
-        for curve in (c for c in curves if c["noise"] == noise):
-            axis.plot(curve["elapsed_s"], [100 * a for a in curve["test_acc"]],
-                      label=curve["method"], color=f"C{methods.index(curve['method'])}",
-                      marker=".")
+        draw_curves(axis, [c for c in curves if c["noise"] == noise], "elapsed_s", "test_acc",
+                    methods, scale=100)
         axis.set_title(f"{100 * noise:.0f}% label noise")
         axis.set_xlabel("training wall-clock time (s), mean over seeds")
-        axis.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("clean test accuracy (%) after each epoch")
     axes[0][-1].legend(fontsize=8)
     figure.suptitle(title, fontsize=9)
@@ -88,11 +86,7 @@ def write_all(rows: List[dict], curves: List[dict], out: pathlib.Path, meta: dic
         dict(meta=meta, profile=profile._asdict(), results=rows, curves=curves), indent=1) + "\n")
     first = rows[0]
     lines = ["# sassha_fast quality suite: label noise on scikit-learn's digits", "",
-             f"- command: `{' '.join(['python -m bench'] + meta['argv'])}`",
-             f"- device: {meta['device_name']}, 1 torch thread; torch {meta['torch']}, "
-             f"commit {meta['commit']}, {meta['date']}",
-             f"- load average before/after: {' '.join(f'{v:.2f}' for v in meta['load_average_before'])}"
-             f" / {' '.join(f'{v:.2f}' for v in meta['load_average_after'])}",
+             *provenance_lines(meta, threads=1),
              f"- data: {first['train_size']} training images (noisy labels), "
              f"{first['val_size']} held out from them (noisy) to choose the learning rate, "
              f"{first['test_size']} clean test images; {profile.epochs} epochs, batch 64, "

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sassha_fast import MSASSHA, SASSHA
-from sassha_fast.batchnorm import frozen_batchnorm_stats
 
+from . import protocol
 from .quality_data import CLASSES, Split, make_split
 from .sam import SAM
 
@@ -32,7 +32,7 @@ class Method(NamedTuple):
     name: str
     lrs: Tuple[float, ...]   # the grid the held-out slice chooses from (half a decade apart)
     build: Callable[[List[Tensor], float], torch.optim.Optimizer]
-    kind: str                # "plain" (one backward), "sam" (two passes), "closure"
+    kind: str                # bench/protocol.py's KINDS
 
 
 METHODS = (
@@ -76,47 +76,14 @@ class RunResult(NamedTuple):
     finite: bool               # False: the parameters became inf/NaN
 
 
-def _iteration(method: Method, opt, model: nn.Module) -> Callable[[Tensor, Tensor], None]:
-    def loss(x, y):
-        return F.cross_entropy(model(x), y)
-
-    if method.kind == "plain":
-        def iteration(x, y):
-            opt.zero_grad(set_to_none=True)
-            loss(x, y).backward()
-            opt.step()
-    elif method.kind == "sam":
-        def iteration(x, y):
-            opt.zero_grad(set_to_none=True)
-            loss(x, y).backward()
-            opt.perturb(zero_grad=True)
-            with frozen_batchnorm_stats():
-                loss(x, y).backward()
-            opt.step()
-    else:
-        def iteration(x, y):
-            opt.step(lambda: loss(x, y))
-            opt.zero_grad(set_to_none=True)
-    return iteration
-
-
 @torch.no_grad()
 def accuracy(model: nn.Module, opt, x: Tensor, y: Tensor) -> float:
     """At the clean point (M-SASSHA trains at a perturbed one), BatchNorm in eval mode."""
     model.eval()
-    clean = opt.evaluation() if isinstance(opt, MSASSHA) else _nothing()
-    with clean:
+    with protocol.clean_point(opt):
         correct = (model(x).argmax(1) == y).sum().item()
     model.train()
     return correct / len(y)
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train(method: Method, lr: float, split: Split, epochs: int, seed: int,
@@ -125,7 +92,8 @@ def train(method: Method, lr: float, split: Split, epochs: int, seed: int,
     model = SmallCNN(width).train()
     opt = method.build(list(model.parameters()), lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    iteration = _iteration(method, opt, model)
+    iteration = protocol.make_iteration(method.kind, opt,
+                                        lambda x, y: F.cross_entropy(model(x), y))
     order_generator = torch.Generator().manual_seed(seed)
     curve, epoch_s = [], []
     for _ in range(epochs):
@@ -164,13 +132,13 @@ def quality_profile(name: str) -> QualityProfile:
 
 
 def _grid(method: Method, profile: QualityProfile) -> Sequence[float]:
-    return method.lrs if profile.grid else method.lrs[len(method.lrs) // 2:][:1]
+    return protocol.grid(method.lrs, profile.grid)
 
 
 def plan_size(profile: QualityProfile, methods: Sequence[Method] = METHODS) -> int:
     """Training runs the profile makes (for the progress bar)."""
-    per_noise = sum(len(_grid(m, profile)) + profile.seeds - 1 for m in methods)
-    return per_noise * len(profile.noises)
+    return protocol.plan_size(methods, lambda m: _grid(m, profile),
+                              profile.seeds) * len(profile.noises)
 
 
 def run(profile: QualityProfile, methods: Sequence[Method] = METHODS,
@@ -192,27 +160,16 @@ def _run(profile: QualityProfile, methods: Sequence[Method],
     rows, curves = [], []
     for noise in profile.noises:
         split = make_split(noise, limit=profile.limit)
-        chosen: Dict[str, Tuple[float, Dict[float, RunResult]]] = {}
+        tuned = protocol.tune_then_repeat(
+            methods, lambda m: _grid(m, profile),
+            # ``train`` looked up at call time: the tests replace it
+            lambda m, lr, seed: train(m, lr, split, profile.epochs, seed, profile.width),
+            score=lambda r: r.val_acc, seeds=profile.seeds, progress=progress,
+            prefix=f"noise {noise:.0%} ")
         for method in methods:
-            grid = {}
-            for lr in _grid(method, profile):
-                progress(f"noise {noise:.0%} {method.name} lr {lr:g} (grid)")
-                grid[lr] = train(method, lr, split, profile.epochs, 0, profile.width)
-            # A run that diverged scores nothing; ties go to the smaller learning rate.
-            best = max(grid, key=lambda lr: (grid[lr].finite, grid[lr].val_acc, -lr))
-            chosen[method.name] = (best, grid)
-        runs: Dict[str, List[RunResult]] = {m.name: [chosen[m.name][1][chosen[m.name][0]]]
-                                            for m in methods}
-        for seed in range(1, profile.seeds):
-            for method in methods:
-                lr = chosen[method.name][0]
-                progress(f"noise {noise:.0%} {method.name} lr {lr:g} seed {seed}")
-                runs[method.name].append(train(method, lr, split, profile.epochs, seed,
-                                               profile.width))
-        for method in methods:
-            best, grid = chosen[method.name]
-            rows.append(_row(method.name, split, best, grid, runs[method.name], profile))
-            curves.append(_curve(method.name, noise, runs[method.name]))
+            best, grid, runs = tuned[method.name]
+            rows.append(_row(method.name, split, best, grid, runs, profile))
+            curves.append(_curve(method.name, noise, runs))
     return rows, curves
 
 
@@ -220,11 +177,11 @@ def _row(name: str, split: Split, lr: float, grid: Dict[float, RunResult],
          runs: List[RunResult], profile: QualityProfile) -> dict:
     accs = [r.test_acc for r in runs]
     epochs = [s for r in runs for s in r.epoch_s]
+    acc_mean, acc_std = protocol.mean_std(accs)
     return dict(noise=split.noise, method=name, lr=lr,
                 grid_val_acc={f"{k:g}": v.val_acc for k, v in grid.items()},
-                test_acc_mean=statistics.fmean(accs),
-                test_acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                test_accs=accs, diverged=sum(not r.finite for r in runs),
+                test_acc_mean=acc_mean, test_acc_std=acc_std, test_accs=accs,
+                diverged=sum(not r.finite for r in runs),
                 epoch_s_median=statistics.median(epochs), seeds=len(runs),
                 epochs=profile.epochs, train_size=len(split.fit_y), val_size=len(split.val_y),
                 test_size=len(split.test_y), flipped=split.flipped)
@@ -232,12 +189,9 @@ def _row(name: str, split: Split, lr: float, grid: Dict[float, RunResult],
 
 def _curve(name: str, noise: float, runs: List[RunResult]) -> dict:
     """Mean over seeds of the test accuracy after each epoch and of the time spent so far."""
-    epochs = len(runs[0].test_curve)
-    elapsed = [[sum(r.epoch_s[:e + 1]) for r in runs] for e in range(epochs)]
-    return dict(noise=noise, method=name,
-                elapsed_s=[statistics.fmean(e) for e in elapsed],
-                test_acc=[statistics.fmean(r.test_curve[e] for r in runs)
-                          for e in range(epochs)])
+    elapsed = [[sum(r.epoch_s[:e + 1]) for e in range(len(r.epoch_s))] for r in runs]
+    return dict(noise=noise, method=name, elapsed_s=protocol.pointwise_mean(elapsed),
+                test_acc=protocol.pointwise_mean([r.test_curve for r in runs]))
 
 
 def seconds_per_epoch(rows: List[dict]) -> Dict[str, float]:

@@ -10,8 +10,8 @@ from typing import Callable, List, NamedTuple, Optional
 
 import torch
 
-from . import (authors, backends, meta, ops_suite, output, quality_output, quality_suite, step_suite,
-               summary, table, traffic, train_suite)
+from . import (authors, backends, lm_output, lm_suite, meta, ops_suite, output, quality_output,
+               quality_suite, step_suite, summary, table, traffic, train_suite)
 from .config import Profile, profile
 from .progress import Progress
 from .results import add_ratios
@@ -19,7 +19,7 @@ from .shapes import ParamSet
 
 SUITES = ("step", "ops", "train")
 # Suites that run only when named in --suite.
-EXTRA_SUITES = ("quality",)
+EXTRA_SUITES = ("quality", "lm")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -46,8 +46,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.set_defaults(profile="quick")
     parser.add_argument("--suite", default=",".join(SUITES),
                         help="comma-separated suites among step, ops, train (the default: "
-                             "all three) and quality (label-noise accuracy on digits, run "
-                             "only when named; sized by --quick / --full, see bench/README.md)")
+                             "all three), quality (label-noise accuracy on digits) and lm (a "
+                             "byte-level GPT on the Python standard library); the last two run "
+                             "only when named, sized by --smoke / --quick / --full, see "
+                             "bench/README.md")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda if present, else cpu)")
     parser.add_argument("--out", type=pathlib.Path, default=None,
@@ -160,27 +162,57 @@ def run_jobs(jobs: List[Job], progress: Progress, errors: List[str]) -> List[dic
     return rows
 
 
-def run_quality(profile: quality_suite.QualityProfile, out: pathlib.Path, info: dict,
-                errors: List[str]) -> None:
-    progress = Progress(quality_suite.plan_size(profile))
+def run_training_suite(name: str, runs: int, train: Callable[[Callable[[str], None]], object],
+                       report: Callable[[object, dict], None], info: dict,
+                       errors: List[str]) -> None:
+    """A training suite (quality, lm) under a progress bar of its ``runs`` training runs:
+    ``train(show)`` returns its results, ``report(results, info)`` writes and prints them."""
+    progress = Progress(runs)
 
     def show(label: str) -> None:
-        progress.show(f"quality {label}")
+        progress.show(f"{name} {label}")
         progress.advance()
     try:
-        rows, curves = quality_suite.run(profile, progress=show)
-    except Exception as exc:  # the throughput suites still run
+        results = train(show)
+    except Exception as exc:  # the other suites still run
         progress.clear()
-        errors.append(f"quality: {type(exc).__name__}: {exc}")
-        print(f"FAILED quality: {type(exc).__name__}: {exc}", file=sys.stderr)
+        errors.append(f"{name}: {type(exc).__name__}: {exc}")
+        print(f"FAILED {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
         traceback.print_exc(limit=3)
         return
     progress.clear()
-    quality_info = dict(info, load_average_after=os.getloadavg())
-    written = quality_output.write_all(rows, curves, out, quality_info, profile)
-    print("\nQuality: clean test accuracy (%) under symmetric label noise, mean ± std over "
-          f"{profile.seeds} seeds\n" + quality_output.table_markdown(rows))
-    print("wrote " + ", ".join(written), flush=True)
+    report(results, dict(info, load_average_after=os.getloadavg()))
+
+
+def run_quality(profile: quality_suite.QualityProfile, out: pathlib.Path, info: dict,
+                errors: List[str]) -> None:
+    def report(results, quality_info: dict) -> None:
+        rows, curves = results
+        written = quality_output.write_all(rows, curves, out, quality_info, profile)
+        print("\nQuality: clean test accuracy (%) under symmetric label noise, mean ± std over "
+              f"{profile.seeds} seeds\n" + quality_output.table_markdown(rows))
+        print("wrote " + ", ".join(written), flush=True)
+    run_training_suite("quality", quality_suite.plan_size(profile),
+                       lambda show: quality_suite.run(profile, progress=show), report, info,
+                       errors)
+
+
+def run_lm(profile: lm_suite.LMProfile, device: torch.device, out: pathlib.Path, info: dict,
+           errors: List[str]) -> None:
+    def report(results, lm_info: dict) -> None:
+        rows, curves, corpus = results
+        lm_info.update(corpus, lm_profile=profile._asdict())
+        written = lm_output.write_all(rows, curves, out, lm_info, profile)
+        print(f"\nLanguage model: test bits per byte, mean ± std over {profile.seeds} seeds "
+              f"(corpus SHA-256 {corpus['corpus_sha256'][:16]}...)\n"
+              + lm_output.table_markdown(rows))
+        print("wrote " + ", ".join(written), flush=True)
+        if any(r["diverged"] or any(r["skipped_steps"]) for r in rows):
+            print("note: some runs diverged or skipped steps (see the runs column)",
+                  file=sys.stderr)
+    run_training_suite("lm", lm_suite.plan_size(profile),
+                       lambda show: lm_suite.run(profile, device, progress=show), report, info,
+                       errors)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -204,11 +236,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     jobs = {suite: planned[suite]() for suite in SUITES if suite in args.suites}
     quality = (quality_suite.quality_profile(args.profile) if "quality" in args.suites
                else None)
+    lm = lm_suite.lm_profile(args.profile, device) if "lm" in args.suites else None
     if args.list:
         for suite_jobs in jobs.values():
             print("\n".join(f"{job.suite} {job.label}" for job in suite_jobs))
         if quality:
             print(f"quality: {quality_suite.plan_size(quality)} training runs ({quality})")
+        if lm:
+            print(f"lm: {lm_suite.plan_size(lm)} training runs ({lm})")
         return 0
     print(f"sassha_fast benchmarks ({args.profile}) on {info['device_name']} [{device}], "
           f"torch {info['torch']}, backends: {', '.join(names)}", flush=True)
@@ -220,6 +255,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     errors: List[str] = []
     if quality:
         run_quality(quality, out / f"quality-{args.profile}", info, errors)
+    if lm:
+        run_lm(lm, device, out / f"lm-{args.profile}", info, errors)
     if not jobs:
         return 1 if errors else 0
     progress = Progress(sum(len(j) for j in jobs.values()))

@@ -1,0 +1,107 @@
+"""The training protocol the quality and language-model suites share: one training
+iteration per kind of method, evaluation at the clean point, each method's learning rate
+chosen from a grid on held-out data with seed 0 and then trained with further seeds (the
+methods in turns, seed by seed, so that load from other processes falls on all of them
+alike), and mean ± std / mean curves over the seeds."""
+import contextlib
+import statistics
+from typing import Callable, ContextManager, Dict, List, NamedTuple, Sequence, Tuple, TypeVar
+
+from torch import Tensor
+
+from sassha_fast import MSASSHA
+from sassha_fast.batchnorm import frozen_batchnorm_stats
+
+# "plain": one backward then step(); "sam": two passes around perturb() (bench/sam.py);
+# "closure": step(closure), which runs SASSHA's and M-SASSHA's passes itself.
+KINDS = ("plain", "sam", "closure")
+
+Run = TypeVar("Run")   # a suite's result of one training run; it has a ``finite`` field
+Method = TypeVar("Method")   # a suite's method; it has ``name`` and ``lrs``
+
+
+def make_iteration(kind: str, opt, loss: Callable[[Tensor, Tensor], Tensor]
+                   ) -> Callable[[Tensor, Tensor], None]:
+    """One training iteration on a batch (x, y); ``loss(x, y)`` runs the model forward."""
+    if kind == "plain":
+        def iteration(x, y):
+            opt.zero_grad(set_to_none=True)
+            loss(x, y).backward()
+            opt.step()
+    elif kind == "sam":
+        def iteration(x, y):
+            opt.zero_grad(set_to_none=True)
+            loss(x, y).backward()
+            opt.perturb(zero_grad=True)
+            with frozen_batchnorm_stats():
+                loss(x, y).backward()
+            opt.step()
+    elif kind == "closure":
+        def iteration(x, y):
+            opt.step(lambda: loss(x, y))
+            opt.zero_grad(set_to_none=True)
+    else:
+        raise ValueError(f"unknown kind of method {kind!r} (choose from {KINDS})")
+    return iteration
+
+
+def clean_point(opt) -> ContextManager:
+    """Where to evaluate: M-SASSHA trains at a perturbed point and evaluates at the clean
+    one; the other methods' parameters are at the clean point after a step."""
+    return opt.evaluation() if isinstance(opt, MSASSHA) else contextlib.nullcontext()
+
+
+def grid(lrs: Sequence[float], full: bool) -> Sequence[float]:
+    """The whole grid, or only its middle learning rate (smoke runs)."""
+    return lrs if full else lrs[len(lrs) // 2:][:1]
+
+
+def choose(results: Dict[float, Run], score: Callable[[Run], float]) -> float:
+    """The learning rate with the highest held-out ``score``. A run that diverged is never
+    chosen (unless every run did); ties go to the smaller learning rate."""
+    return max(results, key=lambda lr: (results[lr].finite, score(results[lr]), -lr))
+
+
+class Tuned(NamedTuple):
+    lr: float                    # chosen on held-out data
+    grid: Dict[float, object]    # every learning rate's seed-0 run
+    runs: List                   # at ``lr``: seed 0 (the grid's run), then seeds 1, 2, ...
+
+
+def tune_then_repeat(methods: Sequence[Method], lrs: Callable[[Method], Sequence[float]],
+                     train: Callable[[Method, float, int], Run], score: Callable[[Run], float],
+                     seeds: int, progress: Callable[[str], None], prefix: str = ""
+                     ) -> Dict[str, Tuned]:
+    """Per method: every learning rate of ``lrs(method)`` with seed 0, the best by
+    ``score`` kept; then seeds 1 .. seeds-1 at that learning rate, the methods in turns."""
+    chosen: Dict[str, Tuple[float, Dict[float, Run]]] = {}
+    for method in methods:
+        results = {}
+        for lr in lrs(method):
+            progress(f"{prefix}{method.name} lr {lr:g} (grid)")
+            results[lr] = train(method, lr, 0)
+        chosen[method.name] = (choose(results, score), results)
+    runs = {name: [results[lr]] for name, (lr, results) in chosen.items()}
+    for seed in range(1, seeds):
+        for method in methods:
+            lr = chosen[method.name][0]
+            progress(f"{prefix}{method.name} lr {lr:g} seed {seed}")
+            runs[method.name].append(train(method, lr, seed))
+    return {name: Tuned(lr, results, runs[name]) for name, (lr, results) in chosen.items()}
+
+
+def plan_size(methods: Sequence[Method], lrs: Callable[[Method], Sequence[float]],
+              seeds: int) -> int:
+    """Training runs ``tune_then_repeat`` makes."""
+    return sum(len(lrs(m)) + seeds - 1 for m in methods)
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return (statistics.fmean(values),
+            statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def pointwise_mean(series: Sequence[Sequence[float]]) -> List[float]:
+    """The mean over seeds of each point of equally long series."""
+    return [statistics.fmean(points) for points in zip(*series)]
