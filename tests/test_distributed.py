@@ -175,6 +175,7 @@ def ranks():
 # the development machine: 4.4e-7); the finite difference divides that round-off by its
 # step (measured worst at FD_EPS: parameters 5.0e-4, exp_avg 8.5e-5, D 5.2e-5), while the
 # double backward's numbers are 1.4e-2, 3.9e-3 and 8.2e-3 away (M-SASSHA; SASSHA further).
+# All from `python scripts/distributed_agreement.py` (bench/results/cpu/).
 RELATIVE = 1e-5
 FD_RELATIVE = {"params": 2e-3, "exp_avg": 5e-4, "exp_hessian_diag": 5e-4}
 
