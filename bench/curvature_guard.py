@@ -124,6 +124,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="comma-separated, e.g. off,floor=0.01,bound=0.1")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true",
+                        help="the first case only, one seed, 5 steps: checks that the "
+                             "command runs")
     parser.add_argument("--diagnostics", type=int, default=None, metavar="STEPS",
                         help="print opt.diagnostics() after STEPS steps of each case and "
                              "safeguard (seed 0) instead of the table")
@@ -131,6 +134,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(1)
     cases = [CASES[name] for name in args.cases.split(",")]
     safeguards = args.safeguards.split(",")
+    max_steps = None
+    if args.smoke:
+        cases, args.seeds, max_steps = cases[:1], 1, 5
     if args.diagnostics is not None:
         for case in cases:
             for safeguard in safeguards:
@@ -147,7 +153,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for case in cases:
         cells = []
         for safeguard in safeguards:
-            rows = [train(case, safeguard, seed, args.epochs) for seed in range(args.seeds)]
+            rows = [train(case, safeguard, seed, args.epochs, max_steps)
+                    for seed in range(args.seeds)]
             skipped = sum(r["skipped"] for r in rows)
             largest = max(r["largest_norm"] for r in rows)
             cells.append(f"{summary(rows)} [{skipped}, {largest:.3g}]")

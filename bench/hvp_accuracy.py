@@ -1,6 +1,6 @@
 """Accuracy of the finite-difference Hessian-vector product against the exact one.
 
-    python -m bench.hvp_accuracy [--device cpu|cuda] [--quick]
+    python -m bench.hvp_accuracy [--device cpu|cuda] [--quick | --smoke]
 
 For an MLP, a CIFAR ResNet with BatchNorm (train mode) and a 4-layer GPT with hand-written
 attention, prints the relative L2 error ||Hz_fd - Hz|| / ||Hz|| of the estimate that
@@ -135,27 +135,34 @@ def sampling_noise(problem: Problem) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true", help="a 2-layer GPT, fewer steps")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a 2-layer GPT, fewer steps")
+    size.add_argument("--smoke", action="store_true",
+                      help="the MLP and a 1-layer GPT, one step size each, bf16 only: "
+                           "checks that the command runs")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    eps_values = EPS_REL[1:4] if args.quick else EPS_REL
+    quick = args.quick or args.smoke
+    eps_values = EPS_REL[2:3] if args.smoke else EPS_REL[1:4] if quick else EPS_REL
+    low_precision_eps = EPS_REL_LOW_PRECISION[2:3] if args.smoke else EPS_REL_LOW_PRECISION
     header = f"{'model':26} {'precision':14} {'scheme':10}"
     print(header + " ".join(f"{e:>9.0e}" for e in eps_values) + "  hutchinson_noise")
-    cases = [(problem, "fp32", contextlib.nullcontext) for problem in problems(device,
-                                                                               args.quick)]
-    gpt = cases[-1][0]
-    for problem, label, context in cases:
-        _print_errors(problem, problem, label, eps_values, context)
-    print(header + " ".join(f"{e:>9.0e}" for e in EPS_REL_LOW_PRECISION))
+    fp32 = [next(problems(device)), gpt_problem(device, torch.Generator().manual_seed(0),
+                                                layers=1)] if args.smoke \
+        else list(problems(device, quick))
+    gpt = fp32[-1]
+    for problem in fp32:
+        _print_errors(problem, problem, "fp32", eps_values)
+    print(header + " ".join(f"{e:>9.0e}" for e in low_precision_eps))
     for dtype, label in ((torch.bfloat16, "autocast_bf16"), (torch.float16, "autocast_fp16")):
-        if dtype == torch.float16 and device.type == "cpu" and args.quick:
+        if dtype == torch.float16 and device.type == "cpu" and quick:
             continue
-        _print_errors(gpt, gpt, label, EPS_REL_LOW_PRECISION,
+        _print_errors(gpt, gpt, label, low_precision_eps,
                       lambda dtype=dtype: torch.autocast(device.type, dtype=dtype))
     # bf16 weights against the exact product of the same (rounded) weights in fp32.
     reference = Problem(gpt.name, copy.deepcopy(gpt.model.to(torch.bfloat16)).float(),
                         gpt.loss)
-    _print_errors(gpt, reference, "bf16_weights", EPS_REL_LOW_PRECISION)
+    _print_errors(gpt, reference, "bf16_weights", low_precision_eps)
 
 
 def _print_errors(problem: Problem, reference: Problem, label: str, eps_values,

@@ -7,14 +7,18 @@ error stops the wasted compute (pass None to go on regardless).
 
 On the host path the skip is known when it happens and is reported at once. On the device
 path the counts live on the device, advanced by the found-inf flag without a host
-synchronisation, and are read every ``check_interval`` steps (one synchronisation then),
-whenever the user asks (``check()``, ``count``), and never while a CUDA graph is being
-captured.
+synchronisation. Every ``check_interval`` steps ``tick()`` starts a copy of them to the host
+that does not wait (``HostCopy``) and reports them at the first ``tick()`` that finds the
+copy landed: the same step on the CPU, where the copy is done when it returns; a later one
+on a CUDA device, where it is queued behind the step's kernels into pinned memory. The host
+never waits for the device there. ``check()`` and ``count`` (the user asking) read the
+counts at once, which waits for the device; nothing is copied, read or reported while a
+CUDA graph is being captured.
 """
 import os
 import sys
 import warnings
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 import torch
 from torch import Tensor
@@ -42,6 +46,43 @@ def _caller_stacklevel() -> int:
     return level
 
 
+class HostCopy:
+    """A copy of a 1-d int64 device tensor to host memory that never makes the host wait.
+
+    On a CUDA device the copy goes into a pinned buffer, queued on the current stream
+    (behind the kernels that computed the values), and an event says when it has landed. On
+    the CPU the copy is done when ``start`` returns; it goes into a ``bytearray`` read
+    through a ``memoryview``, host memory by construction. Another device (no pinned
+    memory or events here) copies synchronously: ``start`` waits there."""
+
+    def __init__(self):
+        self._host: Optional[Tensor] = None
+        self._buffer: Optional[bytearray] = None
+        self._landed = None  # a torch.cuda.Event while a CUDA copy is under way
+
+    def start(self, values: Tensor) -> None:
+        if values.device.type == "cuda":
+            if self._host is None or self._host.numel() != values.numel():
+                self._host = torch.empty(values.shape, dtype=torch.int64, pin_memory=True)
+            self._host.copy_(values, non_blocking=True)
+            self._landed = torch.cuda.Event()
+            self._landed.record(torch.cuda.current_stream(values.device))
+            return
+        if self._buffer is None or len(self._buffer) != 8 * values.numel():
+            self._buffer = bytearray(8 * values.numel())
+        torch.frombuffer(self._buffer, dtype=torch.int64).copy_(values)
+
+    def landed(self) -> bool:
+        """Whether ``values()`` can be read without waiting (never waits itself)."""
+        return self._landed is None or self._landed.query()
+
+    def values(self) -> List[int]:
+        if self._landed is not None:
+            self._landed = None
+            return self._host.tolist()  # pinned host memory: no device read
+        return list(memoryview(self._buffer).cast("q"))
+
+
 class SkipCounter:
     def __init__(self, check_interval: int, max_consecutive: Optional[int]):
         self.check_interval = check_interval
@@ -50,6 +91,8 @@ class SkipCounter:
         self._run: Count = 0  # consecutive skipped steps up to the last one
         self._steps_since_check = 0
         self._warned_at = 0  # the count at the last warning
+        self._copy = HostCopy()
+        self._copying = False  # a copy of the device counts is on its way to the host
 
     def record(self, skipped: Union[bool, Tensor]) -> None:
         """One more attempted step, skipped or not (a bool, or a 0-d device flag)."""
@@ -67,24 +110,37 @@ class SkipCounter:
             self._run = self._run + 1 if skipped else 0
 
     def tick(self) -> None:
-        """After each step: report now on the host path, every ``check_interval`` steps on
-        the device path."""
+        """After each step: report now on the host path; on the device path start a copy
+        of the counts every ``check_interval`` steps and report it once it has landed."""
         self._steps_since_check += 1
-        if not isinstance(self._total, Tensor) or (
-                self._steps_since_check >= self.check_interval and not capturing()):
+        if not isinstance(self._total, Tensor):
             self.check()
+            return
+        if capturing():  # a copy or an event query would be captured or refused
+            return
+        if not self._copying and self._steps_since_check >= self.check_interval:
+            self._steps_since_check = 0
+            self._copy.start(torch.stack([self._total, self._run]))
+            self._copying = True
+        if self._copying and self._copy.landed():
+            self._copying = False
+            self._report(*self._copy.values())
 
     @property
     def count(self) -> int:
         return int(self._total)
 
     def check(self) -> None:
-        """Read the counts (one synchronisation on the device path) and report."""
+        """Read the counts now (on the device path: waits for the device) and report."""
         self._steps_since_check = 0
+        self._copying = False  # older than what is read now
         if isinstance(self._total, Tensor):
             total, run = torch.stack([self._total, self._run]).tolist()
         else:
             total, run = self._total, self._run
+        self._report(total, run)
+
+    def _report(self, total: int, run: int) -> None:
         if total > self._warned_at and (self._warned_at == 0 or total >= 2 * self._warned_at):
             warnings.warn(
                 f"{total} optimizer step(s) skipped so far: gradients or Hessian estimates held "
@@ -107,3 +163,4 @@ class SkipCounter:
         self._total = self._warned_at = int(saved.get("skipped_steps", 0))
         self._run = 0
         self._steps_since_check = 0
+        self._copying = False

@@ -28,14 +28,14 @@ def usable_on_cuda(backend: str) -> None:
         pytest.skip(f"backend {backend!r} does not take found_inf yet (op contract item 2)")
 
 
-def setup(optimizer_class, backend):
+def setup(optimizer_class, backend, **kwargs):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.Tanh(),
                           nn.Linear(32, 4)).cuda()
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(64, 16, generator=generator).cuda()
     y = torch.randint(0, 4, (64,), generator=generator).cuda()
-    opt = optimizer_class(model.parameters(), lazy_hessian=2, backend=backend,
+    opt = optimizer_class(model.parameters(), lazy_hessian=2, backend=backend, **kwargs,
                           **PAPER_SETTINGS[optimizer_class])
     return model, opt, x, y
 
@@ -83,13 +83,14 @@ def test_capture_whole_iterations_and_replay_them_like_eager(backend, optimizer,
 @pytest.mark.parametrize("optimizer", [SASSHA, MSASSHA])
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
 def test_no_host_sync_on_cuda_under_sync_debug_mode(backend, optimizer):
+    """Past the skip-check interval: its copy of the counts into pinned memory included."""
     usable_on_cuda(backend)
-    model, opt, x, y = setup(optimizer, backend)
+    model, opt, x, y = setup(optimizer, backend, skip_check_interval=2)
     opt.step(lambda: LOSS(model(x), y))  # creates the state (and CUDA's lazy handles)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for _ in range(4):  # Hessian and plain steps
+        for _ in range(6):  # Hessian and plain steps, three skip checks
             opt.step(lambda: LOSS(model(x), y))
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -1,11 +1,27 @@
-"""The device path (``capturable``; the default for CUDA parameters) never synchronises the
-host within ``perturb_weights()`` and ``step()``: proven on CPU tensors with
-``capturable=True`` by making every tensor-to-host read raise, on every backend that runs
-here, for SASSHA and M-SASSHA, the closure and the method-level loop, Hessian and
-non-Hessian steps, with and without a GradScaler; the numbers match the host path's."""
+"""The device path (``capturable``; the default for CUDA parameters) never makes the host
+wait for the device within ``perturb_weights()`` and ``step()``, the periodic skipped-step
+check included: proven by a guard that makes every host read of a device tensor raise, on
+every backend that runs here, for SASSHA and M-SASSHA, the closure and the method-level
+loop, Hessian and non-Hessian steps, past the skip-check interval, with and without a
+GradScaler; the numbers match the host path's.
+
+What "device" means here. On a CPU-only machine the parameters' device is the host itself:
+the CPU tests run the device path on CPU tensors (``capturable=True``) and count every CPU
+tensor as a device tensor, so each host read (``SYNCING`` methods, ``HOST_READING``
+functions) of any tensor raises. A transfer to the host (``.to("cpu")``, ``copy_`` into a
+CPU tensor) cannot be told from a same-device operation there, since both ends are CPU
+tensors: the guard catches it when the source is on another device, which a CPU-only run
+observes only in the negative controls (a ``meta`` tensor standing in for the device's), and
+the GPU variant (CUDA tensors, with CUDA's sync debug mode on top) observes in the
+optimizer itself; there CPU tensors are host memory and reading them is no wait. The one
+host-memory copy of device values that the optimizer makes on the CPU (the skip counts,
+``skipped_steps.HostCopy``) goes into a ``bytearray`` read through a ``memoryview``, not a
+tensor method; the negative control restoring the old synchronous read proves the guard
+sees the counts' read."""
 import contextlib
 import copy
 import inspect
+import operator
 import sys
 
 import pytest
@@ -13,60 +29,126 @@ import torch
 from torch import nn
 
 from sassha_fast import MSASSHA, SASSHA, available_backends
+from sassha_fast import skipped_steps
 from sassha_fast.backends import op_table
+from sassha_fast.skipped_steps import SkipCounter, SkippedStepWarning
 from tiny import LOSS, PAPER_SETTINGS, whole_batch
 
 # Every Tensor method that copies a value to the host (and so waits for a CUDA device).
-SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__",
+           "nonzero", "equal")
+# torch functions that read a value on the host.
+HOST_READING = ("is_nonzero", "nonzero", "equal")
 OPTIMIZERS = [SASSHA, MSASSHA]
+CPU_BACKENDS = ["reference", "foreach", "cpu", "triton"]
+CUDA_BACKENDS = ["reference", "foreach", "triton", "cuda"]
 STEPS = 5  # lazy_hessian=2: Hessian steps 1, 3, 5; steps 2 and 4 without
+CHECK_INTERVAL = 2  # the skip counts are copied to the host after steps 2 and 4
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs CUDA (the GPU variant of the guard)")
 
 
 class HostSync(AssertionError):
     pass
 
 
-@contextlib.contextmanager
-def guard():
-    """Every ``SYNCING`` method raises, except when Triton's CPU interpreter (which stands in
-    for a GPU here and reads its arguments on the host by design) calls it."""
-    saved = {name: torch.Tensor.__dict__.get(name) for name in SYNCING}
+def _from_triton() -> bool:
+    """Triton's CPU interpreter stands in for a GPU here and reads its arguments on the host
+    by design: its calls pass."""
+    return sys._getframe(2).f_globals.get("__name__", "").startswith("triton")
 
-    def raising(name, original):
-        def method(self, *args, **kwargs):
-            caller = sys._getframe(1).f_globals.get("__name__", "")
-            if caller.startswith("triton"):
-                return original(self, *args, **kwargs)
-            raise HostSync(f"Tensor.{name} read a tensor on the host")
+
+def _to_host(source, destination_device) -> bool:
+    return destination_device is not None and destination_device.type == "cpu" \
+        and source.device.type != "cpu"
+
+
+@contextlib.contextmanager
+def guard(device_type: str = "cpu"):
+    """Every host read of a tensor on ``device_type`` raises ``HostSync``, and so does
+    every transfer of a non-CPU tensor to the host that waits (``.to("cpu")``, ``copy_``
+    into a CPU tensor unless non-blocking into pinned memory)."""
+    def on_device(value) -> bool:
+        return isinstance(value, torch.Tensor) and value.device.type == device_type
+
+    def reading(name, original):
+        def method(*args, **kwargs):
+            if not _from_triton() and any(on_device(a) for a in args):
+                raise HostSync(f"{name} read a {device_type} tensor on the host")
+            return original(*args, **kwargs)
         return method
 
-    for name in SYNCING:
-        setattr(torch.Tensor, name, raising(name, getattr(torch.Tensor, name)))
+    def to(original):
+        def method(self, *args, **kwargs):
+            to_kwargs = {k: v for k, v in kwargs.items() if k != "copy"}  # not parsed there
+            device, _, _, _ = torch._C._nn._parse_to(*args, **to_kwargs)
+            if _to_host(self, device) and not _from_triton():
+                raise HostSync(f"Tensor.to copied a {self.device.type} tensor to the host")
+            return original(self, *args, **kwargs)
+        return method
+
+    def copy_(original):
+        def method(self, source, non_blocking=False):
+            if isinstance(source, torch.Tensor) and _to_host(source, self.device) and not (
+                    non_blocking and self.is_pinned()) and not _from_triton():
+                raise HostSync(f"copy_ from a {source.device.type} tensor into a CPU tensor "
+                               "waits for it")
+            return original(self, source, non_blocking)
+        return method
+
+    patches = [(torch.Tensor, name, reading(f"Tensor.{name}", getattr(torch.Tensor, name)))
+               for name in SYNCING]
+    patches += [(torch, name, reading(f"torch.{name}", getattr(torch, name)))
+                for name in HOST_READING]
+    patches += [(torch.Tensor, "to", to(torch.Tensor.to)),
+                (torch.Tensor, "copy_", copy_(torch.Tensor.copy_))]
+    saved = [(owner, name, owner.__dict__.get(name)) for owner, name, _ in patches]
+    for owner, name, replacement in patches:
+        setattr(owner, name, replacement)
     try:
         yield
     finally:
-        for name, original in saved.items():
+        for owner, name, original in saved:
             if original is None:
-                delattr(torch.Tensor, name)
+                delattr(owner, name)
             else:
-                setattr(torch.Tensor, name, original)
+                setattr(owner, name, original)
 
 
-def make_model():
+def make_model(device="cpu"):
     torch.manual_seed(0)
     # BatchNorm: the closure's perturbed pass freezes its statistics.
-    return nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
+    return nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(),
+                         nn.Linear(8, 3)).to(device)
 
 
 def takes_found_inf(backend: str) -> bool:
     return "found_inf" in inspect.signature(op_table()["perturb"][backend]).parameters
 
 
+@contextlib.contextmanager
+def no_host_wait(device_type: str, sync_debug: bool):
+    """The guard; on CUDA, with ``sync_debug``, also CUDA's own sync debug mode, which sees
+    every real wait (not on the first step, which creates the state and CUDA's lazy
+    handles, as in tests/test_cuda_graphs.py)."""
+    with guard(device_type):
+        if device_type != "cuda" or not sync_debug:
+            yield
+            return
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 def iteration(optimizer, model, x, y, scaler, closure: bool):
     """One iteration, the closure or the authors' method-level loop; on the device path with
     host reads forbidden inside the optimizer's calls."""
     def host_reads_raise():
-        return guard() if optimizer.device_path else contextlib.nullcontext()
+        return no_host_wait(x.device.type, sync_debug=bool(optimizer.state)) \
+            if optimizer.device_path else contextlib.nullcontext()
 
     if closure:
         with host_reads_raise():
@@ -86,13 +168,15 @@ def iteration(optimizer, model, x, y, scaler, closure: bool):
     return None
 
 
-def run(optimizer_class, backend, capturable, closure, use_scaler, dtype=torch.float32):
-    model = make_model().to(dtype)
-    x, y = whole_batch(dtype)
+def run(optimizer_class, backend, capturable, closure, use_scaler, dtype=torch.float32,
+        device="cpu"):
+    model = make_model(device).to(dtype)
+    x, y = (t.to(device) for t in whole_batch(dtype))
     opt = optimizer_class(model.parameters(), lazy_hessian=2, backend=backend,
-                          capturable=capturable, skip_check_interval=1000,
+                          capturable=capturable, skip_check_interval=CHECK_INTERVAL,
                           **PAPER_SETTINGS[optimizer_class])
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12) if use_scaler else None
+    scaler = torch.amp.GradScaler(torch.device(device).type, init_scale=2.0 ** 12) \
+        if use_scaler else None
     for _ in range(STEPS):
         iteration(opt, model, x, y, scaler, closure)
         if scaler is not None:
@@ -117,18 +201,22 @@ def assert_close_to_host_path(model, host_model, rtol=1e-4, atol=1e-5):
         torch.testing.assert_close(p, q, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
-@pytest.mark.parametrize("closure", [True, False], ids=["closure", "methods"])
-@pytest.mark.parametrize("backend", ["reference", "foreach", "cpu", "triton"])
-def test_no_host_read_in_the_device_path(optimizer, closure, backend):
-    usable(backend)
-    model, opt = run(optimizer, backend, True, closure, use_scaler=False)
-    host_model, host_opt = run(optimizer, backend, False, closure, use_scaler=False)
+def check_against_the_host_path(optimizer, backend, closure, use_scaler, device="cpu"):
+    model, opt = run(optimizer, backend, True, closure, use_scaler, device=device)
+    host_model, host_opt = run(optimizer, backend, False, closure, use_scaler, device=device)
     step = opt.state[model[0].weight]["step"]
     assert isinstance(step, torch.Tensor) and step.device == model[0].weight.device
     assert int(step) == host_opt.state[host_model[0].weight]["step"] == STEPS
-    assert opt.skipped_steps == 0
+    assert opt.skipped_steps == host_opt.skipped_steps == 0
     assert_close_to_host_path(model, host_model)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("closure", [True, False], ids=["closure", "methods"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_no_host_read_in_the_device_path(optimizer, closure, backend):
+    usable(backend)
+    check_against_the_host_path(optimizer, backend, closure, use_scaler=False)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
@@ -141,10 +229,23 @@ def test_float64_shows_it_is_rounding(optimizer):
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("closure", [True, False], ids=["closure", "methods"])
-def test_no_host_read_with_a_grad_scaler(optimizer, closure):
-    model, opt = run(optimizer, "reference", True, closure, use_scaler=True)
-    host_model, _ = run(optimizer, "reference", False, closure, use_scaler=True)
-    assert_close_to_host_path(model, host_model)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_no_host_read_with_a_grad_scaler(optimizer, closure, backend):
+    usable(backend)
+    check_against_the_host_path(optimizer, backend, closure, use_scaler=True)
+
+
+@needs_cuda
+@pytest.mark.parametrize("use_scaler", [False, True], ids=["fp32", "grad_scaler"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("closure", [True, False], ids=["closure", "methods"])
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_no_host_read_on_cuda(optimizer, closure, backend, use_scaler):
+    """The GPU variant: CUDA tensors, the guard for CUDA tensors and CUDA's sync debug mode
+    set to "error", past the skip-check interval (its copy into pinned memory included)."""
+    usable(backend)
+    assert run(optimizer, backend, None, closure, use_scaler, device="cuda")[1].device_path
+    check_against_the_host_path(optimizer, backend, closure, use_scaler, device="cuda")
 
 
 def poison(model):
@@ -155,7 +256,7 @@ def start(optimizer_class, backend, steps):
     """A device-path optimizer after ``steps`` clean closure iterations."""
     model = make_model()
     opt = optimizer_class(model.parameters(), lazy_hessian=2, backend=backend, capturable=True,
-                          skip_check_interval=1000, **PAPER_SETTINGS[optimizer_class])
+                          skip_check_interval=CHECK_INTERVAL, **PAPER_SETTINGS[optimizer_class])
     x, y = whole_batch()
     for _ in range(steps):
         iteration(opt, model, x, y, None, closure=True)
@@ -178,7 +279,9 @@ def test_a_step_skipped_on_the_device_moves_nothing(optimizer, backend):
     params, states = tensors(model, opt)
     x, y = whole_batch()
     handle = poison(model)
-    iteration(opt, model, x, y, None, closure=True)
+    # Step 4 copies the counts to the host (CHECK_INTERVAL): reported under the guard.
+    with pytest.warns(SkippedStepWarning, match="^1 optimizer step"):
+        iteration(opt, model, x, y, None, closure=True)
     handle.remove()
     assert opt.skipped_steps == 1
     params_after, states_after = tensors(model, opt)
@@ -201,7 +304,9 @@ def test_a_skipped_first_hessian_step_holds_the_update_until_the_next(optimizer)
     params, _ = tensors(model, opt)
     for i in range(2):
         handle = poison(model) if i == 0 else None
-        iteration(opt, model, x, y, None, closure=True)
+        # Step 2 copies the counts to the host (CHECK_INTERVAL): step 1's skip is reported.
+        with pytest.warns(SkippedStepWarning) if i == 1 else contextlib.nullcontext():
+            iteration(opt, model, x, y, None, closure=True)
         if handle is not None:
             handle.remove()
         for p, q in zip(model.parameters(), params):  # SASSHA: w + e - e, rounded
@@ -277,3 +382,60 @@ def test_raise_reads_the_flag_on_the_device_path_too(optimizer):
         opt.step(lambda: LOSS(model(x), y))
     handle.remove()
     assert opt.skipped_steps == 0 and int(opt.state[model[0].weight]["step"]) == 1
+
+
+META = "meta"  # stands in for a device tensor where only the CPU exists (see the docstring)
+INJECTED_READS = {
+    "Tensor.item": lambda t: t.item(),
+    "Tensor.tolist": lambda t: t.tolist(),
+    "Tensor.cpu": lambda t: t.cpu(),
+    "Tensor.numpy": lambda t: t.numpy(),
+    "bool": lambda t: bool(t),
+    "float": lambda t: float(t),
+    "int": lambda t: int(t),
+    "operator.index": lambda t: operator.index(t.long()),
+    "Tensor.nonzero": lambda t: t.nonzero(),
+    "torch.nonzero": lambda t: torch.nonzero(t),
+    "torch.is_nonzero": lambda t: torch.is_nonzero(t),
+    "torch.equal": lambda t: torch.equal(t, t),
+    "Tensor.equal": lambda t: t.equal(t),
+    'Tensor.to("cpu")': lambda t: torch.zeros(1, device=META).to("cpu"),
+    "copy_ into a CPU tensor": lambda t: torch.zeros(1).copy_(torch.zeros(1, device=META)),
+}
+
+
+@pytest.mark.parametrize("read", list(INJECTED_READS))
+def test_an_injected_host_read_fails_the_guard(monkeypatch, read):
+    """Negative control: one host read of the skip flag inside step() is caught."""
+    record = SkipCounter.record
+
+    def reading_record(self, skipped):
+        INJECTED_READS[read](skipped)
+        record(self, skipped)
+
+    monkeypatch.setattr(SkipCounter, "record", reading_record)
+    with pytest.raises(HostSync):
+        run(SASSHA, "reference", True, True, use_scaler=False)
+
+
+def test_the_old_synchronous_skip_check_fails_the_guard(monkeypatch):
+    """Negative control: the periodic check as it was (``check()``, a ``tolist()`` of the
+    device counts every ``skip_check_interval`` steps) is caught at the first interval."""
+    def reading_tick(self):
+        self._steps_since_check += 1
+        if self._steps_since_check >= self.check_interval:
+            self.check()
+
+    monkeypatch.setattr(SkipCounter, "tick", reading_tick)
+    with pytest.raises(HostSync, match="tolist"):
+        run(MSASSHA, "reference", True, True, use_scaler=False)
+
+
+def test_the_skip_counts_reach_the_host_without_a_read_of_the_device():
+    """``HostCopy`` on the CPU: landed when ``start`` returns, the values exact, read
+    under the guard."""
+    host_copy = skipped_steps.HostCopy()
+    with guard():
+        host_copy.start(torch.tensor([3, 2 ** 40]))
+        assert host_copy.landed()
+        assert host_copy.values() == [3, 2 ** 40]

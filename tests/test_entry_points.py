@@ -1,0 +1,54 @@
+"""Every ``python -m bench...`` command that README.md, docs/*.md or bench/README.md names
+runs, as that command in a fresh process, in its smoke mode (seconds each), and prints its
+table; a command added to the docs without a smoke run here fails the last test."""
+import importlib.util
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCUMENTS = [ROOT / "README.md", ROOT / "bench" / "README.md",
+             *sorted((ROOT / "docs").glob("*.md"))]
+# module: (smoke arguments, a line its output must hold, needs scikit-learn's digits)
+SMOKE_RUNS = {
+    "bench": (["--smoke", "--suite", "step,ops", "--out", "{tmp}"],
+              r"Optimizer step", False),
+    "bench.backend_agreement": (["--smoke", "--device", "cpu"],
+                                r"\| tanh-fc \| 0\.0 \| foreach \|", True),
+    "bench.curvature_guard": (["--smoke"], r"\| relu-fc, 40%, 0\.15 \|", True),
+    "bench.hvp_accuracy": (["--smoke"], r"gpt1_handwritten_attention bf16_weights", False),
+}
+
+
+def documented_modules() -> set:
+    found = set()
+    for path in DOCUMENTS:
+        found.update(re.findall(r"python -m (bench(?:\.[a-z_]+)*)", path.read_text()))
+    return found
+
+
+def test_the_documents_name_bench_commands():
+    assert {"bench", "bench.backend_agreement"} <= documented_modules()
+
+
+def test_every_documented_bench_command_has_a_smoke_run():
+    assert documented_modules() <= set(SMOKE_RUNS)
+
+
+@pytest.mark.parametrize("module", list(SMOKE_RUNS))
+def test_the_command_runs_in_smoke_mode(module, tmp_path):
+    arguments, expected, needs_sklearn = SMOKE_RUNS[module]
+    if needs_sklearn and importlib.util.find_spec("sklearn") is None:
+        pytest.skip(f"{module} trains on scikit-learn's digits: scikit-learn is not installed")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+        OMP_NUM_THREADS="2")
+    command = [sys.executable, "-m", module] + [a.format(tmp=tmp_path) for a in arguments]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stderr[-3000:]}"
+    assert re.search(expected, done.stdout), done.stdout[-3000:]
