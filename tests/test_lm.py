@@ -22,8 +22,9 @@ GOLDEN = pathlib.Path(__file__).parent / "data" / "golden" / "lm_sassha_k3.pt"
 # one iteration's error. Worst one-iteration error measured, over the three backends and this
 # machine (AMD EPYC, against the recording processor) with its default kernels, with
 # ATEN_CPU_CAPABILITY=avx2 / default and SASSHA_FAST_CPU_ISA=avx2 / generic: 6.2e-6 (weights,
-# iteration 0), 8.7e-7 (state), 3.3e-7 (loss). The bounds allow ~15x that; a hessian power
-# 0.001 off exceeds them 100x (test_a_wrong_update_fails_the_lm_golden_comparison).
+# iteration 0), 8.7e-7 (state), 3.3e-7 (loss) (python tests/golden_drift.py). The bounds allow
+# ~15x that; a hessian power 0.001 off exceeds them 100x
+# (test_a_wrong_update_fails_the_lm_golden_comparison).
 TOLERANCE = 1e-4  # largest |got - recorded| relative to the largest |recorded|, per tensor
 LOSS_TOLERANCE = 1e-5  # relative
 
