@@ -48,7 +48,8 @@ def test_recorded_data_tests_pass_with_kernels_forced_down(machine):
     env = dict(os.environ, **forced)
     done = subprocess.run(
         [sys.executable, "-m", "pytest", *RECORDED_DATA_TESTS, "-k", DESELECT,
-         "-p", "no:cacheprovider", "--tb=short", "-rs"], cwd=REPO, env=env, capture_output=True, text=True)
+         "-p", "no:cacheprovider", "--tb=short", "-rs"],
+        cwd=REPO, env=env, capture_output=True, text=True)
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"under {forced}:\n{output[-12_000:]}"
     # The forcing took effect (conftest.py's report header), as far as this CPU allows.
