@@ -25,3 +25,19 @@ def golden_dir() -> pathlib.Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def cpu_kernels() -> str:
+    """The instruction sets this process's CPU kernels run with (torch's, sassha_fast's)."""
+    from sassha_fast import available_backends
+    isa = "unavailable"
+    if available_backends()["cpu"].available:
+        from sassha_fast.backends import cpu
+        isa = cpu.isa()
+    return (f"CPU kernels: torch {torch.backends.cpu.get_cpu_capability().lower()}, "
+            f"sassha_fast cpu backend {isa}")
+
+
+def pytest_report_header(config):
+    # test_portability.py reads this line from the runs it forces onto other instruction sets.
+    return cpu_kernels()

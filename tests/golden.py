@@ -1,11 +1,11 @@
 """Replays of the loops in ../shared/golden/README.md, shared by the tests."""
 import pathlib
-from typing import Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 from torch import nn
 
-from sassha_fast import MSASSHA, SASSHA
+from sassha_fast import MSASSHA, SASSHA, backends
 
 
 class GoldenNet(nn.Module):
@@ -90,3 +90,24 @@ def state_lists(record: Dict, opt) -> Dict[str, List[torch.Tensor]]:
              else ("grad_momentum", "hess_momentum"))
     return {name: [opt.state[p][key] for p in params]
             for name, key in zip(names, ("exp_avg", "exp_hessian_diag"))}
+
+
+def inject_wrong_update(monkeypatch, **changes: Callable[[Any], Any]) -> None:
+    """Negative controls: every optimizer built afterwards calls its backend's update ops
+    with the hyperparameters in ``changes`` replaced (``hessian_power=lambda v: v + 0.01``),
+    a deliberate bug that the comparisons with the recorded files must catch."""
+    resolve = backends.resolve
+
+    def wrong(op: Callable) -> Callable:
+        def call(*args, **kwargs):
+            for name, change in changes.items():
+                kwargs[name] = change(kwargs[name])
+            return op(*args, **kwargs)
+        return call
+
+    def resolve_wrong(*args, **kwargs):
+        ops = resolve(*args, **kwargs)
+        return ops._replace(sassha_update=wrong(ops.sassha_update),
+                            msassha_update=wrong(ops.msassha_update))
+
+    monkeypatch.setattr(backends, "resolve", resolve_wrong)

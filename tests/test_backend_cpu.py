@@ -4,18 +4,19 @@ generic builds, staged non-contiguous tensors, input checks (tensor subclasses, 
 tensors, scalar tensors), scalars read in C++ and the released GIL. The
 op-by-op and optimizer-level comparisons with the reference that every backend passes are
 in test_backend_ops.py, test_backend_optimizer.py and test_golden.py."""
+import functools
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
 import time
+from typing import List, Optional, Set
 
 import pytest
 import torch
 
-from sassha_fast import SASSHA, available_backends
+from sassha_fast import SASSHA, available_backends, build_info
 from sassha_fast.backends import reference, resolve
 from sassha_fast.backends.reference import compute_dtype
 
@@ -323,49 +324,105 @@ def test_gil_is_released_while_a_kernel_runs(threads):
     assert inside, "no Python code ran while the kernel did: the GIL was held"
 
 
+# -- the instruction-set builds --------------------------------------------------------
+# What csrc/cpu/dispatch.cpp asks libgcc for, under /proc/cpuinfo's names; best first.
+ISA_CPU_FLAGS = {"avx512": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+                            "avx512dq"},
+                 "avx2": {"avx2", "fma", "f16c"},
+                 "generic": set()}
+ISA_DTYPES = ["float32", "bfloat16", "float16", "float64"]
 ISA_SCRIPT = """
 import json, sys, torch
 from sassha_fast.backends import cpu
 sys.path.insert(0, {tests!r})
 from test_backend_cpu import inputs, run_every_op
-torch.manual_seed(0)
-out = run_every_op(cpu, inputs({shapes!r}, getattr(torch, {dtype!r})), hessian_power=0.5)
-flat = {{k: [t.double().tolist() for t in v] if isinstance(v, list) else v.item()
-        for k, v in out.items()}}
-print(json.dumps(dict(isa=cpu.isa(), out=flat)))
+outs = {{}}
+for dtype in {dtypes!r}:
+    torch.manual_seed(0)
+    out = run_every_op(cpu, inputs({shapes!r}, getattr(torch, dtype)), hessian_power=0.5)
+    outs[dtype] = {{k: [t.double().tolist() for t in v] if isinstance(v, list) else v.item()
+                   for k, v in out.items()}}
+print(json.dumps(dict(isa=cpu.isa(), out=outs)))
 """
 
 
-def run_with_isa(isa: str, dtype: str) -> dict:
-    script = ISA_SCRIPT.format(tests=os.path.dirname(__file__), dtype=dtype,
+@functools.lru_cache(maxsize=None)
+def run_with_isa(isa: str) -> dict:
+    """Every op in every dtype in a fresh process whose dispatch is capped at ``isa``:
+    ``{"isa": the build that ran, "out": {dtype: {op: result}}}``."""
+    script = ISA_SCRIPT.format(tests=os.path.dirname(__file__), dtypes=ISA_DTYPES,
                                shapes=[(5,), (67,), (1000,), (0,), (3, 11)])
     env = dict(os.environ, SASSHA_FAST_CPU_ISA=isa)
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, check=True)
+                          text=True)
+    assert done.returncode == 0, f"SASSHA_FAST_CPU_ISA={isa}:\n{done.stderr}"
     return json.loads(done.stdout)
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
-                    reason="only x86-64 builds carry AVX2 / AVX-512 kernels")
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
-def test_instruction_set_builds_agree(dtype):
-    order = ["avx512", "avx2", "generic"]
-    runs = {isa: run_with_isa(isa, dtype) for isa in order}
-    for requested, run in runs.items():  # the requested build, or the best one below it
-        assert order.index(run["isa"]) >= order.index(requested)
-    ran = {run["isa"]: run["out"] for run in runs.values()}
-    generic = ran.pop("generic")
-    # The vector builds are the same arithmetic; the generic build differs only by the
-    # multiply-adds that the vector builds fuse, as PyTorch's vector kernels do.
-    if len(ran) == 2:
-        for key, value in ran["avx512"].items():
-            if isinstance(value, list) or dtype != "float64":
-                assert value == ran["avx2"][key], key
-            else:  # float64 squares are inexact: 8 or 4 lanes add them in different orders
-                assert value == pytest.approx(ran["avx2"][key], rel=1e-14), key
+def compiled_isas() -> List[str]:
+    return build_info()["cpu_isas"] or ["generic"]
+
+
+def cpu_flags() -> Optional[Set[str]]:
+    """The CPU's feature flags as the Linux kernel reports them (None elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def outputs_of(isa: str) -> dict:
+    """What the ``isa`` build computes, or a skip saying why this machine cannot run it."""
+    if isa not in compiled_isas():
+        pytest.skip(f"sassha_fast._C has no {isa} build on this platform "
+                    f"(built for {', '.join(compiled_isas())})")
+    run = run_with_isa(isa)
+    if run["isa"] != isa:
+        pytest.skip(f"this CPU cannot run the {isa} build (SASSHA_FAST_CPU_ISA={isa} ran "
+                    f"{run['isa']})")
+    return run["out"]
+
+
+def test_each_cap_runs_the_best_build_this_cpu_supports():
+    """The dispatch picks the best build the CPU has, at or below SASSHA_FAST_CPU_ISA: so the
+    build tests below skip only where the CPU lacks the instructions, never because the
+    dispatch missed them."""
+    flags = cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo to read the CPU's instruction sets from")
+    order = compiled_isas()
+    runnable = [isa for isa in order if ISA_CPU_FLAGS[isa] <= flags]
+    if "SASSHA_FAST_CPU_ISA" not in os.environ:  # this process's choice is not capped
+        assert cpu.isa() == runnable[0]
+    for cap in order:
+        below = order[order.index(cap):]
+        assert run_with_isa(cap)["isa"] == next(isa for isa in below if isa in runnable), cap
+
+
+@pytest.mark.parametrize("dtype", ISA_DTYPES)
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_a_vector_build_agrees_with_the_generic_build(isa, dtype):
+    """The vector builds differ from the generic one only by the multiply-adds they fuse,
+    as PyTorch's vector kernels do."""
+    vector, generic = outputs_of(isa)[dtype], outputs_of("generic")[dtype]
     tolerance = STORED_TOLERANCE[getattr(torch, dtype)]
-    for out in ran.values():
-        for key, value in out.items():
-            pairs = zip(value, generic[key]) if isinstance(value, list) else [(value, generic[key])]
-            for a, b in pairs:
-                torch.testing.assert_close(torch.tensor(a), torch.tensor(b), **tolerance)
+    for key, value in vector.items():
+        pairs = zip(value, generic[key]) if isinstance(value, list) else [(value, generic[key])]
+        for a, b in pairs:
+            torch.testing.assert_close(torch.tensor(a), torch.tensor(b), **tolerance,
+                                       msg=lambda m: f"{isa} {key}: {m}")
+
+
+@pytest.mark.parametrize("dtype", ISA_DTYPES)
+def test_the_avx512_and_avx2_builds_agree_exactly(dtype):
+    """The two vector builds are the same arithmetic on wider registers."""
+    avx512, avx2 = outputs_of("avx512")[dtype], outputs_of("avx2")[dtype]
+    for key, value in avx512.items():
+        if isinstance(value, list) or dtype != "float64":
+            assert value == avx2[key], key
+        else:  # float64 squares are inexact: 8 or 4 lanes add them in different orders
+            assert value == pytest.approx(avx2[key], rel=1e-14), key
