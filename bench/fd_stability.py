@@ -1,6 +1,6 @@
 """Does the finite-difference estimator train where the double backward does?
 
-    python -m bench.fd_stability [--models gpt,gpt-sdpa,cnn,resnet8,vit,vit-b16]
+    python -m bench.fd_stability [--models gpt,gpt-sdpa,cnn,resnet8,vit,vit-b64]
                                  [--variants autograd,fd,fd-raw,...] [--seeds 8]
                                  [--steps 30] [--optimizers sassha,msassha] [--smoke]
 
@@ -107,8 +107,9 @@ def _vit_case(name: str, config: ViTConfig, batch: int) -> Case:
 
 def cases(smoke: bool = False) -> Dict[str, Case]:
     """Images: random ones with random labels, 128 (the ViT: 256) so that 30 steps do not
-    memorize them and the last losses stay comparable; ``vit-b16`` memorizes its 16 (the
-    case that chose the resolution floor's factor: trained or not, not the ratio)."""
+    memorize them and the last losses stay comparable; ``vit-b64`` (a wider ViT) memorizes
+    its 64 (the case that chose the resolution floor's factor: trained or not, not the
+    ratio)."""
     gpt, gpt_batch = (SMOKE_GPT, 2) if smoke else (QUICK_GPT, 4)
     small_vit = ViTConfig(layers=1, width=32, heads=2)
     images = 16 if smoke else 128
@@ -117,7 +118,8 @@ def cases(smoke: bool = False) -> Dict[str, Case]:
             "cnn": _cnn_case("cnn", bn_cnn, images, 16),
             "resnet8": _cnn_case("resnet8", lambda: CifarResNet(depth=8), images, 16),
             "vit": _vit_case("vit", small_vit, 16 if smoke else 256),
-            "vit-b16": _vit_case("vit-b16", small_vit if smoke else ViTConfig(), 16)}
+            "vit-b64": _vit_case("vit-b64", small_vit if smoke else ViTConfig(),
+                                 16 if smoke else 64)}
 
 
 class Run(NamedTuple):
@@ -151,7 +153,7 @@ def run(case: Case, optimizer: str, variant: str, seed: int, steps: int,
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="gpt,gpt-sdpa,cnn,resnet8,vit,vit-b16")
+    parser.add_argument("--models", default="gpt,gpt-sdpa,cnn,resnet8,vit,vit-b64")
     parser.add_argument("--optimizers", default="sassha,msassha")
     parser.add_argument("--variants", help="default: " + ",".join(DEFAULT_VARIANTS)
                         + " (--smoke: autograd,fd,fd-raw)")

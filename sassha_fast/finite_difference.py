@@ -20,11 +20,12 @@ No zero from round-off: two fp32 gradients differ only in steps of about ulp(g),
 entry of H z below ``ulp(g) / eps`` comes out exactly 0 (or a few ulps' noise), and a zero
 curvature turns SASSHA's update into ``lr * m / eps``, thousands of times the momentum.
 The estimate's magnitude is therefore floored at what the difference can resolve,
-``RESOLUTION_FLOOR * 2 u |g(w)| / span`` per entry (u the unit round-off of the
-gradients' dtype, span eps or 2 eps): what the gradients cannot resolve is taken as the
-most curvature it could hide, not as none. The factor: a backward pass's fp32 gradient
-carries many roundings, not one (against fp64, a median of about 8 u |g| and a 90th
-percentile of about 50 u |g| per entry, ``python -m bench.hvp_accuracy``); the measurements
+``2 RESOLUTION_FLOOR u |g(w)| / span`` per entry (u the unit round-off of fp32, span eps
+or 2 eps; 16-bit gradients: at least one rounding to their dtype): what the gradients
+cannot resolve is taken as the most curvature it could hide, not as none. The factor: a
+backward pass's fp32 gradient carries many roundings, not one (against fp64, a median of
+5 to 18 u |g| and a 90th percentile of 26 to 121 u |g| per entry on bench/hvp_accuracy.py's
+models, ``python -m bench.hvp_accuracy``); the measurements
 behind its value and the comparison with a larger step, the central scheme and
 ``curvature_floor``: docs/estimators.md "No zero from round-off"."""
 import contextlib
@@ -269,15 +270,24 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps / 2
 
 
+def gradient_roundoff(dtype: torch.dtype, factor: float = RESOLUTION_FLOOR) -> float:
+    """The relative round-off taken for a gradient stored in ``dtype``: ``factor``
+    roundings of the arithmetic that computed it (float32 for 16-bit gradients, whose
+    matmuls accumulate in float32), or the one rounding to ``dtype``, whichever is
+    larger."""
+    arithmetic = torch.promote_types(dtype, torch.float32)
+    return max(unit_roundoff(dtype), factor * unit_roundoff(arithmetic))
+
+
 @torch.no_grad()
 def floor_at_resolution_(estimate: List[Tensor], gradients: List[Optional[Tensor]],
                          span: Tensor, factor: float = RESOLUTION_FLOOR) -> None:
-    """|h| = max(|h|, factor * 2 u |g| / span) per entry, the sign kept, in place
-    (``span``: the difference's denominator, a 0-d tensor: no host synchronisation). Two
-    gradients each rounded to within u |g| resolve their difference at best to 2 u |g|;
-    below that (times the rounding a backward pass accumulates, ``factor``) the difference
-    is round-off, exactly 0 when they round alike, and a zero curvature is the one value
-    SASSHA's update must not see. The mean of Hutchinson's draws is floored alike (its
+    """|h| = max(|h|, 2 r |g| / span) per entry, the sign kept, in place (r: the
+    gradients' relative round-off, ``gradient_roundoff``, ``factor`` roundings; ``span``:
+    the difference's denominator, a 0-d tensor: no host synchronisation). Two gradients
+    each within r |g| resolve their difference at best to 2 r |g|; below that the
+    difference is round-off, exactly 0 when they round alike, and a zero curvature is the
+    one value SASSHA's update must not see. The mean of Hutchinson's draws is floored alike (its
     round-off is the draws'). Entries whose gradient is exactly 0 keep their estimate:
     there the double backward's is 0 too (an unused embedding row, a dead ReLU unit).
     Works on local shards: every operation is per entry."""
@@ -288,7 +298,7 @@ def floor_at_resolution_(estimate: List[Tensor], gradients: List[Optional[Tensor
         h, g = local(h), local(g)
         key = (h.device, g.dtype)
         if key not in scales:
-            scales[key] = (2 * factor * unit_roundoff(g.dtype)) / span.to(h.device)
+            scales[key] = 2 * gradient_roundoff(g.dtype, factor) / span.to(h.device)
         floor = g.abs().mul_(scales[key])
         torch.maximum(h.abs(), floor, out=floor)
         h.copy_(floor.copysign_(h))

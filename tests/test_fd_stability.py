@@ -37,11 +37,15 @@ def test_the_floor_raises_only_what_the_difference_cannot_resolve():
     floor_at_resolution_([h], [g], span, factor=1.0)
     want = torch.tensor([resolution, -resolution, 3.0, -2.0, 5e-3, 0.0, float("nan")])
     torch.testing.assert_close(h, want, equal_nan=True)
-    # The default factor, and the gradients' own precision sets the resolution.
+    # The default factor: that many fp32 roundings (a backward pass accumulates them).
+    h = torch.zeros(2)
+    floor_at_resolution_([h], [torch.ones(2)], span)
+    torch.testing.assert_close(h, torch.full((2,), RESOLUTION_FLOOR * resolution))
+    # bf16 gradients (fp32 arithmetic, one rounding to bf16): the bf16 rounding.
     assert unit_roundoff(torch.bfloat16) == 2.0 ** -8
     h16 = torch.zeros(2, dtype=torch.bfloat16)
     floor_at_resolution_([h16], [torch.ones(2, dtype=torch.bfloat16)], span)
-    torch.testing.assert_close(h16, torch.full((2,), RESOLUTION_FLOOR * 2 * 2.0 ** -8 / 1e-4,
+    torch.testing.assert_close(h16, torch.full((2,), 2 * 2.0 ** -8 / 1e-4,
                                                dtype=torch.bfloat16))
 
 
