@@ -133,28 +133,23 @@ def test_the_floor_on_dtensor_shards_is_the_floor_of_the_whole():
 @pytest.mark.parametrize("optimizer", [SASSHA, MSASSHA])
 def test_every_backend_folds_the_floored_estimate(optimizer, backend, device):
     """The floor acts before the backend's ops: on each backend one Hessian step of the
-    quick GPT leaves no zero in D where the double backward's product has none (the raw
-    difference leaves some: the negative control), and the backends agree."""
+    quick GPT leaves no zero in D where the double backward's product has none; the raw
+    difference leaves some (the negative control). How closely the backends agree is
+    tests/test_backend_agreement.py's subject."""
     problem = quick_gpt_problem()
     exact = hvp_accuracy.exact_product(problem)
-    hessians = {}
-    for floor in (0.0, None):
-        model = problem.model
-        for name in ("reference", backend):
-            model.load_state_dict(quick_gpt_problem().model.state_dict())
-            opt = optimizer(model.parameters(), backend=name, rho=0.0, hessian_estimator=FD,
-                            **{k: v for k, v in PAPER_SETTINGS[optimizer].items() if k != "rho"})
-            if floor is not None:
-                hvp_accuracy.set_floor(opt, floor)
-            opt.step(lambda: problem.loss(model))
-            hessians[floor, name] = [opt.state[p]["exp_hessian_diag"].clone()
-                                     for p in model.parameters()]
+    weights = quick_gpt_problem().model.state_dict()
     for floor, zeros_wanted in ((0.0, True), (None, False)):
-        zeros = sum(int(((d == 0) & (x != 0)).sum())
-                    for d, x in zip(hessians[floor, backend], exact))
-        assert (zeros > 0) == zeros_wanted
-        for d, want in zip(hessians[floor, backend], hessians[floor, "reference"]):
-            torch.testing.assert_close(d, want, rtol=1e-6, atol=0)
+        problem.model.load_state_dict(weights)
+        opt = optimizer(problem.model.parameters(), backend=backend, rho=0.0,
+                        hessian_estimator=FD,
+                        **{k: v for k, v in PAPER_SETTINGS[optimizer].items() if k != "rho"})
+        if floor is not None:
+            hvp_accuracy.set_floor(opt, floor)
+        opt.step(lambda: problem.loss(problem.model))
+        zeros = sum(int(((opt.state[p]["exp_hessian_diag"] == 0) & (x != 0)).sum())
+                    for p, x in zip(problem.model.parameters(), exact))
+        assert (zeros > 0) == zeros_wanted, (floor, zeros)
 
 
 @pytest.mark.parametrize("optimizer", [SASSHA, MSASSHA])
@@ -177,7 +172,7 @@ def test_the_floor_reads_nothing_on_the_host(optimizer):
 # and each seed must stay within PER_SEED of the double backward's (a stalled or
 # diverging run is many times it).
 MEAN_BOUND = 0.15
-PER_SEED = 1.6
+PER_SEED = 2.0  # measured at most 1.49 (gpt-sdpa, M-SASSHA)
 STABILITY = [(model, optimizer) for model in ("gpt", "gpt-sdpa", "cnn", "vit")
              for optimizer in ("sassha", "msassha")]
 
@@ -204,3 +199,12 @@ def test_the_raw_difference_fails_that_check(optimizer, seed):
     raw = run("gpt", optimizer, "fd-raw", seed)
     assert not raw.trained
     assert run("gpt", optimizer, "fd", seed).trained
+
+
+@pytest.mark.parametrize("command", [hvp_accuracy.main, fd_stability.main])
+def test_the_bench_commands_run_in_smoke_mode(command, capsys):
+    command(["--smoke"])
+    out = capsys.readouterr().out
+    assert "vit" in out and "gpt" in out
+    if command is hvp_accuracy.main:
+        assert "floor16" in out and "raw" in out
