@@ -23,6 +23,16 @@ from sassha_fast.finite_difference import (DEFAULT_EPS, RESOLUTION_FLOOR, Finite
 from test_no_sync import guard
 from tiny import LOSS, PAPER_SETTINGS, make_model, whole_batch
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are too small to gain from more threads, and on a shared machine
+    extra threads wait on each other (the quality suite measured the same)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SEEDS = range(8)
 STEPS = 30
 CASES = fd_stability.cases()
