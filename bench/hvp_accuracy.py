@@ -70,7 +70,7 @@ def problems(device: torch.device, quick: bool = False,
     yield Problem("cnn_batchnorm_gelu", cnn, lambda m: F.cross_entropy(m(images), labels))
     if not smoke:
         # ReLU's kinks: the double backward takes its second derivative as 0, while a
-        # gradient difference sees every unit the step flips across 0 (see README).
+        # gradient difference sees every unit the step flips across 0 (docs/estimators.md).
         torch.manual_seed(0)
         resnet = CifarResNet(depth=8).to(device)
         yield Problem("resnet8_batchnorm_relu", resnet,

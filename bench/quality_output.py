@@ -87,8 +87,10 @@ def write_all(rows: List[dict], curves: List[dict], out: pathlib.Path, meta: dic
     (out / "quality.json").write_text(json.dumps(
         dict(meta=meta, profile=profile._asdict(), results=rows, curves=curves), indent=1) + "\n")
     first = rows[0]
+    # A subset run (python -m bench.quality_suite) names its own command.
+    command = meta.get("command") or " ".join(["python -m bench"] + meta["argv"])
     lines = ["# sassha_fast quality suite: label noise on scikit-learn's digits", "",
-             f"- command: `{meta.get('command') or ' '.join(['python -m bench'] + meta['argv'])}`",
+             f"- command: `{command}`",
              f"- device: {meta['device_name']}, 1 torch thread; torch {meta['torch']}, "
              f"commit {meta['commit']}, {meta['date']}",
              f"- load average before/after: {' '.join(f'{v:.2f}' for v in meta['load_average_before'])}"

@@ -8,8 +8,8 @@ torch.compile, DDP, activation checkpointing) can be estimated.
 
 The step is relative: ``eps * ||z|| = eps_rel * ||w||`` over the parameters estimated, so
 the perturbation is the same fraction of the weights whatever their scale (the choice of
-``eps_rel`` and the measurements behind it: ``python -m bench.hvp_accuracy``, README
-"Which Hessian estimator").
+``eps_rel`` and the measurements behind it: ``python -m bench.hvp_accuracy``,
+docs/estimators.md).
 
 "The same loss" means: the same batch and loss scale (the caller's job), the same dropout
 masks (the global RNG states captured before the gradient's forward are replayed in each
@@ -41,7 +41,7 @@ from .hessian import RademacherSource
 
 ESTIMATORS = ("autograd", "finite_difference")
 SCHEMES = ("one_sided", "central")
-# Relative steps chosen from bench/hvp_accuracy.py's measurements (README): the error is
+# Relative steps chosen from bench/hvp_accuracy.py's measurements (docs/estimators.md): the error is
 # truncation (O(eps), O(eps^2)) above them and fp32 round-off in the gradients below.
 DEFAULT_EPS = {"one_sided": 3e-4, "central": 1e-3}
 # Low precision (bf16 / fp16 parameters, or a forward under autocast) rounds the step and

@@ -218,3 +218,12 @@ def test_the_bench_commands_run_in_smoke_mode(command, capsys):
     assert "vit" in out and "gpt" in out
     if command is hvp_accuracy.main:
         assert "floor16" in out and "raw" in out
+
+
+def test_the_quality_suite_runs_the_estimators_rows(tmp_path):
+    from bench import quality_suite
+    quality_suite.main(["--profile", "smoke", "--methods", "sassha-fd,msassha-fd",
+                        "--out", str(tmp_path)])
+    text = (tmp_path / "quality.md").read_text()
+    assert "| sassha-fd |" in text and "| msassha-fd |" in text
+    assert "python -m bench.quality_suite --profile smoke" in text

@@ -31,7 +31,7 @@ def problem(name):
 
 
 # Bounds on ||Hz_fd - Hz|| / ||Hz|| at the default steps, about 4x what
-# `python -m bench.hvp_accuracy` prints (README "Which Hessian estimator").
+# `python -m bench.hvp_accuracy` prints (docs/estimators.md).
 BOUNDS = {("mlp", "one_sided"): 4e-3, ("mlp", "central"): 1e-3,
           ("cnn_batchnorm_gelu", "one_sided"): 1e-2, ("cnn_batchnorm_gelu", "central"): 2e-3,
           ("gpt", "one_sided"): 1e-2, ("gpt", "central"): 1e-3}
