@@ -9,7 +9,6 @@ hyper-parameters (``bench/fd_stability.py``, whose table docs/estimators.md quot
 quick GPT with hand-written and SDPA attention, a CNN with BatchNorm and a small ViT
 (patch embedding + SDPA), SASSHA and M-SASSHA."""
 import functools
-import statistics
 
 import pytest
 import torch
