@@ -54,6 +54,15 @@ class CifarResNet(nn.Module):
         return self.head(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
+def bn_cnn(num_classes: int = 10) -> nn.Sequential:
+    """A small CNN with BatchNorm and GELU (smooth: the double backward and a difference of
+    gradients estimate the same curvature, unlike ReLU's kinks)."""
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.GELU(),
+                         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32),
+                         nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(32, num_classes))
+
+
 class GPTConfig(NamedTuple):
     layers: int = 4
     width: int = 256
@@ -67,7 +76,9 @@ ATTENTIONS = ("manual", "sdpa")
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
+    """Multi-head self-attention, causal unless ``causal=False`` (the ViT's)."""
+
+    def __init__(self, config, causal: bool = True):
         super().__init__()
         if config.width % config.heads:
             raise ValueError("width must be a multiple of heads")
@@ -75,9 +86,10 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {config.attention!r}")
         self.heads = config.heads
         self.sdpa = config.attention == "sdpa"
+        self.causal = causal
         self.qkv = nn.Linear(config.width, 3 * config.width)
         self.proj = nn.Linear(config.width, config.width)
-        if not self.sdpa:
+        if causal and not self.sdpa:
             mask = torch.ones(config.context, config.context, dtype=torch.bool).triu(1)
             self.register_buffer("mask", mask, persistent=False)
 
@@ -86,19 +98,20 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(width, dim=2)
         q, k, v = (t.view(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))
         if self.sdpa:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
             return self.proj(out.transpose(1, 2).reshape(batch, length, width))
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-        scores = scores.masked_fill(self.mask[:length, :length], float("-inf"))
+        if self.causal:
+            scores = scores.masked_fill(self.mask[:length, :length], float("-inf"))
         out = scores.softmax(dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(batch, length, width))
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config, causal: bool = True):
         super().__init__()
         self.ln1 = nn.LayerNorm(config.width)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, causal)
         self.ln2 = nn.LayerNorm(config.width)
         self.mlp = nn.Sequential(nn.Linear(config.width, 4 * config.width), nn.GELU(),
                                  nn.Linear(4 * config.width, config.width))
@@ -126,3 +139,38 @@ class GPT(nn.Module):
         positions = torch.arange(idx.shape[1], device=idx.device)
         x = self.blocks(self.tokens(idx) + self.positions(positions))
         return self.ln(x) @ self.tokens.weight.t()
+
+
+class ViTConfig(NamedTuple):
+    image: int = 16
+    patch: int = 4
+    channels: int = 3
+    layers: int = 2
+    width: int = 64
+    heads: int = 4
+    classes: int = 10
+    attention: str = "sdpa"  # as timm's and torchvision's ViTs; "manual" has a double backward
+
+
+class ViT(nn.Module):
+    """A small vision transformer: a convolutional patch embedding, a class token, learned
+    positions, pre-LayerNorm blocks with (non-causal) self-attention, a linear head."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        if config.image % config.patch:
+            raise ValueError("image size must be a multiple of the patch size")
+        self.config = config
+        self.patches = nn.Conv2d(config.channels, config.width, config.patch, config.patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, config.width))
+        self.positions = nn.Parameter(
+            0.02 * torch.randn(1, (config.image // config.patch) ** 2 + 1, config.width))
+        self.blocks = nn.Sequential(*(TransformerBlock(config, causal=False)
+                                      for _ in range(config.layers)))
+        self.ln = nn.LayerNorm(config.width)
+        self.head = nn.Linear(config.width, config.classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.patches(images).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.positions
+        return self.head(self.ln(self.blocks(x))[:, 0])

@@ -70,7 +70,9 @@ def write_markdown(rows: List[dict], path: pathlib.Path, meta: dict, summary: Li
 def provenance_lines(meta: dict, threads: int) -> List[str]:
     """The markdown lines of a training suite's report that say how, where and under what
     load it ran."""
-    return [f"- command: `{' '.join(['python -m bench'] + meta['argv'])}`",
+    # A subset run (python -m bench.quality_suite) names its own command.
+    command = meta.get("command") or " ".join(["python -m bench"] + meta["argv"])
+    return [f"- command: `{command}`",
             f"- device: {meta['device_name']}, {threads} torch thread{'s' * (threads != 1)}; "
             f"torch {meta['torch']}, commit {meta['commit']}, {meta['date']}",
             f"- load average before/after: {_load(meta['load_average_before'])}"

@@ -43,12 +43,22 @@ METHODS = (
     Method("sam-sgd", (0.03, 0.1, 0.3, 1.0),
            lambda p, lr: SAM(p, torch.optim.SGD, rho=0.1, lr=lr, momentum=0.9,
                              weight_decay=DECAY), "sam"),
-    Method("sassha", (0.03, 0.1, 0.3, 1.0),
-           lambda p, lr: SASSHA(p, lr=lr, rho=0.1, weight_decay=DECAY / lr), "closure"),
-    Method("msassha", (0.03, 0.1, 0.3, 1.0),
-           lambda p, lr: MSASSHA(p, lr=lr, rho=0.3, hessian_power=0.5,
-                                 weight_decay=DECAY / lr), "closure"),
 )
+
+
+def _sassha_methods(suffix: str, **estimator) -> Tuple[Method, ...]:
+    """SASSHA and M-SASSHA with the given Hessian estimator (the same settings otherwise)."""
+    return (Method("sassha" + suffix, (0.03, 0.1, 0.3, 1.0),
+                   lambda p, lr: SASSHA(p, lr=lr, rho=0.1, weight_decay=DECAY / lr,
+                                        **estimator), "closure"),
+            Method("msassha" + suffix, (0.03, 0.1, 0.3, 1.0),
+                   lambda p, lr: MSASSHA(p, lr=lr, rho=0.3, hessian_power=0.5,
+                                         weight_decay=DECAY / lr, **estimator), "closure"))
+
+
+# The finite-difference rows (issue 20): the same settings, hessian_estimator changed.
+METHODS = METHODS + _sassha_methods("") + _sassha_methods(
+    "-fd", hessian_estimator="finite_difference")
 
 
 class SmallCNN(nn.Module):
@@ -204,3 +214,43 @@ def seconds_per_epoch(rows: List[dict]) -> Dict[str, float]:
 
 def mean_std(row: dict) -> str:
     return f"{100 * row['test_acc_mean']:.1f} ± {100 * row['test_acc_std']:.1f}"
+
+
+def main(argv=None) -> None:
+    """``python -m bench.quality_suite --methods sassha,sassha-fd --profile quick --seeds 3
+    --out DIR``: some of the methods only (``python -m bench --suite quality`` runs all),
+    written as that command writes them."""
+    import argparse
+    import os
+    import pathlib
+    import sys
+
+    from . import meta, quality_output
+    parser = argparse.ArgumentParser(description=main.__doc__.split(":")[0])
+    parser.add_argument("--methods", default=",".join(m.name for m in METHODS))
+    parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "full"))
+    parser.add_argument("--seeds", type=int, help="override the profile's seed count")
+    parser.add_argument("--out", type=pathlib.Path, required=True)
+    args = parser.parse_args(argv)
+    by_name = {m.name: m for m in METHODS}
+    unknown = [n for n in args.methods.split(",") if n not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)} (choose from "
+                         f"{', '.join(by_name)})")
+    profile = quality_profile(args.profile)
+    if args.seeds:
+        profile = profile._replace(seeds=args.seeds)
+    info = meta.collect(torch.device("cpu"))
+    rows, curves = run(profile, [by_name[n] for n in args.methods.split(",")],
+                       progress=lambda label: print(label, flush=True))
+    info.update(profile=profile.name, seeds=profile.seeds, methods=args.methods,
+                load_average_after=os.getloadavg(),
+                command=" ".join(["python -m bench.quality_suite"]
+                                 + (sys.argv[1:] if argv is None else list(argv))))
+    written = quality_output.write_all(rows, curves, args.out, info, profile)
+    print(quality_output.table_markdown(rows))
+    print("wrote " + ", ".join(written))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,13 +8,26 @@ torch.compile, DDP, activation checkpointing) can be estimated.
 
 The step is relative: ``eps * ||z|| = eps_rel * ||w||`` over the parameters estimated, so
 the perturbation is the same fraction of the weights whatever their scale (the choice of
-``eps_rel`` and the measurements behind it: ``python -m bench.hvp_accuracy``, README
-"Which Hessian estimator").
+``eps_rel`` and the measurements behind it: ``python -m bench.hvp_accuracy``,
+docs/estimators.md).
 
 "The same loss" means: the same batch and loss scale (the caller's job), the same dropout
 masks (the global RNG states captured before the gradient's forward are replayed in each
 probe, then the states are put back as the probe found them), and BatchNorm running
-statistics frozen in each probe."""
+statistics frozen in each probe.
+
+No zero from round-off: two fp32 gradients differ only in steps of about ulp(g), so an
+entry of H z below ``ulp(g) / eps`` comes out exactly 0 (or a few ulps' noise), and a zero
+curvature turns SASSHA's update into ``lr * m / eps``, thousands of times the momentum.
+The estimate's magnitude is therefore floored at what the difference can resolve,
+``2 RESOLUTION_FLOOR u |g(w)| / span`` per entry (u the unit round-off of fp32, span eps
+or 2 eps; 16-bit gradients: at least one rounding to their dtype): what the gradients
+cannot resolve is taken as the most curvature it could hide, not as none. The factor: a
+backward pass's fp32 gradient carries many roundings, not one (against fp64, a median of
+5 to 18 u |g| and a 90th percentile of 26 to 121 u |g| per entry on bench/hvp_accuracy.py's
+models, ``python -m bench.hvp_accuracy``); the measurements
+behind its value and the comparison with a larger step, the central scheme and
+``curvature_floor``: docs/estimators.md "No zero from round-off"."""
 import contextlib
 import math
 from typing import Callable, Dict, Generator, List, NamedTuple, Optional
@@ -28,7 +41,7 @@ from .hessian import RademacherSource
 
 ESTIMATORS = ("autograd", "finite_difference")
 SCHEMES = ("one_sided", "central")
-# Relative steps chosen from bench/hvp_accuracy.py's measurements (README): the error is
+# Relative steps chosen from bench/hvp_accuracy.py's measurements (docs/estimators.md): the error is
 # truncation (O(eps), O(eps^2)) above them and fp32 round-off in the gradients below.
 DEFAULT_EPS = {"one_sided": 3e-4, "central": 1e-3}
 # Low precision (bf16 / fp16 parameters, or a forward under autocast) rounds the step and
@@ -37,11 +50,17 @@ DEFAULT_EPS = {"one_sided": 3e-4, "central": 1e-3}
 # the user must ask for; smaller steps are refused.
 LOW_PRECISION_MIN_EPS = 1e-2
 FULL_PRECISION = (torch.float32, torch.float64)
+# The floor in units of one rounding of each gradient (2 u |g| / span): 1 left a small ViT
+# diverging on one seed of 8, 16 none (bench/fd_stability.py, docs/estimators.md).
+RESOLUTION_FLOOR = 16.0
 
 
 class FiniteDifference(NamedTuple):
     scheme: str  # "one_sided" or "central"
     eps: float  # relative step: eps * ||z|| = eps_rel * ||w||
+    # |H z| is floored at ``floor`` times the difference's resolution (0: the raw
+    # difference, only to measure it: bench/hvp_accuracy.py, bench/fd_stability.py).
+    floor: float = RESOLUTION_FLOOR
 
 
 def make_estimator(name: str, scheme: str, eps: Optional[float]) -> Optional[FiniteDifference]:
@@ -208,7 +227,8 @@ def estimate(fd: FiniteDifference, params: List[Tensor], source: RademacherSourc
                 lower, span = base, eps
             hz = _difference(params, upper, lower, span)
             if n_samples == 1:
-                return hz
+                result = hz
+                break
             # z * Hz with z = delta / eps, averaged over the draws.
             _mul_(hz, 1.0 / (eps * n_samples))
             torch._foreach_mul_(hz, deltas)
@@ -216,6 +236,8 @@ def estimate(fd: FiniteDifference, params: List[Tensor], source: RademacherSourc
                 result = hz
             else:
                 torch._foreach_add_(result, hz)
+        if fd.floor:
+            floor_at_resolution_(result, base, span, fd.floor)
         return result
     finally:
         for p, g in zip(params, base):
@@ -241,3 +263,42 @@ def _difference(params: List[Tensor], upper: List[Optional[Tensor]],
         torch._foreach_sub_([out[i] for i in present], [lower[i] for i in present])
         _mul_([out[i] for i in present], 1.0 / span)
     return out
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """Half the distance from 1 to the next number: the relative error of one rounding."""
+    return torch.finfo(dtype).eps / 2
+
+
+def gradient_roundoff(dtype: torch.dtype, factor: float = RESOLUTION_FLOOR) -> float:
+    """The relative round-off taken for a gradient stored in ``dtype``: ``factor``
+    roundings of the arithmetic that computed it (float32 for 16-bit gradients, whose
+    matmuls accumulate in float32), or the one rounding to ``dtype``, whichever is
+    larger."""
+    arithmetic = torch.promote_types(dtype, torch.float32)
+    return max(unit_roundoff(dtype), factor * unit_roundoff(arithmetic))
+
+
+@torch.no_grad()
+def floor_at_resolution_(estimate: List[Tensor], gradients: List[Optional[Tensor]],
+                         span: Tensor, factor: float = RESOLUTION_FLOOR) -> None:
+    """|h| = max(|h|, 2 r |g| / span) per entry, the sign kept, in place (r: the
+    gradients' relative round-off, ``gradient_roundoff``, ``factor`` roundings; ``span``:
+    the difference's denominator, a 0-d tensor: no host synchronisation). Two gradients
+    each within r |g| resolve their difference at best to 2 r |g|; below that the
+    difference is round-off, exactly 0 when they round alike, and a zero curvature is the
+    one value SASSHA's update must not see. The mean of Hutchinson's draws is floored alike (its
+    round-off is the draws'). Entries whose gradient is exactly 0 keep their estimate:
+    there the double backward's is 0 too (an unused embedding row, a dead ReLU unit).
+    Works on local shards: every operation is per entry."""
+    scales: Dict[tuple, Tensor] = {}
+    for h, g in zip(estimate, gradients):
+        if g is None or h.numel() == 0:
+            continue
+        h, g = local(h), local(g)
+        key = (h.device, g.dtype)
+        if key not in scales:
+            scales[key] = 2 * gradient_roundoff(g.dtype, factor) / span.to(h.device)
+        floor = g.abs().mul_(scales[key])
+        torch.maximum(h.abs(), floor, out=floor)
+        h.copy_(floor.copysign_(h))

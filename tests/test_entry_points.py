@@ -20,7 +20,8 @@ SMOKE_RUNS = {
     "bench.backend_agreement": (["--smoke", "--device", "cpu"],
                                 r"\| tanh-fc \| 0\.0 \| foreach \|", True),
     "bench.curvature_guard": (["--smoke"], r"\| relu-fc, 40%, 0\.15 \|", True),
-    "bench.hvp_accuracy": (["--smoke"], r"gpt1_handwritten_attention bf16_weights", False),
+    "bench.hvp_accuracy": (["--smoke"], r"vit1_patch4 +central +floor16", False),
+    "bench.fd_stability": (["--smoke"], r"vit-b64 +msassha +fd ", False),
 }
 
 
