@@ -432,10 +432,10 @@ class HessianOptimizer(torch.optim.Optimizer):
                 self._rademacher.load_state_dict(probed[2])
             raise RuntimeError(
                 "the Hessian is due at this step, but hessian_probes() did not run for the "
-                "parameters that have gradients now: after the backward pass of the point "
-                "to estimate at, run `for _ in optimizer.hessian_probes(rng_state): "
-                "loss_fn(model(x), y).backward()`, or let the optimizer run the iteration "
-                "with optimizer.step(closure)")
+                "parameters that have gradients now:" + (errors.framework_advice() or
+                " after the backward pass of the point to estimate at, run `for _ in "
+                "optimizer.hessian_probes(rng_state): loss_fn(model(x), y).backward()`, or "
+                "let the optimizer run the iteration with optimizer.step(closure)"))
         return probed[1], probed[2]
 
     def _next_hessian_power(self) -> Optional[float]:
@@ -454,6 +454,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         unscaling, the finite check, then the update. False when the step is known on the
         host to be skipped (on the device path the ops skip it on the device)."""
         amp.refuse_scaler_step(self)
+        self._backward_record.accumulated = False  # what is in .grad now is this step's
         plan = self._plan_step()
         carrying_graph = [p for p in plan.params()
                           if p.grad.grad_fn is not None or p in plan.graph_params]
@@ -632,12 +633,19 @@ class HessianOptimizer(torch.optim.Optimizer):
                     raise
                 raise clearer from exc
 
-    @staticmethod
-    def _check_closure(closure) -> None:
+    def _check_closure(self, closure) -> None:
         if closure is not None and not callable(closure):
             raise TypeError(f"step(closure) takes a callable, got {type(closure).__name__} (the "
                             "authors' language-model SASSHA's step(iter_num) is "
                             "sassha_fast.lm.SASSHA)")
+        if closure is None or not self._backward_record.accumulated:
+            return
+        # Gradients left by a backward since the last step: torch optimizers add the
+        # closure's to them, which SASSHA's passes cannot do consistently (errors.py says
+        # why); all-zero ones (zero_grad(set_to_none=False)) carry nothing to drop.
+        left = [p for p in self.get_params() if p.grad is not None]
+        if left and any(bool(p.grad.detach().ne(0).any()) for p in left):
+            raise errors.accumulated_gradients_error(len(left))
 
     def _closure_pass(self, closure: Callable[[], Tensor], scaler, create_graph: bool,
                       capture_rng: bool = False):
@@ -648,17 +656,14 @@ class HessianOptimizer(torch.optim.Optimizer):
         rng = finite_difference.capture_rng_state() if capture_rng else None
         with torch.enable_grad():
             loss = closure()
-        if self._finite_difference is not None and \
-                any(p.grad is not None for p in self.get_params()):
-            return loss, rng
+        if any(p.grad is not None for p in self.get_params()):
+            if self._finite_difference is not None:
+                return loss, rng
+            raise errors.closure_called_backward_error()
         if not isinstance(loss, Tensor) or not loss.requires_grad:
             raise ValueError("the closure must return the loss as a tensor that requires grad "
-                             "(compute it; do not call backward: the optimizer does)")
-        if any(p.grad is not None for p in self.get_params()):
-            raise ValueError("the closure must not call backward(): it returns the loss and "
-                             "the optimizer runs the backward passes itself (a closure that "
-                             "calls backward() works with hessian_estimator="
-                             "'finite_difference')")
+                             "(compute it; do not call backward: the optimizer does)"
+                             + errors.framework_advice())
         self._backward(amp.scale_loss(scaler, loss), create_graph)
         return loss, rng
 
