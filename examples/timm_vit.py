@@ -13,12 +13,13 @@ from torch import nn
 import sassha_fast
 
 
-def main(steps: int = 20):
+def main(steps: int = 30):
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
-                              patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
-    images, labels = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
-    opt = sassha_fast.SASSHA(model.parameters(), lr=0.15, rho=0.05, weight_decay=1e-4,
+    # A small ViT (16 patches of 4x4 pixels, one block) so that it runs in seconds on a CPU.
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16,
+                              patch_size=4, embed_dim=32, depth=1, num_heads=2, num_classes=10)
+    images, labels = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    opt = sassha_fast.SASSHA(model.parameters(), lr=0.3, rho=0.05, weight_decay=1e-4,
                              lazy_hessian=2, hessian_estimator="finite_difference")
     loss_fn = nn.CrossEntropyLoss()
     losses = []

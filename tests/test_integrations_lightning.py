@@ -81,6 +81,27 @@ class Manual(Automatic):
         pass  # nothing logged
 
 
+class ManualAccumulating(Manual):
+    """The documented manual loop: two micro-batches in both passes, clipping the second
+    pass's gradient with Lightning's clip_gradients."""
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        micro = list(zip(batch[0].chunk(2), batch[1].chunk(2)))
+        for x, y in micro:
+            self.manual_backward(LOSS(self.net(x), y) / len(micro))
+        opt.perturb_weights(zero_grad=True)
+        for x, y in micro:
+            self.manual_backward(LOSS(self.net(x), y) / len(micro), create_graph=opt.hessian_due)
+        opt.unperturb()
+        self.clip_gradients(opt, gradient_clip_val=CLIP, gradient_clip_algorithm="norm")
+        opt.step()
+        opt.zero_grad()
+
+
+CLIP = 0.05  # below the gradients' norms (about 0.3-1): every step is clipped
+
+
 class ManualWithoutMixin(pl.LightningModule):
     def __init__(self):
         super().__init__()
@@ -202,3 +223,25 @@ def test_a_checkpoint_resumes_bit_for_bit(optimizer, tmp_path):
     # The second half differs from the first: the comparison is not of two untrained nets.
     assert not all(torch.equal(p, q) for p, q in zip(first.net.parameters(),
                                                      straight.net.parameters()))
+
+
+def test_manual_accumulation_with_clipping_equals_the_raw_loop():
+    module = ManualAccumulating()
+    fit(module, epochs=2)
+    net = make_net()
+    opt = SASSHA(net.parameters(), **SETTINGS[SASSHA])
+    norms = []
+    for _ in range(2):
+        for x, y in data():
+            micro = list(zip(x.chunk(2), y.chunk(2)))
+            for xm, ym in micro:
+                (LOSS(net(xm), ym) / len(micro)).backward()
+            opt.perturb_weights(zero_grad=True)
+            for xm, ym in micro:
+                (LOSS(net(xm), ym) / len(micro)).backward(create_graph=opt.hessian_due)
+            opt.unperturb()
+            norms.append(float(torch.nn.utils.clip_grad_norm_(net.parameters(), CLIP)))
+            opt.step()
+            opt.zero_grad()
+    assert min(norms) > CLIP  # the clipping mattered
+    assert_same_numbers(module, net, opt)

@@ -18,12 +18,12 @@ def load(name):
 
 def test_timm_vit_trains_with_the_finite_difference_estimator():
     pytest.importorskip("timm", reason="the integrations extra (pip install -e .[integrations])")
-    losses = load("timm_vit").main(steps=8)
-    assert losses[-1] < 0.7 * losses[0]
+    losses = load("timm_vit").main(steps=24)
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_torchvision_resnet_trains_with_the_double_backward():
     pytest.importorskip("torchvision",
                         reason="the integrations extra (pip install -e .[integrations])")
-    losses = load("torchvision_resnet").main(steps=6)
+    losses = load("torchvision_resnet").main(steps=10)
     assert losses[-1] < 0.7 * losses[0]
