@@ -245,3 +245,23 @@ def test_manual_accumulation_with_clipping_equals_the_raw_loop():
             opt.zero_grad()
     assert min(norms) > CLIP  # the clipping mattered
     assert_same_numbers(module, net, opt)
+
+
+class AutomaticWithoutMixin(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = make_net()
+
+    def training_step(self, batch, batch_idx):
+        return LOSS(self.net(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return SASSHA(self.parameters(), **SETTINGS[SASSHA])
+
+
+def test_the_default_estimator_under_plain_lightning_names_the_way_out():
+    """The user wrote no closure: the error names the estimator and the integration, not a
+    closure to rewrite."""
+    with pytest.raises(ValueError, match="hessian_estimator='finite_difference'.*"
+                                         "SasshaLightningMixin"):
+        fit(AutomaticWithoutMixin(), epochs=1)
