@@ -72,7 +72,8 @@ def create_graph_backward_error(exc: RuntimeError) -> Optional[RuntimeError]:
 _FRAMEWORKS = (
     (("pytorch_lightning.", "lightning.pytorch.", "lightning_fabric.", "lightning.fabric."),
      "Lightning"),
-    (("transformers.", "accelerate."), "Trainer"),
+    # Not accelerate alone: a loop of one's own around it can follow the plain advice.
+    (("transformers.",), "Trainer"),
 )
 _INTEGRATIONS = "sassha_fast.integrations."
 
