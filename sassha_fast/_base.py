@@ -242,6 +242,7 @@ class HessianOptimizer(Checkpointing, BackendDispatch, NonfiniteChecks,
         unscaling, the finite check, then the update. False when the step is known on the
         host to be skipped (on the device path the ops skip it on the device)."""
         amp.refuse_scaler_step(self)
+        self._backward_record.accumulated = False  # what is in .grad now is this step's
         plan = self._plan_step()
         carrying_graph = [p for p in plan.params()
                           if p.grad.grad_fn is not None or p in plan.graph_params]
@@ -371,12 +372,19 @@ class HessianOptimizer(Checkpointing, BackendDispatch, NonfiniteChecks,
                     raise
                 raise clearer from exc
 
-    @staticmethod
-    def _check_closure(closure) -> None:
+    def _check_closure(self, closure) -> None:
         if closure is not None and not callable(closure):
             raise TypeError(f"step(closure) takes a callable, got {type(closure).__name__} (the "
                             "authors' language-model SASSHA's step(iter_num) is "
                             "sassha_fast.lm.SASSHA)")
+        if closure is None or not self._backward_record.accumulated:
+            return
+        # Gradients left by a backward since the last step: torch optimizers add the
+        # closure's to them, which SASSHA's passes cannot do consistently (errors.py says
+        # why); all-zero ones (zero_grad(set_to_none=False)) carry nothing to drop.
+        left = [p for p in self.get_params() if p.grad is not None]
+        if left and any(bool(p.grad.detach().ne(0).any()) for p in left):
+            raise errors.accumulated_gradients_error(len(left))
 
     def _closure_pass(self, closure: Callable[[], Tensor], scaler, create_graph: bool,
                       capture_rng: bool = False):
@@ -387,17 +395,14 @@ class HessianOptimizer(Checkpointing, BackendDispatch, NonfiniteChecks,
         rng = finite_difference.capture_rng_state() if capture_rng else None
         with torch.enable_grad():
             loss = closure()
-        if not self._estimator.needs_graph and \
-                any(p.grad is not None for p in self.get_params()):
-            return loss, rng
+        if any(p.grad is not None for p in self.get_params()):
+            if not self._estimator.needs_graph:
+                return loss, rng
+            raise errors.closure_called_backward_error()
         if not isinstance(loss, Tensor) or not loss.requires_grad:
             raise ValueError("the closure must return the loss as a tensor that requires grad "
-                             "(compute it; do not call backward: the optimizer does)")
-        if any(p.grad is not None for p in self.get_params()):
-            raise ValueError("the closure must not call backward(): it returns the loss and "
-                             "the optimizer runs the backward passes itself (a closure that "
-                             "calls backward() works with hessian_estimator="
-                             "'finite_difference')")
+                             "(compute it; do not call backward: the optimizer does)"
+                             + errors.framework_advice())
         self._backward(amp.scale_loss(scaler, loss), create_graph)
         return loss, rng
 

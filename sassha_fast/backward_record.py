@@ -20,6 +20,8 @@ class BackwardRecord:
 
     def __init__(self):
         self.create_graph = False
+        # A gradient was accumulated since the optimizer last stepped (it clears this).
+        self.accumulated = False
         self._handles: List = []
 
     def watch(self, params: List[Tensor]) -> None:
@@ -34,10 +36,12 @@ class BackwardRecord:
 
     def __getstate__(self) -> dict:
         # Hooks do not survive a copy of the parameters: the optimizer watches them again.
-        return {"create_graph": self.create_graph, "_handles": []}
+        return {"create_graph": self.create_graph, "accumulated": self.accumulated,
+                "_handles": []}
 
 
 def _note(record_ref, _param: Tensor) -> None:
     record = record_ref()
     if record is not None:
         record.create_graph = torch.is_grad_enabled()
+        record.accumulated = True

@@ -1,4 +1,5 @@
 """Errors from autograd that the optimizer can explain better than autograd can."""
+import sys
 from typing import Optional
 
 import torch.distributed as dist
@@ -65,3 +66,80 @@ def create_graph_backward_error(exc: RuntimeError) -> Optional[RuntimeError]:
         "cannot run one: run that pass under model.no_sync() (for optimizer.step(closure): "
         "the closure's forward), and the optimizer averages its gradients and the Hessian "
         "estimate itself. Original error: " + str(exc))
+
+
+# Where a framework's frames come from, and the integration that runs the optimizer there.
+_FRAMEWORKS = (
+    (("pytorch_lightning.", "lightning.pytorch.", "lightning_fabric.", "lightning.fabric."),
+     "Lightning"),
+    # Not accelerate alone: a loop of one's own around it can follow the plain advice.
+    (("transformers.",), "Trainer"),
+)
+_INTEGRATIONS = "sassha_fast.integrations."
+
+
+def caller_framework() -> Optional[str]:
+    """"Lightning" or "Trainer" when one of them (without this package's integration around
+    it) called the optimizer, else None. Read from the call stack, on error paths only."""
+    frame = sys._getframe(1)
+    found = None
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith(_INTEGRATIONS):
+            return None  # the integration is in use: its own advice applies
+        for prefixes, name in _FRAMEWORKS:
+            if found is None and module.startswith(prefixes):
+                found = name
+        frame = frame.f_back
+    return found
+
+
+LIGHTNING_ADVICE = (
+    " Under Lightning: automatic optimization hands the optimizer a closure that runs "
+    "training_step and backward() itself, which works with "
+    "hessian_estimator='finite_difference' and the mixin "
+    "sassha_fast.integrations.lightning.SasshaLightningMixin (it also logs the clean loss); "
+    "for the default estimator use manual optimization with that mixin and "
+    "self.manual_backward(loss, create_graph=opt.hessian_due) (docs/integrations.md).")
+TRAINER_ADVICE = (
+    " Under transformers.Trainer: the Trainer runs one backward per micro-batch and calls "
+    "optimizer.step() without a closure, so SASSHA's passes never run; replace Trainer by "
+    "sassha_fast.integrations.transformers.SasshaTrainer, which runs them "
+    "(docs/integrations.md).")
+_ADVICE = {"Lightning": LIGHTNING_ADVICE, "Trainer": TRAINER_ADVICE, None: ""}
+
+
+def framework_advice() -> str:
+    """The way out through the integration of the framework that called, or ""."""
+    return _ADVICE[caller_framework()]
+
+
+def closure_called_backward_error() -> ValueError:
+    """A closure that ran backward() itself, under the default (double backward) estimator."""
+    return ValueError(
+        "the closure ran backward() itself: with the default hessian_estimator='autograd' "
+        "the optimizer needs the loss back, to run the create_graph backward that the "
+        "Hessian-vector product differentiates. Either return the loss without calling "
+        "backward(), or construct the optimizer with hessian_estimator='finite_difference', "
+        "which takes a closure that calls backward()." + framework_advice())
+
+
+def accumulated_gradients_error(count: int) -> RuntimeError:
+    """Gradients a backward pass left before step(closure), which the closure cannot redo."""
+    framework = caller_framework()
+    if framework == "Lightning":
+        way_out = (" Under Lightning this is accumulate_grad_batches > 1 (or a backward of "
+                   "your own before the step): set accumulate_grad_batches=1 and raise the "
+                   "batch size, or use manual optimization with "
+                   "sassha_fast.integrations.lightning.SasshaLightningMixin and run both passes "
+                   "over every micro-batch (docs/integrations.md).")
+    else:
+        way_out = (" Call optimizer.zero_grad() before step(closure) if they are not wanted; "
+                   "to accumulate micro-batches, run the method-level loop over all of them "
+                   "(docs/production.md, gradient accumulation)." + _ADVICE[framework])
+    return RuntimeError(
+        f"step(closure) found gradients on {count} parameter(s) that a backward pass "
+        "accumulated since the last step. It does not use them: the iteration needs every "
+        "micro-batch's loss again (SASSHA at the perturbed point, both optimizers for the "
+        "Hessian estimate), and the closure recomputes only its own batch, so the step "
+        "would mix micro-batches at different points or silently drop them." + way_out)

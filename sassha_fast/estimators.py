@@ -159,10 +159,10 @@ class FiniteDifference(HessianEstimator):
                 opt._rademacher.load_state_dict(probed.rademacher_before)
             raise RuntimeError(
                 "the Hessian is due at this step, but hessian_probes() did not run for the "
-                "parameters that have gradients now: after the backward pass of the point "
-                "to estimate at, run `for _ in optimizer.hessian_probes(rng_state): "
-                "loss_fn(model(x), y).backward()`, or let the optimizer run the iteration "
-                "with optimizer.step(closure)")
+                "parameters that have gradients now:" + (errors.framework_advice() or
+                " after the backward pass of the point to estimate at, run `for _ in "
+                "optimizer.hessian_probes(rng_state): loss_fn(model(x), y).backward()`, or "
+                "let the optimizer run the iteration with optimizer.step(closure)"))
         return probed.estimate, probed.rademacher_before
 
     def add(self, opt) -> None:

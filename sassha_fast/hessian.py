@@ -4,6 +4,7 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
+from . import errors
 from .dtensor import draw_like, is_dtensor
 
 
@@ -58,9 +59,11 @@ def hutchinson(grads: List[Tensor], params: List[Tensor], source: RademacherSour
     with_graph = [i for i, g in enumerate(grads) if g.requires_grad]
     if not with_graph:
         raise RuntimeError(
-            "the Hessian is due at this step, but no gradient carries a graph: call "
-            "loss.backward(create_graph=True) on iterations where optimizer.hessian_due is "
-            "True, or let the optimizer run the iteration with optimizer.step(closure)")
+            "the Hessian is due at this step, but no gradient carries a graph:"
+            + (errors.framework_advice() or
+               " call loss.backward(create_graph=True) on iterations where "
+               "optimizer.hessian_due is True, or let the optimizer run the iteration with "
+               "optimizer.step(closure)"))
     estimate: List[Tensor] = []
     for draw in range(n_samples):
         zs = source.draw(params)

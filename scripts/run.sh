@@ -42,9 +42,11 @@ with open("pyproject.toml", "rb") as f:
                    if not r.startswith("torch")))')
   quiet "$PY" -m pip install -q "$torch_pin" $build_requirements
   echo "building sassha_fast (log: .venv/build.log)"
-  # The extras hold the one list of the test and benchmark tools (pyproject.toml).
+  # The extras hold the one list of the test and benchmark tools and of the frameworks the
+  # integrations are tested against (pyproject.toml); the torch pin keeps them from
+  # replacing the torch installed above.
   if ! MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip install -v --no-build-isolation \
-      -e ".[triton,test,bench]" > .venv/build.log 2>&1; then
+      -e ".[triton,test,bench,integrations]" "$torch_pin" > .venv/build.log 2>&1; then
     tail -n 60 .venv/build.log >&2
     echo "sassha_fast failed to build" >&2
     exit 1

@@ -1,0 +1,114 @@
+"""``SasshaTrainer``: a ``transformers.Trainer`` that runs SASSHA's / M-SASSHA's passes.
+Change ``Trainer`` to ``SasshaTrainer`` and pass the optimizer as usual
+(``optimizers=(SASSHA(model.parameters(), ...), scheduler_or_None)``); with another
+optimizer it is the plain Trainer.
+
+The Trainer calls ``training_step`` once per micro-batch and then, on the last one of each
+accumulation window, clips (``max_grad_norm``) and calls ``optimizer.step()``. Here each
+micro-batch's ``training_step`` runs its first pass (SASSHA: the clean point; M-SASSHA: its
+one pass, ``create_graph`` when the default estimator's Hessian is due) and keeps the inputs;
+the window's last one then runs, over every micro-batch of the window, what the step still
+needs: SASSHA perturbs once from the accumulated gradient and runs the second pass (then the
+finite-difference probes), M-SASSHA the probes. Every pass scales the loss as the Trainer
+does, through its own ``training_step``. So the Trainer's clipping applies to the gradient
+the update uses (SASSHA's second pass, M-SASSHA's pass), after the Hessian estimate was
+taken: it bounds the momentum's input, not the perturbation (a direction of norm rho) nor the
+curvature. The logged loss is the first pass's. Evaluation and prediction of M-SASSHA run at
+the clean point (``opt.evaluation()``)."""
+import contextlib
+import functools
+from typing import Any, Optional
+
+import transformers
+
+from . import raw_optimizer
+from .._base import HessianOptimizer
+from ..batchnorm import frozen_batchnorm_stats
+from ..finite_difference import capture_rng_state
+from ..sassha import SASSHA
+
+
+class SasshaTrainer(transformers.Trainer):
+    """``transformers.Trainer`` for SASSHA / M-SASSHA (either Hessian estimator), with
+    gradient accumulation, ``max_grad_norm``, bf16 mixed precision and checkpoint resume.
+    fp16 (a GradScaler) is refused: its ``scaler.step()`` would skip the optimizer's own
+    unscaling of the Hessian estimate."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._sassha_window: list = []  # (inputs, num_items_in_batch) of this window
+        self._sassha_rng = None  # RNG states before the window's first forward
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        opt = raw_optimizer(self.optimizer)
+        if not isinstance(opt, HessianOptimizer):
+            return super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.scaler is not None:
+            raise RuntimeError(
+                "SasshaTrainer with fp16=True: accelerate steps the optimizer through the "
+                "GradScaler's step(), which cannot unscale SASSHA's Hessian estimate; use "
+                "bf16=True (no scaler)")
+        two_passes = isinstance(opt, SASSHA)
+        autograd = opt.hessian_estimator == "autograd"
+        due = opt.hessian_due
+        if not self._sassha_window:
+            self._sassha_rng = capture_rng_state()
+        self._sassha_window.append((inputs, num_items_in_batch))
+        loss = self._pass(model, inputs, num_items_in_batch,
+                          create_graph=due and autograd and not two_passes)
+        if not self.accelerator.sync_gradients:
+            return loss
+        window, self._sassha_window = self._sassha_window, []
+        rng = self._sassha_rng
+        if not two_passes:
+            if due and not autograd:
+                for _ in opt.hessian_probes(rng):
+                    self._passes(model, window, create_graph=False)
+            return loss
+        opt.perturb_weights(zero_grad=True)
+        try:
+            with frozen_batchnorm_stats():
+                rng = capture_rng_state()
+                self._passes(model, window, create_graph=due and autograd)
+                if due and not autograd:
+                    for _ in opt.hessian_probes(rng):
+                        self._passes(model, window, create_graph=False)
+        finally:
+            opt.unperturb()
+        return loss
+
+    def _passes(self, model, window: list, create_graph: bool) -> None:
+        for inputs, num_items_in_batch in window:
+            self._pass(model, inputs, num_items_in_batch, create_graph)
+
+    def _pass(self, model, inputs, num_items_in_batch, create_graph: bool):
+        """The Trainer's own forward, loss scaling and backward, ``create_graph`` added."""
+        if not create_graph:
+            return super().training_step(model, inputs, num_items_in_batch)
+        with _backward_kwargs(self.accelerator, create_graph=True):
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def evaluate(self, *args: Any, **kwargs: Any):
+        with _clean_point(self.optimizer):
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args: Any, **kwargs: Any):
+        with _clean_point(self.optimizer):
+            return super().predict(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _backward_kwargs(accelerator: Any, **kwargs: Any):
+    """``accelerator.backward`` with ``kwargs`` added, for the block."""
+    accelerator.backward = functools.partial(type(accelerator).backward, accelerator, **kwargs)
+    try:
+        yield
+    finally:
+        del accelerator.backward
+
+
+def _clean_point(optimizer: Optional[Any]):
+    """M-SASSHA keeps the weights at the perturbed point between steps: evaluate at w."""
+    opt = raw_optimizer(optimizer)
+    evaluation = getattr(opt, "evaluation", None)
+    return evaluation() if callable(evaluation) else contextlib.nullcontext()

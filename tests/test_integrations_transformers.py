@@ -1,0 +1,168 @@
+"""sassha_fast.integrations.transformers.SasshaTrainer against the real transformers +
+accelerate, on CPU with a tiny GPT-2 built from its config (no download): it trains with
+gradient accumulation and max_grad_norm, matches the hand-written method-level loop, runs
+bf16, resumes from a checkpoint bit for bit; the plain Trainer is refused with the way out."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers",
+                                   reason="the integrations extra (pip install -e .[integrations])")
+
+from sassha_fast import MSASSHA, SASSHA  # noqa: E402
+from sassha_fast.integrations.transformers import SasshaTrainer  # noqa: E402
+from tiny import assert_identical  # noqa: E402
+
+FD = "finite_difference"
+SETTINGS = {SASSHA: dict(lr=0.3, rho=0.05, lazy_hessian=2),
+            MSASSHA: dict(lr=0.3, rho=0.05, lazy_hessian=2, hessian_power=0.5)}
+MICRO, ACCUMULATE, EXAMPLES = 4, 2, 32  # 4 optimizer steps per epoch
+MAX_GRAD_NORM = 0.5
+# Trainer against the hand-written loop, absolute: see the tests below.
+TOLERANCE = 1e-3
+
+
+def make_model():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=16, n_positions=8, n_embd=16, n_layer=1,
+                                     n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
+                                     attn_pdrop=0.0)
+    # Eager attention: the default estimator's double backward (SDPA's CPU kernel has none).
+    config._attn_implementation = "eager"
+    return transformers.GPT2LMHeadModel(config)
+
+
+def dataset():
+    """Sequences that continue an arithmetic progression mod 16: learnable."""
+    generator = torch.Generator().manual_seed(2)
+    starts = torch.randint(0, 16, (EXAMPLES, 1), generator=generator)
+    steps = torch.randint(1, 3, (EXAMPLES, 1), generator=generator)
+    ids = (starts + steps * torch.arange(8)) % 16
+    return [{"input_ids": row, "labels": row} for row in ids]
+
+
+class InOrder(SasshaTrainer):
+    """Micro-batches in dataset order, so that a hand-written loop sees the same ones."""
+
+    def _get_train_sampler(self, *args, **kwargs):
+        return torch.utils.data.SequentialSampler(self.train_dataset)
+
+
+def trainer_for(model, opt, tmp_path, trainer_class=InOrder, **kwargs):
+    args = dict(output_dir=str(tmp_path), per_device_train_batch_size=MICRO,
+                gradient_accumulation_steps=ACCUMULATE, max_grad_norm=MAX_GRAD_NORM,
+                num_train_epochs=2, lr_scheduler_type="constant", logging_steps=1,
+                save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+                seed=0, dataloader_num_workers=0)
+    args.update(kwargs)
+    return trainer_class(model=model, args=transformers.TrainingArguments(**args),
+                         train_dataset=dataset(), optimizers=(opt, None))
+
+
+def hand_loop(optimizer, estimator, epochs=2):
+    """The method-level loop over the same windows of micro-batches, clipping the gradient
+    the update uses. The loss is the Trainer's: summed token losses over the window's
+    label count.""" 
+    model = make_model()
+    opt = optimizer(model.parameters(), hessian_estimator=estimator, **SETTINGS[optimizer])
+    data = dataset()
+    window = MICRO * ACCUMULATE
+    for _ in range(epochs):
+        for start in range(0, EXAMPLES, window):
+            rows = torch.stack([d["input_ids"] for d in data[start:start + window]])
+            micro = rows.split(MICRO)
+            tokens = torch.tensor(float(rows.numel()))  # as the Trainer counts the labels
+
+            def passes(create_graph=False):
+                for ids in micro:
+                    loss = model(input_ids=ids, labels=ids, num_items_in_batch=tokens).loss
+                    loss.backward(create_graph=create_graph)
+            autograd = estimator == "autograd"
+            if optimizer is SASSHA:
+                passes()
+                opt.perturb_weights(zero_grad=True)
+            passes(create_graph=autograd and opt.hessian_due)
+            if not autograd:
+                for _ in opt.hessian_probes():
+                    passes()
+            if optimizer is SASSHA:
+                opt.unperturb()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+            opt.step()
+            opt.zero_grad()
+    return model
+
+
+def losses(trainer):
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+@pytest.mark.parametrize("optimizer,estimator", [(SASSHA, "autograd"), (SASSHA, FD),
+                                                 (MSASSHA, "autograd"), (MSASSHA, FD)])
+def test_the_trainer_trains_and_matches_the_hand_written_loop(optimizer, estimator, tmp_path):
+    model = make_model()
+    opt = optimizer(model.parameters(), hessian_estimator=estimator, **SETTINGS[optimizer])
+    trainer = trainer_for(model, opt, tmp_path)
+    trainer.train()
+    logged = losses(trainer)
+    assert len(logged) == 2 * EXAMPLES // (MICRO * ACCUMULATE)
+    assert logged[-1] < 0.9 * logged[0]
+    want = hand_loop(optimizer, estimator)
+    # Not bit for bit (the Trainer's float32 operations differ in order: up to 2e-5 after
+    # 8 steps, 2.3e-4 with the finite-difference estimate, which divides gradient
+    # differences by a small step); a loop that clips nothing differs by 1e-2 (the negative
+    # control below), and a step moves the weights by about lr = 0.3.
+    for p, q in zip(model.parameters(), want.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=TOLERANCE)
+
+
+def test_the_comparison_tells_a_loop_without_clipping_apart(tmp_path):
+    """Negative control: the tolerance above detects a change of what is clipped."""
+    model = make_model()
+    opt = SASSHA(model.parameters(), **SETTINGS[SASSHA])
+    trainer_for(model, opt, tmp_path, max_grad_norm=0.0).train()
+    want = hand_loop(SASSHA, "autograd")
+    with pytest.raises(AssertionError):
+        for p, q in zip(model.parameters(), want.parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=TOLERANCE)
+
+
+def test_bf16_mixed_precision_trains(tmp_path):
+    model = make_model()
+    opt = SASSHA(model.parameters(), **SETTINGS[SASSHA])
+    trainer = trainer_for(model, opt, tmp_path, bf16=True)
+    trainer.train()
+    logged = losses(trainer)
+    assert all(torch.isfinite(torch.tensor(logged)))
+    assert sum(logged[-2:]) / 2 < sum(logged[:2]) / 2 - 0.03  # bf16 rounds it to 1e-2
+
+
+@pytest.mark.parametrize("optimizer,estimator", [(SASSHA, FD), (MSASSHA, "autograd")])
+def test_a_checkpoint_resumes_bit_for_bit(optimizer, estimator, tmp_path):
+    def run(output, **kwargs):
+        model = make_model()
+        opt = optimizer(model.parameters(), hessian_estimator=estimator, **SETTINGS[optimizer])
+        trainer = trainer_for(model, opt, output, **kwargs)
+        return model, opt, trainer
+
+    straight, straight_opt, trainer = run(tmp_path / "straight")
+    trainer.train()
+    _, _, trainer = run(tmp_path / "resumed", save_strategy="steps", save_steps=3)
+    trainer.train()
+    checkpoint = tmp_path / "resumed" / "checkpoint-3"
+    assert checkpoint.is_dir()
+    resumed, resumed_opt, trainer = run(tmp_path / "resumed")
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    for p, q in zip(resumed.parameters(), straight.parameters()):
+        assert torch.equal(p, q)
+    assert_identical(resumed_opt.state_dict(), straight_opt.state_dict())
+
+
+@pytest.mark.parametrize("estimator,message", [
+    ("autograd", "no gradient carries a graph"), (FD, "hessian_probes\\(\\) did not run")])
+def test_the_plain_trainer_is_refused_with_the_integration_named(estimator, message, tmp_path):
+    model = make_model()
+    opt = SASSHA(model.parameters(), hessian_estimator=estimator, **SETTINGS[SASSHA])
+    trainer = trainer_for(model, opt, tmp_path, trainer_class=transformers.Trainer)
+    with pytest.raises(RuntimeError, match=message + ".*SasshaTrainer") as error:
+        trainer.train()
+    assert "step(closure)" not in str(error.value)  # advice the Trainer cannot follow
