@@ -132,8 +132,7 @@ class FiniteDifference(HessianEstimator):
 
     def probes(self, opt, rng_state: Optional[finite_difference.RNGState]):
         self.probed = None
-        params = [p for group in opt.param_groups for p in opt._params_with_grad(group)
-                  if opt._hessian_due_for(p)]
+        _, params = entries(opt)  # in the order the step's plan will ask for them
         if not params:
             return
         before = opt._rademacher.state_dict()

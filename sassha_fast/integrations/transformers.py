@@ -62,8 +62,7 @@ class SasshaTrainer(transformers.Trainer):
         rng = self._sassha_rng
         if not two_passes:
             if due and not autograd:
-                for _ in opt.hessian_probes(rng):
-                    self._passes(model, window, create_graph=False)
+                self._probes(opt, model, window, rng)
             return loss
         opt.perturb_weights(zero_grad=True)
         try:
@@ -71,11 +70,15 @@ class SasshaTrainer(transformers.Trainer):
                 rng = capture_rng_state()
                 self._passes(model, window, create_graph=due and autograd)
                 if due and not autograd:
-                    for _ in opt.hessian_probes(rng):
-                        self._passes(model, window, create_graph=False)
+                    self._probes(opt, model, window, rng)
         finally:
             opt.unperturb()
         return loss
+
+    def _probes(self, opt, model, window: list, rng) -> None:
+        """The finite-difference probes, each a pass over the whole window."""
+        for _ in opt.hessian_probes(rng):
+            self._passes(model, window, create_graph=False)
 
     def _passes(self, model, window: list, create_graph: bool) -> None:
         for inputs, num_items_in_batch in window:
