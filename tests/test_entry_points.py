@@ -22,6 +22,7 @@ SMOKE_RUNS = {
     "bench.curvature_guard": (["--smoke"], r"\| relu-fc, 40%, 0\.15 \|", True),
     "bench.hvp_accuracy": (["--smoke"], r"vit1_patch4 +central +floor16", False),
     "bench.fd_stability": (["--smoke"], r"vit-b64 +msassha +fd ", False),
+    "bench.fd_cost": (["--smoke", "--batches", "2"], r"msassha-fd over adamw: ", False),
     "bench.quality_suite": (["--profile", "smoke", "--methods", "sassha-fd,msassha-fd",
                              "--out", "{tmp}"], r"\| msassha-fd \|", True),
 }
