@@ -353,3 +353,37 @@ def _curve(name: str, runs: Sequence[LMRun]) -> Optional[dict]:
                 val_bpb=protocol.pointwise_mean([[bits(v) for v in r.curve_val_loss]
                                                  for r in good]),
                 seeds=len(good))
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """``python -m bench.lm_suite --profile full --methods adamw,sam-adamw --lrs 1e-4,3e-4``:
+    seed-0 runs at learning rates of one's choice, trained and scored as the grid's runs
+    (to see whether a learning rate chosen at the grid's edge hides a better one outside
+    it); prints each run's validation and test bits per byte."""
+    import argparse
+    parser = argparse.ArgumentParser(description=main.__doc__.split(":")[0])
+    parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "full"))
+    parser.add_argument("--methods", default=",".join(m.name for m in METHODS))
+    parser.add_argument("--lrs", required=True, help="comma-separated learning rates")
+    args = parser.parse_args(argv)
+    by_name = {m.name: m for m in METHODS}
+    unknown = [n for n in args.methods.split(",") if n not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)} (choose from "
+                         f"{', '.join(by_name)})")
+    device = torch.device("cpu")
+    profile = lm_profile(args.profile, device)
+    torch.set_num_threads(profile.threads)
+    data = prepare(load(train_bytes=profile.train_bytes), profile, device)
+    print("| method | lr | validation bits per byte | test bits per byte | skipped steps |")
+    print("| :--- | ---: | ---: | ---: | ---: |")
+    for name in args.methods.split(","):
+        for lr in (float(v) for v in args.lrs.split(",")):
+            run = train(by_name[name], lr, data, profile, 0, device)
+            scores = (f"{bits(run.val_loss):.3f} | {bits(run.test_loss):.3f}" if run.finite
+                      else f"diverged ({run.stopped or 'non-finite weights'}) | -")
+            print(f"| {name} | {lr:g} | {scores} | {run.skipped_steps} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

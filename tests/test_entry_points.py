@@ -23,6 +23,8 @@ SMOKE_RUNS = {
     "bench.hvp_accuracy": (["--smoke"], r"vit1_patch4 +central +floor16", False),
     "bench.fd_stability": (["--smoke"], r"vit-b64 +msassha +fd ", False),
     "bench.fd_cost": (["--smoke", "--batches", "2"], r"msassha-fd over adamw: ", False),
+    "bench.lm_suite": (["--profile", "smoke", "--methods", "adamw,msassha-fd", "--lrs", "1e-3"],
+                       r"\| msassha-fd \| 0\.001 \| \d", False),
     "bench.quality_suite": (["--profile", "smoke", "--methods", "sassha-fd,msassha-fd",
                              "--out", "{tmp}"], r"\| msassha-fd \|", True),
 }
