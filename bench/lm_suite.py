@@ -366,23 +366,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--methods", default=",".join(m.name for m in METHODS))
     parser.add_argument("--lrs", required=True, help="comma-separated learning rates")
     args = parser.parse_args(argv)
-    by_name = {m.name: m for m in METHODS}
-    unknown = [n for n in args.methods.split(",") if n not in by_name]
-    if unknown:
-        raise SystemExit(f"unknown method(s) {', '.join(unknown)} (choose from "
-                         f"{', '.join(by_name)})")
+    methods = protocol.select(METHODS, args.methods)
     device = torch.device("cpu")
     profile = lm_profile(args.profile, device)
     torch.set_num_threads(profile.threads)
     data = prepare(load(train_bytes=profile.train_bytes), profile, device)
     print("| method | lr | validation bits per byte | test bits per byte | skipped steps |")
     print("| :--- | ---: | ---: | ---: | ---: |")
-    for name in args.methods.split(","):
+    for method in methods:
         for lr in (float(v) for v in args.lrs.split(",")):
-            run = train(by_name[name], lr, data, profile, 0, device)
+            run = train(method, lr, data, profile, 0, device)
             scores = (f"{bits(run.val_loss):.3f} | {bits(run.test_loss):.3f}" if run.finite
                       else f"diverged ({run.stopped or 'non-finite weights'}) | -")
-            print(f"| {name} | {lr:g} | {scores} | {run.skipped_steps} |", flush=True)
+            print(f"| {method.name} | {lr:g} | {scores} | {run.skipped_steps} |", flush=True)
 
 
 if __name__ == "__main__":

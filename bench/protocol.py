@@ -96,6 +96,17 @@ def plan_size(methods: Sequence[Method], lrs: Callable[[Method], Sequence[float]
     return sum(len(lrs(m)) + seeds - 1 for m in methods)
 
 
+def select(methods: Sequence[Method], names: str) -> List[Method]:
+    """The methods a command line names (comma-separated), in that order; exits naming the
+    choices when one is unknown."""
+    by_name = {m.name: m for m in methods}
+    unknown = [n for n in names.split(",") if n not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)} (choose from "
+                         f"{', '.join(by_name)})")
+    return [by_name[n] for n in names.split(",")]
+
+
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return (statistics.fmean(values),

@@ -232,16 +232,12 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, help="override the profile's seed count")
     parser.add_argument("--out", type=pathlib.Path, required=True)
     args = parser.parse_args(argv)
-    by_name = {m.name: m for m in METHODS}
-    unknown = [n for n in args.methods.split(",") if n not in by_name]
-    if unknown:
-        raise SystemExit(f"unknown method(s) {', '.join(unknown)} (choose from "
-                         f"{', '.join(by_name)})")
+    methods = protocol.select(METHODS, args.methods)
     profile = quality_profile(args.profile)
     if args.seeds:
         profile = profile._replace(seeds=args.seeds)
     info = meta.collect(torch.device("cpu"))
-    rows, curves = run(profile, [by_name[n] for n in args.methods.split(",")],
+    rows, curves = run(profile, methods,
                        progress=lambda label: print(label, flush=True))
     info.update(profile=profile.name, seeds=profile.seeds, methods=args.methods,
                 load_average_after=os.getloadavg(),
