@@ -32,12 +32,13 @@ from sassha_fast import MSASSHA
 from sassha_fast import finite_difference as fd
 from sassha_fast.hessian import RademacherSource
 
+from . import config
 from .config import PAPER_SETTINGS
 from .meta import collect
 from .timing import Budget, measure_all
-from .train_worker import ADAMW, SASSHA_HP, build_model, make_iteration
+from .train_worker import ADAMW, SASSHA_HP, build_model, make_iteration, timed_iterations
 
-LAZY_HESSIAN = 10
+LAZY_HESSIAN = 10  # the train suite's (bench/config.py)
 METHODS = ("adamw", "msassha-fd", "sam-adamw", "sassha-fd")
 BASELINE = {"msassha-fd": "adamw", "sassha-fd": "sam-adamw"}
 PASS_MODEL = {"adamw": 1.0, "sam-adamw": 2.0, "msassha-fd": 1 + 1 / LAZY_HESSIAN,
@@ -47,10 +48,11 @@ CACHE_BYTES = 64 * 2**20  # above the last-level cache of the CPUs this runs on 
 
 
 def gpt_spec(batch: int, smoke: bool) -> dict:
-    """The train suite's quick CPU GPT with SDPA attention (bench/config.py)."""
-    size = (dict(layers=1, width=32, heads=2, vocab=64, context=16) if smoke else
-            dict(layers=4, width=128, heads=4, vocab=2048, context=64))
-    return dict(model="gpt", model_kwargs=dict(size, attention="sdpa"), batch=batch)
+    """The train suite's eager SDPA GPT of its CPU ``--quick`` profile (``--smoke``: of its
+    smoke profile), at ``batch``."""
+    models = config.profile("smoke" if smoke else "quick", DEVICE, 1.0).train_models
+    gpt = next(m for m in models if m.model_kwargs.get("attention") == "sdpa" and not m.compile)
+    return dict(model=gpt.model, model_kwargs=gpt.model_kwargs, batch=batch)
 
 
 def _fresh(spec: dict):
@@ -68,15 +70,11 @@ def iteration_times(spec: dict, rounds: int, warmup: int) -> Dict[str, Dict[str,
         model, x, y, loss_fn = _fresh(spec)
         iterations[method], _ = make_iteration(method, model, x, y, loss_fn, LAZY_HESSIAN)
     for iteration in iterations.values():
-        for _ in range(warmup):
-            iteration()
+        timed_iterations(iteration, DEVICE, warmup)
     times: Dict[str, List[float]] = {m: [] for m in METHODS}
     for _ in range(rounds):
         for method, iteration in iterations.items():
-            for _ in range(LAZY_HESSIAN):
-                start = time.perf_counter()
-                iteration()
-                times[method].append(time.perf_counter() - start)
+            times[method] += timed_iterations(iteration, DEVICE, LAZY_HESSIAN)
     first_hessian = (-warmup) % LAZY_HESSIAN
     result = {}
     for method, ts in times.items():
@@ -162,22 +160,22 @@ def report(batch: int, iters: Dict[str, Dict[str, float]], parts: Dict[str, floa
         rows.append([method, f"{iters[method]['mean']:.1f}", f"{iters[method]['others']:.1f}",
                      f"{iters[method]['hessian']:.1f}", base, f"{ratio:.2f}x", f"{model:.2f}x"])
     table = _markdown(["method", "ms/iter", "others ms", "Hessian iter ms", "against",
-                            "measured", "pass model"], rows)
+                       "measured", "pass model"], rows)
     k = LAZY_HESSIAN
     excess = iters["msassha-fd"]["mean"] - iters["adamw"]["mean"]
+    extra_pass = parts["gradient_pass"] / k
     step_gap = parts["msassha_step_cold"] - parts["adamw_step_cold"]
     hessian_rest = (iters["msassha-fd"]["hessian"] - iters["msassha-fd"]["others"]
-                    - parts["gradient_pass"])
+                    - parts["gradient_pass"]) / k
     parts_line = ", ".join(f"{name} {ms:.2f} ms" for name, ms in parts.items())
     return "\n".join([
         f"### batch {batch}", "", table, "",
         f"parts (timed alone, medians): {parts_line}", "",
-        f"msassha-fd over adamw: {excess:+.2f} ms/iter = extra pass P/k "
-        f"{parts['gradient_pass'] / k:.2f} + step against AdamW's (cold cache) "
-        f"{step_gap:+.2f} + the Hessian iteration's rest / k {hessian_rest / k:.2f} (of it: draw "
-        f"{parts['draw'] / k:.2f}, difference and floor {parts['difference_and_floor'] / k:.2f})"
-        f" + unexplained {excess - parts['gradient_pass'] / k - step_gap - hessian_rest / k:+.2f}",
-        ""])
+        f"msassha-fd over adamw: {excess:+.2f} ms/iter = extra pass P/k {extra_pass:.2f} + step "
+        f"against AdamW's (cold cache) {step_gap:+.2f} + the Hessian iteration's rest / k "
+        f"{hessian_rest:.2f} (of it: draw {parts['draw'] / k:.2f}, difference and floor "
+        f"{parts['difference_and_floor'] / k:.2f}) + unexplained "
+        f"{excess - extra_pass - step_gap - hessian_rest:+.2f}", ""])
 
 
 def main(argv: Optional[List[str]] = None) -> None:
