@@ -34,8 +34,8 @@ def _worker(rank: int, port: int, out_dir: str, run: Callable) -> None:
         dist.destroy_process_group()
     # What a DeviceMesh leaves behind is torn down at interpreter exit, where torch aborts
     # the process now and then after the work is done and saved (std::terminate on a
-    # joinable thread: SIGABRT, once SIGBUS; 2 runs in 50 of a two-rank mesh, DTensor and
-    # full_tensor() with no sassha_fast code, none without the mesh or with this exit).
+    # joinable thread: SIGABRT; seen with a two-rank mesh, DTensor and full_tensor() and no
+    # sassha_fast code, not without the mesh nor with this exit).
     # The results are on disk: leave without that teardown.
     sys.stdout.flush()
     sys.stderr.flush()
