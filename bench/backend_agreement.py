@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 import sassha_fast
-from sassha_fast import backends
-from sassha_fast.skipped_steps import SkippedStepWarning
+from sassha_fast import backends, functional
+from sassha_fast import SkippedStepWarning
 
 from .curvature_guard import digits, network
 
@@ -52,7 +52,7 @@ def trajectory(net: str, backend: str, steps: int, device: torch.device,
 
 def runs_on(backend: str, device: torch.device) -> bool:
     try:
-        backends.resolve(backend, device)
+        functional.resolve(backend, device)
     except RuntimeError:
         return False
     return True

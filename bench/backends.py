@@ -5,7 +5,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 import sassha_fast
-from sassha_fast import backends as sassha_backends
+from sassha_fast import functional
 
 
 def usable(device: torch.device, wanted: Optional[Sequence[str]] = None) -> List[str]:
@@ -15,7 +15,7 @@ def usable(device: torch.device, wanted: Optional[Sequence[str]] = None) -> List
     out = []
     for name in names:
         try:
-            sassha_backends.resolve(name, device)
+            functional.resolve(name, device)
         except (RuntimeError, ValueError) as exc:
             if wanted:
                 raise ValueError(f"backend {name!r} cannot run on {device}: {exc}") from exc

@@ -29,8 +29,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from sassha_fast import MSASSHA
-from sassha_fast import finite_difference as fd
-from sassha_fast.hessian import RademacherSource
+from sassha_fast.hessian import finite_difference as fd
+from sassha_fast.hessian.hutchinson import RademacherSource
 
 from . import config
 from .config import PAPER_SETTINGS

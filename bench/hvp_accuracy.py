@@ -31,9 +31,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import sassha_fast
-from sassha_fast import finite_difference
-from sassha_fast.finite_difference import DEFAULT_EPS, FiniteDifference
-from sassha_fast.hessian import RademacherSource
+from sassha_fast.hessian import finite_difference
+from sassha_fast.hessian.finite_difference import DEFAULT_EPS, FiniteDifferenceSettings
+from sassha_fast.hessian.hutchinson import RademacherSource
 
 from .models import GPT, CifarResNet, GPTConfig, ViT, ViTConfig, bn_cnn
 
@@ -121,7 +121,7 @@ def _norm(tensors: List[Tensor]) -> Tensor:
                                                  for t in tensors]))
 
 
-def fd_product(problem: Problem, fd: FiniteDifference, seed: int = SEED,
+def fd_product(problem: Problem, fd: FiniteDifferenceSettings, seed: int = SEED,
                forward_context=contextlib.nullcontext) -> List[Tensor]:
     """Hz as the optimizers estimate it (``finite_difference.estimate``), same draw."""
     params = params_of(problem.model)
@@ -189,7 +189,7 @@ def one_step_update(problem: Problem, floor: Optional[float] = None,
 
 def preconditioner_view(problem: Problem, scheme: str, floor: float) -> PreconditionerView:
     exact = exact_product(problem)
-    estimate = fd_product(problem, FiniteDifference(scheme, DEFAULT_EPS[scheme], floor))
+    estimate = fd_product(problem, FiniteDifferenceSettings(scheme, DEFAULT_EPS[scheme], floor))
     got = torch.cat([e.abs().flatten().float() for e in estimate])
     want = torch.cat([x.abs().flatten() for x in exact])
     curved = want > 0
@@ -293,7 +293,7 @@ def _print_errors(problem: Problem, reference: Problem, label: str, eps_values,
     exact = exact_product(reference)
     noise = sampling_noise(reference)
     for scheme in finite_difference.SCHEMES:
-        errors = [relative_error(fd_product(problem, FiniteDifference(scheme, eps),
+        errors = [relative_error(fd_product(problem, FiniteDifferenceSettings(scheme, eps),
                                             forward_context=context), exact)
                   for eps in eps_values]
         print(f"{problem.name:26} {label:14} {scheme:10}"

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from sassha_fast import backends as sassha_backends
+from sassha_fast import functional
 
 from . import traffic
 from .shapes import ParamSet, format_bytes, random_tensors
@@ -84,7 +85,7 @@ def run_set(param_set: ParamSet, t: OpTensors, backends: List[str], device: torc
     dtype = t.params[0].dtype
     labels, calls = [], []
     for backend in backends:
-        for op, call in op_calls(sassha_backends.resolve(backend, device), t, device).items():
+        for op, call in op_calls(functional.resolve(backend, device), t, device).items():
             labels.append((op, backend, traffic.traffic_bytes(op, param_set.numel, dtype)))
             calls.append(call)
     sizes = sorted({moved for _, _, moved in labels})

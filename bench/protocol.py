@@ -9,8 +9,7 @@ from typing import Callable, ContextManager, Dict, List, NamedTuple, Sequence, T
 
 from torch import Tensor
 
-from sassha_fast import MSASSHA
-from sassha_fast.batchnorm import frozen_batchnorm_stats
+from sassha_fast import MSASSHA, frozen_batchnorm_stats
 
 # "plain": one backward then step(); "sam": two passes around perturb() (bench/sam.py);
 # "closure": step(closure), which runs SASSHA's and M-SASSHA's passes itself.

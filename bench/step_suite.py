@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from sassha_fast import MSASSHA, SASSHA
-from sassha_fast import backends as sassha_backends
+from sassha_fast import functional
 
 from . import traffic
 from .authors import AUTHORS, AuthorsCode
@@ -164,7 +164,7 @@ def _authors_msassha(authors: AuthorsCode) -> Callable[[Tensors, torch.device], 
 
 def _hessian_ema(backend: str) -> Callable[[Tensors, torch.device], Iteration]:
     def build(t: Tensors, device: torch.device) -> Iteration:
-        ops = sassha_backends.resolve(backend, device)
+        ops = functional.resolve(backend, device)
         exp_hessians = [torch.rand_like(p, dtype=torch.float32) for p in t.params]
         return lambda: ops.hessian_ema(exp_hessians, t.g2, BETAS[1])
     return build

@@ -15,8 +15,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch.nn import functional as F
 
-from sassha_fast import MSASSHA, SASSHA
-from sassha_fast.batchnorm import frozen_batchnorm_stats
+from sassha_fast import MSASSHA, SASSHA, frozen_batchnorm_stats
 
 from . import authors
 from .config import PAPER_SETTINGS

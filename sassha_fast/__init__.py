@@ -1,12 +1,13 @@
 """sassha_fast: SASSHA and M-SASSHA with fused multi-tensor kernels."""
 from ._version import __version__
 from .backends import available_backends
-from .batchnorm import frozen_batchnorm_stats
-from .extension import build_info
-from .finite_difference import capture_rng_state
-from .lm import LanguageModelSASSHA
-from .msassha import MSASSHA
-from .sassha import SASSHA
+from .backends.extension import build_info
+from .hessian.finite_difference import capture_rng_state
+from .optim.language_model import LanguageModelSASSHA
+from .optim.msassha import MSASSHA
+from .optim.sassha import SASSHA
+from .step.batchnorm import frozen_batchnorm_stats
+from .step.skips import SkippedStepWarning
 
 __all__ = ["SASSHA", "MSASSHA", "LanguageModelSASSHA", "available_backends", "build_info",
-           "capture_rng_state", "frozen_batchnorm_stats"]
+           "capture_rng_state", "frozen_batchnorm_stats", "SkippedStepWarning"]

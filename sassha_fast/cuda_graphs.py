@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from . import amp
+from .step import amp
 
 
 class _Captured(NamedTuple):

@@ -8,7 +8,7 @@ import sys
 import torch
 
 import sassha_fast
-from sassha_fast.backends import resolve
+from sassha_fast.functional import resolve
 
 
 def lists(dtype):

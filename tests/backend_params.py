@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sassha_fast import available_backends
-from sassha_fast.backends import BACKEND_MODULES, _load
+from sassha_fast.backends import BACKEND_MODULES, load_module
 
 FUSED_BACKENDS = [name for name in BACKEND_MODULES if name != "reference"]
 
@@ -28,6 +28,6 @@ def backend_device_params(names=None, device_types=None) -> list:
                 reason=f"backend {name!r} unavailable here: {report[name].reason}")))
             continue
         params += [pytest.param(name, device, id=f"{name}-{device.type}")
-                   for device in devices() if _load(name).supports(device)
+                   for device in devices() if load_module(name).supports(device)
                    and (device_types is None or device.type in device_types)]
     return params

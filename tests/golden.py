@@ -5,7 +5,7 @@ from typing import Any, Callable, Dict, List
 import torch
 from torch import nn
 
-from sassha_fast import MSASSHA, SASSHA, backends
+from sassha_fast import MSASSHA, SASSHA, functional
 
 
 class GoldenNet(nn.Module):
@@ -96,7 +96,7 @@ def inject_wrong_update(monkeypatch, **changes: Callable[[Any], Any]) -> None:
     """Negative controls: every optimizer built afterwards calls its backend's update ops
     with the hyperparameters in ``changes`` replaced (``hessian_power=lambda v: v + 0.01``),
     a deliberate bug that the comparisons with the recorded files must catch."""
-    resolve = backends.resolve
+    resolve = functional.resolve
 
     def wrong(op: Callable) -> Callable:
         def call(*args, **kwargs):
@@ -110,4 +110,4 @@ def inject_wrong_update(monkeypatch, **changes: Callable[[Any], Any]) -> None:
         return ops._replace(sassha_update=wrong(ops.sassha_update),
                             msassha_update=wrong(ops.msassha_update))
 
-    monkeypatch.setattr(backends, "resolve", resolve_wrong)
+    monkeypatch.setattr(functional, "resolve", resolve_wrong)

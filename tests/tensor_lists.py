@@ -2,7 +2,7 @@
 import torch
 
 
-# The numerical contract of fused backends against the reference (spec section 4).
+# The numerical contract of fused backends against the reference (docs/algorithm.md section 6).
 STORED_TOLERANCE = {  # one rounding of a stored value may land on either neighbour
     torch.float32: dict(rtol=1e-5, atol=1e-6),
     torch.bfloat16: dict(rtol=2 ** -7, atol=1e-5),

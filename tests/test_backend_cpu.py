@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from sassha_fast import SASSHA, available_backends, build_info
-from sassha_fast.backends import reference, resolve
+from sassha_fast.backends import reference
+from sassha_fast.functional import resolve
 from sassha_fast.backends.reference import compute_dtype
 
 from tensor_lists import STATE_TOLERANCE, STORED_TOLERANCE, clone, state_tolerance

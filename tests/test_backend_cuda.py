@@ -15,7 +15,8 @@ import torch
 
 from sassha_fast import _C, available_backends
 from sassha_fast.backends import cuda as cuda_backend
-from sassha_fast.backends import reference, resolve
+from sassha_fast.backends import reference
+from sassha_fast.functional import resolve
 from tensor_lists import STATE_TOLERANCE, STORED_TOLERANCE, assert_lists_close, clone
 
 UNAVAILABLE = cuda_backend.unavailable_reason()

@@ -1,4 +1,4 @@
-"""Every fused backend's ops against the reference backend (spec section 4), op by op: every
+"""Every fused backend's ops against the reference backend (docs/algorithm.md section 6), op by op: every
 dtype (float64 where the backend runs it), scalars given as numbers or 0-d tensors, and
 iterations skipped through ``found_inf``."""
 import inspect
@@ -8,8 +8,9 @@ from typing import List
 import pytest
 import torch
 
-from sassha_fast.backends import _load, reference, resolve
+from sassha_fast.backends import load_module, reference
 from sassha_fast.backends.reference import compute_dtype
+from sassha_fast.functional import resolve
 
 from backend_params import backend_device_params
 from tensor_lists import STORED_TOLERANCE, assert_lists_close, clone, state_tolerance
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.parametrize("backend,device", backend_device_params())
 def ops_for(backend, device, dtype):
     """The backend's ops for parameters of ``dtype``; a backend that does not run that
     dtype must refuse it by name (then the test is skipped, saying so)."""
-    if not _load(backend).supports_dtype(dtype):
+    if not load_module(backend).supports_dtype(dtype):
         with pytest.raises(RuntimeError, match=f"{backend!r} does not run with {dtype}"):
             resolve(backend, device, dtype)
         pytest.skip(f"backend {backend!r} does not run {dtype} parameters (and refuses them)")

@@ -1,13 +1,13 @@
 """Whole optimizers on every fused backend against the reference backend: several parameter
 groups, a frozen parameter, a parameter without gradient, Hessian and non-Hessian steps,
-low-precision and float64 parameters (spec section 4: within 1e-4 relative after 100 steps
+low-precision and float64 parameters (docs/algorithm.md section 6: within 1e-4 relative after 100 steps
 in fp32; float64 runs compute in double and stay within 1e-9)."""
 import pytest
 import torch
 from torch import nn
 
 from sassha_fast import MSASSHA, SASSHA
-from sassha_fast.backends import _load
+from sassha_fast.backends import load_module
 
 from backend_params import backend_device_params
 from scaled_tolerance import assert_scaled_close, scaled_close
@@ -70,7 +70,7 @@ def make_run(optimizer, backend, device, dtype):
 def test_backend_follows_reference(optimizer, dtype, backend, device):
     ref_model, ref_opt, ref_closure = make_run(optimizer, "reference", device, dtype)
     model, opt, closure = make_run(optimizer, backend, device, dtype)
-    if not _load(backend).supports_dtype(dtype):
+    if not load_module(backend).supports_dtype(dtype):
         with pytest.raises(RuntimeError, match=f"{backend!r} does not run with {dtype}"):
             opt.step(closure)
         pytest.skip(f"backend {backend!r} does not run {dtype} parameters (and refuses them)")

@@ -344,7 +344,7 @@ def test_without_triton_the_reason_is_given_and_auto_falls_back():
     out = run_python(
         "import sys; sys.modules['triton'] = None\n"  # what a missing package looks like
         "import torch, sassha_fast\n"
-        "from sassha_fast.backends import resolve, triton\n"
+        "from sassha_fast.backends import triton\nfrom sassha_fast.functional import resolve\n"
         "print(sassha_fast.available_backends()['triton'])\n"
         "print(triton.supports(torch.device('cuda')), triton.supports(torch.device('cpu')))\n"
         "print(resolve('auto', torch.device('cpu')).name)\n"

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import sassha_fast
-from sassha_fast import MSASSHA, SASSHA, backends
-from sassha_fast.checkpoint import generator_states_for, last_hessian_step
+from sassha_fast import MSASSHA, SASSHA, functional
+from sassha_fast.optim.bias_correction import last_hessian_step
+from sassha_fast.step.authors_format import generator_states_for
 from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, snapshot, whole_batch
 
 LAZY = 3
@@ -18,7 +19,7 @@ def backends_for(device: torch.device):
     for name, availability in sassha_fast.available_backends().items():
         if availability.available:
             try:
-                backends.resolve(name, device)
+                functional.resolve(name, device)
             except RuntimeError:
                 continue
             names.append(name)
@@ -88,7 +89,7 @@ def test_a_checkpoint_moves_between_backends(optimizer, saved_with, loaded_with)
     iterate(reference_model, reference_opt, x, y, 3)
     for p, q in zip(new_model.parameters(), reference_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    assert new_opt.backends_in_use == {"cpu": backends.resolve(loaded_with,
+    assert new_opt.backends_in_use == {"cpu": functional.resolve(loaded_with,
                                                                torch.device("cpu")).name}
 
 

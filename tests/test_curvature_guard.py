@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import sassha_fast
-from sassha_fast.curvature_guard import floor_hessian_
+from sassha_fast.hessian.curvature_floor import floor_hessian_
 
 from backend_params import backend_device_params
 from tiny import PAPER_SETTINGS

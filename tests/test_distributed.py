@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from sassha_fast import MSASSHA, SASSHA
-from sassha_fast.distributed import Averager
+from sassha_fast.distributed.averaging import Averager
 from gloo_ranks import rank_results
 from scaled_tolerance import assert_scaled_close, scaled_close
 from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, whole_batch

@@ -17,8 +17,9 @@ from backend_params import backend_device_params
 from bench import fd_stability, hvp_accuracy
 from gloo_ranks import rank_results
 from sassha_fast import MSASSHA, SASSHA
-from sassha_fast.finite_difference import (DEFAULT_EPS, RESOLUTION_FLOOR, FiniteDifference,
-                                           floor_at_resolution_, unit_roundoff)
+from sassha_fast.hessian.finite_difference import (DEFAULT_EPS, RESOLUTION_FLOOR,
+                                                   FiniteDifferenceSettings,
+                                                   floor_at_resolution_, unit_roundoff)
 from test_no_sync import guard
 from tiny import LOSS, PAPER_SETTINGS, make_model, whole_batch
 
@@ -78,7 +79,7 @@ def test_the_raw_difference_rounds_small_curvature_to_zero_the_floor_does_not():
     estimates = {}
     for floor in (False, True):
         problem.model.load_state_dict(weights)
-        estimates[floor] = hvp_accuracy.fd_product(problem, FiniteDifference(
+        estimates[floor] = hvp_accuracy.fd_product(problem, FiniteDifferenceSettings(
             "one_sided", DEFAULT_EPS["one_sided"], RESOLUTION_FLOOR if floor else 0.0))
     curved_zeros = {floor: sum(int(((e == 0) & (x != 0)).sum()) for e, x in zip(est, exact))
                     for floor, est in estimates.items()}

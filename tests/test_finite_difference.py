@@ -13,8 +13,9 @@ from torch.utils.checkpoint import checkpoint
 import sassha_fast
 from bench import hvp_accuracy
 from bench.models import GPT, GPTConfig
-from sassha_fast import MSASSHA, SASSHA, finite_difference
-from sassha_fast.finite_difference import DEFAULT_EPS, FiniteDifference
+from sassha_fast import MSASSHA, SASSHA
+from sassha_fast.hessian import finite_difference
+from sassha_fast.hessian.finite_difference import DEFAULT_EPS, FiniteDifferenceSettings
 from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, snapshot, whole_batch
 
 FD = "finite_difference"
@@ -42,11 +43,11 @@ BOUNDS = {("mlp", "one_sided"): 4e-3, ("mlp", "central"): 1e-3,
 def test_the_estimate_is_close_to_the_exact_product(name, scheme):
     case = problem(name)
     exact = hvp_accuracy.exact_product(case)
-    estimate = hvp_accuracy.fd_product(case, FiniteDifference(scheme, DEFAULT_EPS[scheme]))
+    estimate = hvp_accuracy.fd_product(case, FiniteDifferenceSettings(scheme, DEFAULT_EPS[scheme]))
     error = hvp_accuracy.relative_error(estimate, exact)
     assert error < BOUNDS[(name, scheme)]
     # Not the exact product by accident: a wrong step is visibly worse.
-    wrong = hvp_accuracy.fd_product(case, FiniteDifference(scheme, 1e-7))
+    wrong = hvp_accuracy.fd_product(case, FiniteDifferenceSettings(scheme, 1e-7))
     assert hvp_accuracy.relative_error(wrong, exact) > error
 
 
@@ -90,7 +91,7 @@ def trajectory_gap(optimizer) -> float:
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_thirty_steps_follow_the_double_backward_trajectory(optimizer):
-    """SASSHA's autograd product mixes points (spec section 1), the finite difference is
+    """SASSHA's autograd product mixes points (docs/algorithm.md section 1), the finite difference is
     taken at w + e: the trajectories differ by that and by the estimate's error (with
     the resolution floor, which raises this tiny model's least-curved entries)."""
     assert trajectory_gap(optimizer) < TRAJECTORY_GAP[optimizer]
@@ -188,7 +189,7 @@ def test_dropout_masks_are_replayed_in_the_probes():
         torch.set_rng_state(rng.cpu)
         params = list(model.parameters())
         grads = torch.autograd.grad(LOSS(model(x), y), params, create_graph=True)
-        zs = sassha_fast.hessian.RademacherSource(0).draw(params)
+        zs = sassha_fast.hessian.hutchinson.RademacherSource(0).draw(params)
         exact = torch.autograd.grad(grads, params, zs)
     replayed, not_replayed = (hvp_accuracy.relative_error(e, exact) for e in estimates)
     assert replayed < 1e-2 < 1.0 < not_replayed
@@ -305,7 +306,7 @@ def test_the_estimate_through_sdpa_is_the_exact_product_of_the_same_function():
         hvp_accuracy.Problem("gpt", hand_written, lambda m: gpt_loss(m, x, y)))
     estimate = hvp_accuracy.fd_product(
         hvp_accuracy.Problem("gpt", sdpa, lambda m: gpt_loss(m, x, y)),
-        FiniteDifference("one_sided", DEFAULT_EPS["one_sided"]))
+        FiniteDifferenceSettings("one_sided", DEFAULT_EPS["one_sided"]))
     assert hvp_accuracy.relative_error(estimate, exact) < 1e-2
 
 

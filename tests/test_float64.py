@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from sassha_fast import MSASSHA, SASSHA, available_backends
-from sassha_fast.backends import resolve
-from sassha_fast.hessian import RademacherSource
+from sassha_fast.functional import resolve
+from sassha_fast.hessian.hutchinson import RademacherSource
 
 from tiny import PAPER_SETTINGS
 

@@ -1,4 +1,4 @@
-"""The authors' language-model SASSHA (sassha_fast.lm, spec section 5): their trajectory,
+"""The authors' language-model SASSHA (sassha_fast.lm, docs/algorithm.md section 3): their trajectory,
 their checkpoints, their script's loop on a tiny GPT."""
 import io
 import pathlib

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from sassha_fast import MSASSHA, SASSHA, available_backends
-from sassha_fast import skipped_steps
+from sassha_fast.step import skips as skipped_steps
 from sassha_fast.backends import op_table
-from sassha_fast.skipped_steps import SkipCounter, SkippedStepWarning
+from sassha_fast.step.skips import SkipCounter, SkippedStepWarning
 from tiny import LOSS, PAPER_SETTINGS, whole_batch
 
 # Every Tensor method that copies a value to the host (and so waits for a CUDA device).

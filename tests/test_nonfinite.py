@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 
-import sassha_fast.estimators as estimators
+import sassha_fast.hessian.estimators as estimators
 from sassha_fast import MSASSHA, SASSHA
 from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, snapshot, whole_batch
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from sassha_fast import extension
+from sassha_fast.backends import extension
 
 TORCH_SITE = pathlib.Path(torch.__file__).resolve().parents[1]
 

@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 
-import sassha_fast.skipped_steps as skipped_steps
+import sassha_fast.step.skips as skipped_steps
 from sassha_fast import MSASSHA, SASSHA
-from sassha_fast.skipped_steps import SkipCounter, SkippedStepWarning
+from sassha_fast.step.skips import SkipCounter, SkippedStepWarning
 from test_no_sync import guard
 from tiny import LOSS, PAPER_SETTINGS, make_model, whole_batch
 

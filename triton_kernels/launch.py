@@ -7,7 +7,6 @@ import torch
 import triton.language as tl
 from torch import Tensor
 
-from ..backends.tensor_checks import check_plain_tensors
 from . import kernels
 from .tables import Table, protect, reduction_programs, sm_count, table_for
 
@@ -33,8 +32,8 @@ class Operand:
 
 def check(op: str, operands: Sequence[Operand]) -> torch.device:
     """The operands' common device; TypeError/ValueError for anything a kernel would read
-    out of bounds or misinterpret. (Set and list comparisons: this runs on every call.)"""
-    check_plain_tensors(op, **{operand.name: operand.tensors for operand in operands})
+    out of bounds or misinterpret (tensor subclasses and meta tensors are the caller's to
+    refuse). Set and list comparisons: this runs on every call."""
     first = operands[0]
     device = first.tensors[0].device
     if device.type != device_type():

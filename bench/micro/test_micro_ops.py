@@ -3,7 +3,7 @@ bench/ops_suite.py): did a commit make a kernel slower?"""
 import pytest
 import torch
 
-from sassha_fast import backends as sassha_backends
+from sassha_fast import functional
 
 from bench import ops_suite
 from bench.micro.conftest import BACKENDS, DEVICE
@@ -18,7 +18,7 @@ def op_tensors(param_set, device):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", ops_suite.OP_NAMES)
 def test_op(benchmark, op_tensors, op, backend):
-    call = ops_suite.op_calls(sassha_backends.resolve(backend, DEVICE), op_tensors, DEVICE)[op]
+    call = ops_suite.op_calls(functional.resolve(backend, DEVICE), op_tensors, DEVICE)[op]
 
     def synchronized():
         call()

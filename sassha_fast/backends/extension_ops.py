@@ -6,7 +6,7 @@ from typing import Callable, List, Optional, Tuple, Union
 
 from torch import Tensor
 
-from ..extension import IMPORT_ERROR, _C  # noqa: F401 (the backends read them from here)
+from .extension import IMPORT_ERROR, _C  # noqa: F401 (the backends read them from here)
 from .reference import Scalar
 
 KernelScalar = Callable[[Scalar], Union[float, Tensor]]

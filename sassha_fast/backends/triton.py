@@ -13,11 +13,14 @@ import torch
 from torch import Tensor
 
 from .reference import Scalar
+from .tensor_checks import check_plain_tensors
 
 try:
-    from ..triton_kernels import kernels
-    from ..triton_kernels.launch import (Operand, Prepared, found_inf_arg, scalar, tl_dtype,
-                                         zero)
+    # The kernels' source is the repository's top-level triton_kernels/, installed under
+    # this name (pyproject.toml's package-dir): the name cannot clash with another package.
+    from sassha_fast.triton_kernels import kernels
+    from sassha_fast.triton_kernels.launch import (Operand, Prepared, found_inf_arg, scalar,
+                                                   tl_dtype, zero)
     _IMPORT_ERROR: Optional[str] = None
 except ImportError as exc:
     _IMPORT_ERROR = ("triton is not installed" if getattr(exc, "name", None) == "triton"
@@ -68,13 +71,20 @@ def _step_scalars(op: str, device: torch.device, lr: Scalar, bias_correction1: S
     return args, tuple(pointers)
 
 
+def _prepared(op: str, operands: List["Operand"]) -> "Prepared":
+    """The launch of ``op``, once no operand holds a tensor the kernels cannot read (a
+    subclass such as DTensor, a meta tensor, another device)."""
+    check_plain_tensors(op, **{operand.name: operand.tensors for operand in operands})
+    return Prepared(op, operands)
+
+
 def global_norm(tensors: List[Tensor], weights: Optional[List[Tensor]] = None) -> Tensor:
     if not tensors:
         return zero()
     operands = [Operand("tensors", tensors)]
     if weights is not None:
         operands.append(Operand("weights", weights))
-    with Prepared("global_norm", operands) as run:
+    with _prepared("global_norm", operands) as run:
         return run.reduction(kernels.sum_squares_kernel, sqrt=True, WEIGHTED=weights is not None,
                              X_DTYPE=tl_dtype(operands[0].tensors),
                              W_DTYPE=tl_dtype(operands[-1].tensors))
@@ -84,7 +94,7 @@ def perturb(params: List[Tensor], grads: List[Tensor], scale: Scalar, adaptive: 
             found_inf: Optional[Tensor] = None) -> None:
     if not params:
         return
-    with Prepared("perturb", [Operand("params", params, written=True),
+    with _prepared("perturb", [Operand("params", params, written=True),
                               Operand("grads", grads, written=True)]) as run:
         scale_arg, scale_is_ptr = scalar("perturb", "scale", scale, run.device)
         found_inf_ptr, skippable = found_inf_arg("perturb", found_inf, run.device)
@@ -106,7 +116,7 @@ def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tens
                 Operand("exp_hessians", exp_hessians, fp32=True)]
     if perturbations is not None:
         operands.append(Operand("perturbations", perturbations))
-    with Prepared("sassha_update", operands) as run:
+    with _prepared("sassha_update", operands) as run:
         step, pointers = _step_scalars("sassha_update", run.device, lr, bias_correction1,
                                        bias_correction2, weight_decay, beta1, hessian_power,
                                        eps)
@@ -122,7 +132,7 @@ def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float
                 found_inf: Optional[Tensor] = None) -> None:
     if not exp_hessians:
         return
-    with Prepared("hessian_ema", [Operand("exp_hessians", exp_hessians, written=True, fp32=True),
+    with _prepared("hessian_ema", [Operand("exp_hessians", exp_hessians, written=True, fp32=True),
                                   Operand("hessians", hessians)]) as run:
         found_inf_ptr, skippable = found_inf_arg("hessian_ema", found_inf, run.device)
         run.elementwise(kernels.hessian_ema_kernel, beta2=float(beta2),
@@ -137,7 +147,7 @@ def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Ten
                    found_inf: Optional[Tensor] = None) -> Tensor:
     if not params:
         return zero()
-    with Prepared("msassha_update",
+    with _prepared("msassha_update",
                   [Operand("params", params, written=True), Operand("grads", grads),
                    Operand("exp_avgs", exp_avgs, written=True, fp32=True),
                    Operand("exp_hessians", exp_hessians, fp32=True)]) as run:
@@ -156,7 +166,7 @@ def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Ten
 def add_scaled(params: List[Tensor], tensors: List[Tensor], alpha: Scalar) -> None:
     if not params:
         return
-    with Prepared("add_scaled", [Operand("params", params, written=True),
+    with _prepared("add_scaled", [Operand("params", params, written=True),
                                  Operand("tensors", tensors)]) as run:
         alpha_arg, is_ptr = scalar("add_scaled", "alpha", alpha, run.device)
         run.elementwise(kernels.add_scaled_kernel, alpha=alpha_arg, ALPHA_IS_PTR=is_ptr,

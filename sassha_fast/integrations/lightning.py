@@ -19,7 +19,7 @@ import contextlib
 from typing import Any, Callable, Optional
 
 from . import raw_optimizer
-from .._base import HessianOptimizer
+from ..optim.base import HessianOptimizer
 
 
 class SasshaLightningMixin:

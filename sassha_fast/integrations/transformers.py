@@ -22,10 +22,10 @@ from typing import Any, Optional
 import transformers
 
 from . import raw_optimizer
-from .._base import HessianOptimizer
-from ..batchnorm import frozen_batchnorm_stats
-from ..finite_difference import capture_rng_state
-from ..sassha import SASSHA
+from ..hessian.finite_difference import capture_rng_state
+from ..optim.base import HessianOptimizer
+from ..optim.sassha import SASSHA
+from ..step.batchnorm import frozen_batchnorm_stats
 
 
 class SasshaTrainer(transformers.Trainer):

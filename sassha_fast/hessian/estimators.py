@@ -3,7 +3,7 @@
 One interface, ``HessianEstimator``, three implementations:
 
 * ``DoubleBackward``: Hutchinson's estimate through the graph of a ``create_graph``
-  backward pass (``hessian.hutchinson``);
+  backward pass (``hutchinson.hutchinson``);
 * ``FiniteDifference``: the same estimate from first-order gradients, gathered by
   ``hessian_probes()`` after the pass (``finite_difference.estimate``);
 * ``Summed``: the estimates ``set_hessian()`` adds up over micro-batches, each a
@@ -19,10 +19,12 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import errors, finite_difference
-from .hessian import hutchinson
-from .plan import Entry, Plan
-from .skipped_steps import capturing
+from ..step.capture import capturing
+from ..distributed.dtensor import any_dtensor
+from ..step.plan import Entry, Plan
+from ..step import errors
+from . import finite_difference
+from .hutchinson import hutchinson
 
 # An estimate for the due parameters, and the Rademacher generator states before its draws
 # (None while a CUDA graph is captured); a skipped step rewinds the generator to them.
@@ -93,7 +95,7 @@ class DoubleBackward(HessianEstimator):
         the same |h|)."""
         # Not while a CUDA graph is captured (replays advance the generator themselves).
         before = None if capturing() else opt._rademacher.state_dict()
-        if opt._has_dtensors and not any(p.grad.requires_grad for p in params):
+        if any_dtensor(params) and not any(p.grad.requires_grad for p in params):
             raise errors.dtensor_double_backward_error()
         try:
             if opt._backward_record.create_graph and \
@@ -126,7 +128,7 @@ class FiniteDifference(HessianEstimator):
 
     needs_graph = False
 
-    def __init__(self, settings: finite_difference.FiniteDifference):
+    def __init__(self, settings: finite_difference.FiniteDifferenceSettings):
         self.settings = settings
         self.probed: Optional[Probed] = None
 
@@ -217,8 +219,8 @@ class Summed(HessianEstimator):
 
 def make(name: str, scheme: str, eps: Optional[float]) -> HessianEstimator:
     """The estimator of ``hessian_estimator=name`` (``fd_scheme``, ``fd_eps``: see
-    ``finite_difference.make_estimator``, which checks all three)."""
-    settings = finite_difference.make_estimator(name, scheme, eps)
+    ``finite_difference.make_settings``, which checks all three)."""
+    settings = finite_difference.make_settings(name, scheme, eps)
     if settings is None:
         return Summed(DoubleBackward())
     return FiniteDifference(settings)

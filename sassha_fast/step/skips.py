@@ -23,6 +23,8 @@ from typing import List, Optional, Union
 import torch
 from torch import Tensor
 
+from .capture import capturing
+
 Count = Union[int, Tensor]
 
 
@@ -30,15 +32,10 @@ class SkippedStepWarning(UserWarning):
     """Steps were skipped because gradients or Hessian estimates held inf or NaN."""
 
 
-def capturing() -> bool:
-    """Whether a CUDA graph is being captured on the current stream."""
-    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
-
-
 def _caller_stacklevel() -> int:
     """The ``stacklevel`` that points a warning at the user's call: the first frame outside
     this package and torch (whose decorators wrap ``step``)."""
-    inside = (os.path.dirname(os.path.abspath(__file__)),
+    inside = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
               os.path.dirname(os.path.abspath(torch.__file__)))
     frame, level = sys._getframe(1), 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):

@@ -15,10 +15,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from ._version import __version__
+from .._version import __version__
 
 try:
-    from . import _build_config
+    from .. import _build_config
 except ImportError:  # an extension built by other means (copied in, or before this record)
     _build_config = None
 
@@ -43,7 +43,7 @@ def torch_mismatch(built_torch: str, built_cuda: Optional[str], cuda_targets: Li
 
 def rebuild_command() -> str:
     """What to run to rebuild _C against the running torch."""
-    source = Path(__file__).resolve().parent.parent
+    source = Path(__file__).resolve().parents[2]
     if (source / "setup.py").is_file() and (source / "csrc").is_dir():  # a source checkout
         return f"pip install --no-build-isolation -e {source}"
     return ("pip install --no-build-isolation --no-deps --force-reinstall "
@@ -63,7 +63,7 @@ def _load() -> Tuple[Optional[ModuleType], Optional[str]]:
                           "usable, still work)", RuntimeWarning)
             return None, reason
     try:
-        from . import _C
+        from .. import _C
     except ImportError as exc:  # an install without its extension still offers other backends
         return None, (f"cannot import the extension sassha_fast._C ({exc}); rebuild it: "
                       f"{rebuild_command()}")

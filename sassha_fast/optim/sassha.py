@@ -1,15 +1,18 @@
 """SASSHA: sharpness-aware adaptive second-order optimization with a lazily updated,
-square-rooted diagonal Hessian (spec section 1)."""
+square-rooted diagonal Hessian (docs/algorithm.md)."""
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from . import amp
-from ._base import (HessianOptimizer, Plan, buckets, found_inf_argument, group_scalars,
-                    kernel_scalar)
-from ._validation import warn_on_unknown_keywords
-from .batchnorm import frozen_batchnorm_stats
+from ..step import amp
+from ..step.nonfinite import nonfinite_message
+from ..step.batchnorm import frozen_batchnorm_stats
+from .base import HessianOptimizer
+from .bias_correction import SasshaCorrection
+from ..step.plan import Plan
+from .buckets import buckets, found_inf_argument, group_scalars, kernel_scalar
+from .validation import is_real, warn_on_unknown_keywords
 
 
 class SASSHA(HessianOptimizer):
@@ -51,6 +54,11 @@ class SASSHA(HessianOptimizer):
     ``step()``. ``backend`` picks the implementation of the fused ops ("auto", "reference",
     "foreach", "cpu", "triton", "cuda"; see ``sassha_fast.available_backends()``).
 
+    ``rho_scheduler`` (an object whose ``step()`` returns rho, called at each
+    ``perturb_weights()``; ``rho_t`` holds its last value) overrides every group's ``rho``, as
+    in the authors' language-model script. ``_schedule`` and ``_bias_correction`` configure
+    the authors' language-model variant (``sassha_fast.lm``) and are not for other use.
+
     ``hessian_estimator="finite_difference"`` takes the Hessian-vector product from two
     first-order gradients instead of a double backward (``fd_scheme`` "one_sided" or
     "central", ``fd_eps`` the relative step; see ``sassha_fast.finite_difference``), at
@@ -69,7 +77,8 @@ class SASSHA(HessianOptimizer):
                  capturable: Optional[bool] = None, skip_check_interval: int = 100,
                  max_consecutive_skips: Optional[int] = 100, curvature_floor: float = 0.0,
                  hessian_estimator: str = "autograd", fd_scheme: str = "one_sided",
-                 fd_eps: Optional[float] = None, **kwargs):
+                 fd_eps: Optional[float] = None, rho_scheduler=None,
+                 _schedule=None, _bias_correction=SasshaCorrection, **kwargs):
         warn_on_unknown_keywords(type(self).__name__, kwargs)
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
                         weight_decay=weight_decay, rho=rho, perturb_eps=perturb_eps, eps=eps,
@@ -77,7 +86,10 @@ class SASSHA(HessianOptimizer):
         self.adaptive = bool(adaptive)
         # Perturbations e, each held in the buffer of the first pass's gradient.
         self._perturbation = {}
-        super().__init__(params, defaults, lazy_hessian=lazy_hessian, n_samples=n_samples,
+        self.rho_scheduler = rho_scheduler
+        self.rho_t = 0.0  # the scheduler's last rho
+        super().__init__(params, defaults, bias_correction=_bias_correction,
+                         schedule=_schedule, lazy_hessian=lazy_hessian, n_samples=n_samples,
                          seed=seed, hessian_power_scheduler=hessian_power_scheduler,
                          backend=backend, process_group=process_group,
                          sync_gradients=sync_gradients, nonfinite=nonfinite,
@@ -99,25 +111,30 @@ class SASSHA(HessianOptimizer):
         if self._perturbation:
             raise RuntimeError("perturb_weights() called twice: call unperturb() or step() "
                                "before perturbing again")
+        if self.rho_scheduler is not None:
+            rho = self.update_rho_t()
+            for group in self.param_groups:
+                group["rho"] = rho
         per_group = [(group, self._params_with_grad(group)) for group in self.param_groups]
         params = [p for _, ps in per_group for p in ps]
         self._averager.average_([p.grad for p in params
                                  if self.sync_gradients or p.grad.grad_fn is not None])
         amp.unscale_(scaler, [p.grad for p in params])
         norm = self._global_norm(params, [p.grad for p in params], self.adaptive)
-        checked = self.nonfinite != "ignore" or amp.enabled(scaler)
+        checks = self._checks
         found_inf = None
-        if checked and self._reads_flags_on_host(scaler):
+        if checks.checks(scaler) and self._path.reads_flags(self.nonfinite, scaler):
             if not torch.isfinite(norm):
-                if self.nonfinite == "raise" and not amp.enabled(scaler):
-                    raise FloatingPointError(self._nonfinite_message(
+                if checks.raises(scaler):
+                    raise FloatingPointError(nonfinite_message(
+                        self.param_groups,
                         [(p, "first pass's gradient", p.grad) for p in params]))
-                self._first_pass_nonfinite = True
+                checks.first_pass_nonfinite = True
                 if zero_grad:
                     self.zero_grad(set_to_none=True)
                 return
-        elif checked:
-            found_inf = self._first_pass_found_inf = (~torch.isfinite(norm)).float()
+        elif checks.checks(scaler):
+            found_inf = checks.first_pass_found_inf = (~torch.isfinite(norm)).float()
         for group, group_params in per_group:
             scale = group["rho"] / (norm + group["perturb_eps"])
             for (device, dtype), ps in buckets(group_params,
@@ -146,20 +163,29 @@ class SASSHA(HessianOptimizer):
     def _abandon_step(self) -> None:
         self.unperturb()
 
+    @torch.no_grad()
+    def update_rho_t(self) -> float:
+        """rho for this perturbation: ``rho_scheduler.step()`` (0 without a scheduler)."""
+        rho = 0.0 if self.rho_scheduler is None else self.rho_scheduler.step()
+        if not (is_real(rho) and rho >= 0.0):
+            raise ValueError(f"Invalid rho value from rho_scheduler: {rho}")
+        self.rho_t = rho
+        return rho
+
     def _apply_update(self, plan: Plan, hessian_power: Optional[float],
                       found_inf: Optional[Tensor]) -> None:
         for group, entries in plan.groups:
             beta1, beta2, power = group_scalars(group, hessian_power)
-            for bucket in self._update_buckets(plan, entries, beta2, found_inf,
-                                               lambda step: (1 - beta2 ** step) ** power,
+            for bucket in self._update_buckets(plan, entries, beta2, power, found_inf,
                                                extra=lambda p: p in self._perturbation):
+                bias_correction1, bias_correction2 = self._bias_correction.for_update(
+                    bucket, beta1, power)
                 bucket.ops.sassha_update(
                     bucket.params, [p.grad for p in bucket.params], bucket.exp_avgs,
                     bucket.exp_hessians,
                     [self._perturbation.pop(p) for p in bucket.params] if bucket.extra else None,
                     lr=group["lr"], weight_decay=group["weight_decay"], beta1=beta1,
-                    bias_correction1=bucket.bias_correction1(beta1),
-                    bias_correction2=bucket.scalar(bucket.bias_correction2),
+                    bias_correction1=bias_correction1, bias_correction2=bias_correction2,
                     hessian_power=power, eps=group["eps"],
                     **found_inf_argument(bucket.found_inf))
         # Perturbed parameters that got no gradient in the second pass.
@@ -184,7 +210,7 @@ class SASSHA(HessianOptimizer):
         if any(group["rho"] != 0 for group in self.param_groups):
             loss, _ = self._closure_pass(closure, scaler, create_graph=False)
             self.perturb_weights(zero_grad=True, scaler=scaler)
-            if not self._first_pass_nonfinite:  # else the step is skipped: save the pass
+            if not self._checks.first_pass_nonfinite:  # else the step is skipped: save the pass
                 try:
                     with frozen_batchnorm_stats():
                         self._gradient_pass(closure, scaler, due)

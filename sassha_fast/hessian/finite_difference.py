@@ -1,4 +1,4 @@
-"""Hutchinson's estimate from first-order gradients (spec section 6).
+"""Hutchinson's estimate from first-order gradients (docs/algorithm.md, docs/estimators.md).
 
 The Hessian-vector product is a difference of two gradients of the same loss:
 ``H z ~ (g(w + eps z) - g(w)) / eps`` (one-sided: ``g(w)`` is the gradient the iteration
@@ -35,9 +35,9 @@ from typing import Callable, Dict, Generator, List, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from .batchnorm import frozen_batchnorm_stats
-from .dtensor import local
-from .hessian import RademacherSource
+from ..distributed.dtensor import local
+from ..step.batchnorm import frozen_batchnorm_stats
+from .hutchinson import RademacherSource
 
 ESTIMATORS = ("autograd", "finite_difference")
 SCHEMES = ("one_sided", "central")
@@ -55,7 +55,7 @@ FULL_PRECISION = (torch.float32, torch.float64)
 RESOLUTION_FLOOR = 16.0
 
 
-class FiniteDifference(NamedTuple):
+class FiniteDifferenceSettings(NamedTuple):
     scheme: str  # "one_sided" or "central"
     eps: float  # relative step: eps * ||z|| = eps_rel * ||w||
     # |H z| is floored at ``floor`` times the difference's resolution (0: the raw
@@ -63,8 +63,10 @@ class FiniteDifference(NamedTuple):
     floor: float = RESOLUTION_FLOOR
 
 
-def make_estimator(name: str, scheme: str, eps: Optional[float]) -> Optional[FiniteDifference]:
-    """The estimator an optimizer was asked for (None: the double backward)."""
+def make_settings(name: str, scheme: str,
+                  eps: Optional[float]) -> Optional[FiniteDifferenceSettings]:
+    """The finite-difference settings an optimizer was asked for (None: the double
+    backward), every argument checked."""
     if name not in ESTIMATORS:
         raise ValueError(f"Invalid hessian_estimator: {name!r} (choose from "
                          + ", ".join(repr(e) for e in ESTIMATORS) + ")")
@@ -79,7 +81,7 @@ def make_estimator(name: str, scheme: str, eps: Optional[float]) -> Optional[Fin
             raise ValueError("fd_scheme and fd_eps apply to "
                              "hessian_estimator='finite_difference' only")
         return None
-    return FiniteDifference(scheme, DEFAULT_EPS[scheme] if eps is None else float(eps))
+    return FiniteDifferenceSettings(scheme, DEFAULT_EPS[scheme] if eps is None else float(eps))
 
 
 class RNGState(NamedTuple):
@@ -114,7 +116,7 @@ def _replaying(state: Optional[RNGState]):
         _set_rng_state(after)
 
 
-def _low_precision_advice(fd: FiniteDifference, what: str) -> str:
+def _low_precision_advice(fd: FiniteDifferenceSettings, what: str) -> str:
     return (f"hessian_estimator='finite_difference' with {what}: at fd_eps={fd.eps:g} the "
             "difference of two gradients is mostly round-off. Pass fd_eps=3e-2 with "
             "fd_scheme='central' (relative error about 4e-2 measured on a GPT by "
@@ -122,7 +124,7 @@ def _low_precision_advice(fd: FiniteDifference, what: str) -> str:
             "or use hessian_estimator='autograd'")
 
 
-def check_dtypes(fd: FiniteDifference, params: List[Tensor]) -> None:
+def check_dtypes(fd: FiniteDifferenceSettings, params: List[Tensor]) -> None:
     if fd.eps >= LOW_PRECISION_MIN_EPS:
         return
     for p in params:
@@ -132,7 +134,7 @@ def check_dtypes(fd: FiniteDifference, params: List[Tensor]) -> None:
 
 
 @contextlib.contextmanager
-def _refusing_autocast(fd: FiniteDifference, check: bool):
+def _refusing_autocast(fd: FiniteDifferenceSettings, check: bool):
     """Raises after the block when a module ran under autocast with too small a step."""
     if not check or fd.eps >= LOW_PRECISION_MIN_EPS:
         yield
@@ -169,7 +171,7 @@ def _add_(tensors: List[Tensor], others: List[Tensor], alpha: float) -> None:
     torch._foreach_add_(tensors, others, alpha=alpha)
 
 
-def step_size(fd: FiniteDifference, params: List[Tensor],
+def step_size(fd: FiniteDifferenceSettings, params: List[Tensor],
               norm_of: Callable[[List[Tensor]], Tensor]) -> Tensor:
     """eps (a 0-d tensor, no host synchronisation) with eps * ||z|| = eps_rel * ||w||;
     all-zero parameters take eps = eps_rel."""
@@ -178,7 +180,7 @@ def step_size(fd: FiniteDifference, params: List[Tensor],
     return fd.eps * torch.where(rms > 0, rms, torch.ones_like(rms))
 
 
-def _gradient_at(fd: FiniteDifference, params: List[Tensor], deltas: List[Tensor],
+def _gradient_at(fd: FiniteDifferenceSettings, params: List[Tensor], deltas: List[Tensor],
                  sign: float, rng: Optional[RNGState], check_precision: bool
                  ) -> Generator[None, None, List[Optional[Tensor]]]:
     """Moves the parameters to w + sign * delta for the caller's forward/backward, back to
@@ -197,14 +199,14 @@ def _gradient_at(fd: FiniteDifference, params: List[Tensor], deltas: List[Tensor
     return grads
 
 
-def estimate(fd: FiniteDifference, params: List[Tensor], source: RademacherSource,
+def estimate(fd: FiniteDifferenceSettings, params: List[Tensor], source: RademacherSource,
              n_samples: int, norm_of: Callable[[List[Tensor]], Tensor],
              rng: Optional[RNGState], check_precision: bool = True
              ) -> Generator[None, None, List[Tensor]]:
     """The Hessian-diagonal estimate for ``params`` at the point they are at, whose
     gradients ``.grad`` hold. Yields once per gradient evaluation the caller runs (a
     forward and ``backward()`` of the same loss, the parameters moved); returns the
-    estimate in the form ``hessian.hutchinson`` returns it. ``.grad`` is as it was after.
+    estimate in the form ``hutchinson.hutchinson`` returns it. ``.grad`` is as it was after.
     ``check_precision``: refuse low precision with a step too small for it (off only to
     measure the error there, in bench/hvp_accuracy.py)."""
     if check_precision:

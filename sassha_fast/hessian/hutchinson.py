@@ -4,8 +4,8 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
-from . import errors
-from .dtensor import draw_like, is_dtensor
+from ..distributed.dtensor import draw_like, is_dtensor
+from ..step import errors
 
 
 class RademacherSource:

@@ -10,8 +10,13 @@ every backend's fused update (or a copy of the parameters) on every iteration, f
 read rarely.
 """
 import math
+from typing import Callable, Tuple
+
 import torch
 from torch import Tensor
+
+# (beta1, a parameter's state, power) -> (bc1, bc2) as its last update used them.
+AsUsed = Callable[[float, dict, float], Tuple[float, float]]
 
 
 def _number(value) -> float:
@@ -27,7 +32,7 @@ def _preconditioner(state: dict, power: float, bias_correction2: float) -> Tenso
 
 
 @torch.no_grad()
-def group_report(opt, group: dict) -> dict:
+def group_report(opt, group: dict, as_used: AsUsed) -> dict:
     power = group["hessian_power"] if opt.hessian_power_t is None else opt.hessian_power_t
     report = {"lr": _number(group["lr"]), "rho": group["rho"], "eps": group["eps"],
               "hessian_power": power}
@@ -40,7 +45,7 @@ def group_report(opt, group: dict) -> dict:
     entries = zeros = below_eps = 0
     ratios = []
     for i, p, state in stepped:
-        bias_correction1, bias_correction2 = opt._bias_corrections(group, state, power)
+        bias_correction1, bias_correction2 = as_used(group["betas"][0], state, power)
         preconditioner = _preconditioner(state, power, bias_correction2)
         entries += preconditioner.numel()
         zeros += int((state["exp_hessian_diag"] == 0).sum())
@@ -51,7 +56,7 @@ def group_report(opt, group: dict) -> dict:
     # A NaN ratio ranks first: it is the one to see.
     ratio, index, param = max(ratios, key=lambda r: math.inf if math.isnan(r[0]) else r[0])
     last = max((state for _, _, state in stepped), key=lambda state: _number(state["step"]))
-    bias_correction1, bias_correction2 = opt._bias_corrections(group, last, power)
+    bias_correction1, bias_correction2 = as_used(group["betas"][0], last, power)
     report.update(
         step=int(_number(last["step"])), bias_correction1=bias_correction1,
         bias_correction2=bias_correction2,
@@ -62,9 +67,9 @@ def group_report(opt, group: dict) -> dict:
     return report
 
 
-def report(opt) -> dict:
-    """See ``HessianOptimizer.diagnostics``."""
+def report(opt, as_used: AsUsed) -> dict:
+    """See ``HessianOptimizer.diagnostics``; ``as_used``: the optimizer's bias corrections."""
     return {"skipped_steps": int(opt.skipped_steps),
             "curvature_floor": opt.curvature_floor,
             "hessian_due": opt.hessian_due,
-            "groups": [group_report(opt, group) for group in opt.param_groups]}
+            "groups": [group_report(opt, group, as_used) for group in opt.param_groups]}

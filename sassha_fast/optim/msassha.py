@@ -1,15 +1,15 @@
 """M-SASSHA: SASSHA whose perturbation reuses the momentum, one backward per iteration
-(spec section 2)."""
+(docs/algorithm.md)."""
 import contextlib
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional
 
 import torch
 from torch import Tensor
 
-from . import amp
-from ._base import (HessianOptimizer, Plan, buckets, found_inf_argument, group_scalars,
-                    kernel_scalar, sqrt_of_sum)
-from .checkpoint import last_hessian_step
+from .base import HessianOptimizer
+from .bias_correction import MsasshaCorrection
+from ..step.plan import Plan
+from .buckets import buckets, found_inf_argument, group_scalars, kernel_scalar, sqrt_of_sum
 
 NORM_EPS = 1e-12
 
@@ -49,7 +49,8 @@ class MSASSHA(HessianOptimizer):
                         weight_decay=weight_decay, rho=rho, eps=eps,
                         hessian_power=hessian_power, norm_factor=0.0)
         self._at_perturbed_point = True  # nf = 0 at the start: both points coincide
-        super().__init__(params, defaults, lazy_hessian=lazy_hessian, n_samples=n_samples,
+        super().__init__(params, defaults, bias_correction=MsasshaCorrection,
+                         lazy_hessian=lazy_hessian, n_samples=n_samples,
                          seed=seed, hessian_power_scheduler=hessian_power_scheduler,
                          backend=backend, process_group=process_group,
                          sync_gradients=sync_gradients, nonfinite=nonfinite,
@@ -100,8 +101,7 @@ class MSASSHA(HessianOptimizer):
 
     def _apply_update(self, plan: Plan, hessian_power: Optional[float],
                       found_inf: Optional[Tensor]) -> None:
-        if self.device_path:
-            self._place_norm_factors()
+        self._place_norm_factors()
         leaving = [group["norm_factor"] if self._at_perturbed_point else 0.0
                    for group in self.param_groups]
         squares = []
@@ -110,14 +110,14 @@ class MSASSHA(HessianOptimizer):
         for (group, entries), norm_factor in zip(plan.groups, leaving):
             beta1, beta2, power = group_scalars(group, hessian_power)
             calls = []
-            for bucket in self._update_buckets(plan, entries, beta2, found_inf,
-                                               lambda step: 1 - beta2 ** step):
+            for bucket in self._update_buckets(plan, entries, beta2, power, found_inf):
+                bias_correction1, bias_correction2 = self._bias_correction.for_update(
+                    bucket, beta1, power)
                 squares.append(bucket.ops.msassha_update(
                     bucket.params, [p.grad for p in bucket.params], bucket.exp_avgs,
                     bucket.exp_hessians, norm_factor=bucket.scalar(norm_factor),
                     lr=group["lr"], weight_decay=group["weight_decay"], beta1=beta1,
-                    bias_correction1=bucket.bias_correction1(beta1),
-                    bias_correction2=bucket.scalar(bucket.bias_correction2 ** power),
+                    bias_correction1=bias_correction1, bias_correction2=bias_correction2,
                     hessian_power=power, eps=group["eps"],
                     **found_inf_argument(bucket.found_inf)))
                 calls.append((bucket.params, bucket.found_inf))
@@ -131,9 +131,7 @@ class MSASSHA(HessianOptimizer):
         if not squares:
             return
         norm = sqrt_of_sum(squares)
-        # The host path reads the norm (float64 arithmetic from here); the device path keeps
-        # it there, in float64 too.
-        norm = norm.to(self._home_device, torch.float64) if self.device_path else norm.item()
+        norm = self._path.momentum_norm(norm, self._home_device)
         for group, norm_factor, calls, stale_in_group in zip(self.param_groups, leaving,
                                                              updated, stale):
             new = group["rho"] / (norm + NORM_EPS)
@@ -144,22 +142,15 @@ class MSASSHA(HessianOptimizer):
             for params, skipped in calls:
                 self._add_momentum(params, -new if skipped is None else skipped * norm_factor - new)
             self._add_momentum(stale_in_group, norm_factor - new)
-            if isinstance(group["norm_factor"], Tensor):
-                group["norm_factor"].copy_(new)  # in place: a captured graph reads it there
-            else:
-                group["norm_factor"] = new
+            self._path.store_norm_factor(group, new)
         self._at_perturbed_point = True
 
     def _place_norm_factors(self) -> None:
-        """Each group's norm factor as a 0-d float64 tensor on the first parameter's device
-        (device path), a float (host path); reading a tensor synchronises, at load time only."""
+        """Each group's norm factor as the optimizer's path keeps it (see
+        ``step.counters``); converting a loaded value synchronises, at load time only."""
         for group in self.param_groups:
-            value = group["norm_factor"]
-            if self.device_path and not isinstance(value, Tensor):
-                group["norm_factor"] = torch.tensor(value, dtype=torch.float64,
-                                                    device=self._home_device)
-            elif not self.device_path and isinstance(value, Tensor):
-                group["norm_factor"] = float(value)
+            group["norm_factor"] = self._path.norm_factor(group["norm_factor"],
+                                                          self._home_device)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None,
@@ -184,16 +175,6 @@ class MSASSHA(HessianOptimizer):
         super()._load_extra_state(extra)
         self._at_perturbed_point = extra.get("at_perturbed_point", True)
         self._place_norm_factors()
-
-    def _bias_corrections(self, group: dict, state: dict,
-                          hessian_power: float) -> Tuple[float, float]:
-        bias_correction1, bias_correction2 = super()._bias_corrections(group, state,
-                                                                       hessian_power)
-        return bias_correction1, bias_correction2 ** hessian_power  # stored without its power
-
-    def _authors_bias_correction2(self, step: int, group: dict) -> float:
-        # The authors keep it in a module global, set at each Hessian update.
-        return 1 - group["betas"][1] ** last_hessian_step(step, self.lazy_hessian)
 
     def _authors_extra_state(self) -> dict:
         # The authors' training script saves after moving back to the clean point.

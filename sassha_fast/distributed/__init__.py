@@ -1,0 +1,1 @@
+"""Data parallelism: averaging what DDP cannot, and DTensor (FSDP2) parameters."""

@@ -1,0 +1,397 @@
+"""What SASSHA and M-SASSHA share: hyper-parameters, per-parameter state, the step around the
+update, and checkpoints. The update rules live in the subclasses. The optimizer owns one of
+each collaborator and builds it here: the Hessian estimator and schedule, the backend
+dispatch, the host or device path (counters, skip record), the inf/NaN check, the averaging
+across ranks and the bias-correction policy."""
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..backends.reference import compute_dtype
+from ..step.capture import capturing
+from ..distributed import dtensor
+from ..distributed.averaging import Averager
+from ..hessian import estimators, finite_difference
+from ..hessian.hutchinson import RademacherSource
+from ..step import amp, diagnostics
+from ..step.authors_format import STATE_TENSOR_KEYS, generator_states_for
+from ..step.backward_record import BackwardRecord
+from ..step.counters import path_for
+from ..step.nonfinite import NonfiniteCheck, nonfinite_message
+from . import checkpointing, passes
+from .dispatch import Dispatch
+from ..step.plan import Entry, Plan
+from .buckets import Bucket, update_buckets
+from .schedule import LazySchedule
+from .validation import check_dense, check_group, check_hessian_power, check_options
+
+class HessianOptimizer(torch.optim.Optimizer):
+    """Base class; subclasses define ``_apply_update(plan, hessian_power, found_inf)``."""
+
+    # GradScaler.step(opt) then hands the optimizer its scale instead of unscaling .grad
+    # blindly; the step refuses it and says what to call (see amp.refuse_scaler_step).
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params, defaults: dict, *, bias_correction, lazy_hessian: int,
+                 n_samples: int, seed: int, hessian_power_scheduler, backend: str,
+                 process_group=None, sync_gradients: bool = False, nonfinite: str = "skip",
+                 grad_reduce: str = "mean", capturable: Optional[bool] = None,
+                 skip_check_interval: int = 100, max_consecutive_skips: Optional[int] = 100,
+                 curvature_floor: float = 0.0, hessian_estimator: str = "autograd",
+                 fd_scheme: str = "one_sided", fd_eps: Optional[float] = None,
+                 schedule=None):
+        # Before the parameters are read, as torch's optimizers do.
+        check_options(defaults, lazy_hessian=lazy_hessian, n_samples=n_samples, seed=seed,
+                      backend=backend, process_group=process_group,
+                      sync_gradients=sync_gradients, nonfinite=nonfinite,
+                      grad_reduce=grad_reduce, capturable=capturable,
+                      skip_check_interval=skip_check_interval,
+                      max_consecutive_skips=max_consecutive_skips,
+                      curvature_floor=curvature_floor)
+        self._estimator = estimators.make(hessian_estimator, fd_scheme, fd_eps)
+        self.hessian_estimator = hessian_estimator
+        self._schedule = LazySchedule(lazy_hessian) if schedule is None else schedule
+        self._bias_correction = bias_correction
+        self.sync_gradients = sync_gradients
+        self.nonfinite = nonfinite
+        self.capturable = capturable
+        self.curvature_floor = float(curvature_floor)  # see hessian/curvature_floor.py
+        self.grad_reduce = grad_reduce.lower()
+        self._averager = Averager(process_group, mean=self.grad_reduce == "mean")
+        self._checks = NonfiniteCheck(nonfinite, self._averager)
+        # The parameters and skip flag of the step last captured in a CUDA graph.
+        self._captured: Tuple[List[Tensor], Optional[Tensor]] = ([], None)
+        self.n_samples = n_samples
+        self.seed = seed
+        self.hessian_power_scheduler = hessian_power_scheduler
+        self.hessian_power_t: Optional[float] = None
+        self._rademacher = RademacherSource(seed)
+        self._dispatch = Dispatch(backend)
+        self._backward_record = BackwardRecord()
+        super().__init__(params, defaults)
+        # Decided once, from the first parameter: where counters and skip flags live.
+        self._path = path_for(capturable, self._home_device, skip_check_interval,
+                              max_consecutive_skips)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            check_group(type(self).__name__, group)
+            if dtensor.any_dtensor(group["params"]):
+                for p in group["params"]:
+                    if dtensor.is_dtensor(p):
+                        dtensor.check_placements(p)
+                self._dispatch.take_dtensors()
+        except (ValueError, TypeError):
+            self.param_groups.pop()
+            raise
+        self._backward_record.watch(group["params"])
+
+    def get_params(self):
+        """Every parameter that requires a gradient, across all groups."""
+        return (p for group in self.param_groups for p in group["params"] if p.requires_grad)
+
+    def _params_with_grad(self, group: dict) -> List[Tensor]:
+        params = [p for p in group["params"] if p.requires_grad and p.grad is not None]
+        for p in params:
+            check_dense(type(self).__name__, p.grad)
+        return params
+
+    @property
+    def lazy_hessian(self) -> int:
+        """Steps between two Hessian estimates (the schedule's)."""
+        return self._schedule.lazy_hessian
+
+    @lazy_hessian.setter
+    def lazy_hessian(self, value: int) -> None:
+        self._schedule.lazy_hessian = value
+
+    @property
+    def backend(self) -> str:
+        return self._dispatch.backend
+
+    @property
+    def device_path(self) -> bool:
+        """Whether steps keep their skip decision, counters and norms on the device (no host
+        synchronisation, capturable in a CUDA graph): ``capturable``, or, when None, whether
+        the first parameter was a CUDA tensor when the optimizer was built."""
+        return self._path.on_device
+
+    def ops(self, device: torch.device, dtype: torch.dtype):
+        """The backend ops used for parameters of ``dtype`` on ``device``."""
+        return self._dispatch.ops(device, dtype)
+
+    @property
+    def backends_in_use(self):
+        """``{device: backend name}`` for every device this optimizer has stepped on; a
+        device whose dtypes use different backends gets one ``"device dtype"`` key each."""
+        return self._dispatch.in_use()
+
+    @property
+    def _home_device(self) -> torch.device:
+        """Where the step's flags and norms meet: the first parameter's device."""
+        return self.param_groups[0]["params"][0].device
+
+    def _global_norm(self, params: List[Tensor], tensors: List[Tensor],
+                     weighted: bool) -> Tensor:
+        return self._dispatch.global_norm(params, tensors, weighted, self._home_device)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Iterations skipped for inf/NaN gradients or Hessian estimates (on the device
+        path, reading it waits for the device)."""
+        return self._path.skips.count
+
+    def check_skipped_steps(self) -> None:
+        """Read the skip counts now and warn (``SkippedStepWarning``) or raise as ``step()``
+        does every ``skip_check_interval`` steps on the device path."""
+        self._path.skips.check()
+
+    def _state_of(self, p: Tensor, fresh: dict) -> dict:
+        """The parameter's state, created when missing (``fresh``: the counters the states
+        created by one step share on the device path, see ``step.counters``)."""
+        state = self.state[p]
+        if "step" not in state:
+            state["step"], correction = self._path.new_counters(p.device, fresh)
+            self._schedule.init_state(state)
+            for key in STATE_TENSOR_KEYS:
+                state[key] = torch.zeros_like(p, dtype=compute_dtype(p.dtype),
+                                              memory_format=torch.preserve_format)
+            if self._bias_correction.has_second:
+                state["bias_correction2"] = correction
+        return state
+
+    @property
+    def hessian_due(self) -> bool:
+        """Whether the next step estimates a Hessian for some parameter, i.e. whether the
+        backward pass that precedes it needs ``create_graph=True`` (with
+        ``hessian_estimator="finite_difference"``: whether ``hessian_probes()`` runs)."""
+        return any([self._hessian_due_for(p) for p in self.get_params()])  # reads every key
+
+    def _hessian_due_for(self, p: Tensor) -> bool:
+        return self._schedule.due(self.state.get(p))
+
+    def hessian_probes(self, rng_state: Optional["finite_difference.RNGState"] = None):
+        """With ``hessian_estimator="finite_difference"``, the gradient evaluations the
+        Hessian estimate needs, for a loop of one's own::
+
+            for _ in opt.hessian_probes(rng_state):
+                loss_fn(model(x), y).backward()
+
+        Call it once the gradients of the point to estimate at are in ``.grad`` (SASSHA:
+        the perturbed pass, before ``unperturb()``; M-SASSHA: its one pass). Each
+        iteration moves the parameters to w + eps*z (central: then w - eps*z), freezes
+        BatchNorm statistics and replays ``rng_state`` (``sassha_fast.capture_rng_state()``
+        taken before that pass's forward, so dropout draws the same masks); the body runs
+        the same loss on the same batch (same loss scale) and calls ``backward()``. After
+        the loop the parameters and ``.grad`` are as before and ``step()`` uses the
+        estimate. On steps where the Hessian is not due it yields nothing."""
+        yield from self._estimator.probes(self, rng_state)
+
+    def zero_hessian(self) -> None:
+        """Drop the estimates ``set_hessian()`` summed since the last step. Estimates are
+        not kept across steps here (no per-parameter Hessian buffer), so a step always
+        starts a fresh sum."""
+        self._estimator.zero()
+
+    @torch.no_grad()
+    def set_hessian(self) -> None:
+        """Add this backward pass's Hessian estimate, for the parameters whose lazy interval
+        is over, to the one the next ``step()`` uses. Call it after each micro-batch's
+        ``backward(create_graph=True)``: the estimates are summed (scale the micro-batch
+        losses as for the gradients), each with fresh Rademacher vectors, and the
+        gradients are detached so that the next micro-batch's graph is the only one the
+        next call goes through. A held perturbation stays until ``unperturb()``, so the
+        Hessian is taken where the backward pass ran. ``step()`` estimates the Hessian
+        itself when no call came before it; the Hessian counters advance when the step is
+        applied, so a failed or skipped step leaves no trace."""
+        self._estimator.add(self)
+
+    def _before_hessian(self) -> None:
+        """Hook run before the Hessian-vector product (SASSHA leaves the perturbed point)."""
+
+    def _abandon_step(self) -> None:
+        """Hook run when a step is skipped (SASSHA leaves the perturbed point)."""
+
+    def _next_hessian_power(self) -> Optional[float]:
+        """The scheduler's power for this step, or None to use each group's constant."""
+        if self.hessian_power_scheduler is None:
+            self.hessian_power_t = None
+            return None
+        power = self.hessian_power_scheduler.step()
+        check_hessian_power(power)
+        self.hessian_power_t = float(power)
+        return self.hessian_power_t
+
+    @torch.no_grad()
+    def _step_from_gradients(self, scaler=None) -> bool:
+        """The step from the gradients present: Hessian estimate, averaging across ranks,
+        unscaling, the finite check, then the update. False when the step is known on the
+        host to be skipped (on the device path the ops skip it on the device)."""
+        amp.refuse_scaler_step(self)
+        self._backward_record.accumulated = False  # what is in .grad now is this step's
+        plan = self._schedule.plan(self._estimator, self)
+        carrying_graph = [p for p in plan.params()
+                          if p.grad.grad_fn is not None or p in plan.graph_params]
+        # The gradients of a create_graph backward hold the whole double-backward graph.
+        for p in self.get_params():
+            if p.grad is not None and p.grad.grad_fn is not None:
+                p.grad = p.grad.detach()
+        grads = [p.grad for p in plan.params()]
+        hessians = list(plan.hessians.values())
+        # DDP cannot have averaged the gradients of a create_graph backward (it fails on one).
+        to_average = grads if self.sync_gradients else [p.grad for p in carrying_graph]
+        # An estimate without a graph differences gradients that DDP has averaged (or, with
+        # sync_gradients, local ones: then it is averaged here as they are).
+        if self._estimator.needs_graph or self.sync_gradients:
+            to_average = to_average + hessians
+        self._averager.average_(to_average)
+        amp.unscale_(scaler, grads + hessians)
+        params = plan.params()
+        found_inf = self._checks.found_inf(
+            lambda: (self._global_norm(params, grads, False),
+                     self._global_norm(list(plan.hessians), hessians, False)),
+            self._home_device, scaler, self)
+        skips = self._path.skips
+        if self._path.reads_flags(self.nonfinite, scaler):
+            if found_inf is not None and found_inf.item():
+                self._skip(plan, scaler)
+                return False
+            found_inf = None
+            skips.record(False)
+        elif found_inf is not None:
+            skips.record(found_inf)
+        self._apply_update(self._commit(plan), self._next_hessian_power(), found_inf)
+        self._finish_iteration(plan.params(), found_inf)
+        return True
+
+    def _skip(self, plan: Plan, scaler) -> None:
+        """Undo an iteration known on the host to hold inf/NaN: the parameters leave the
+        perturbed point, the generator rewinds and no state moves; raise or count it."""
+        if plan.rademacher_before is not None:
+            self._rademacher.load_state_dict(plan.rademacher_before)
+        self._abandon_step()
+        if self._checks.raises(scaler):
+            raise FloatingPointError(nonfinite_message(
+                self.param_groups,
+                [(p, "gradient", p.grad) for p in plan.params()]
+                + [(p, "Hessian estimate", h) for p, h in plan.hessians.items()]))
+        self._path.skips.record(True)
+        self._path.skips.tick()
+
+    def _commit(self, plan: Plan) -> Plan:
+        """The plan with each parameter's state (created when missing)."""
+        groups = []
+        for group, entries in plan.groups:
+            fresh: dict = {}
+            committed = [Entry(entry.param, self._state_of(entry.param, fresh), entry.hessian_now)
+                         for entry in entries]
+            self._path.unshare([e.state for e in committed],
+                               [self.state[p] for p in group["params"] if p in self.state])
+            groups.append((group, committed))
+        return plan._replace(groups=groups)
+
+    def _finish_iteration(self, params: List[Tensor], found_inf: Optional[Tensor]) -> None:
+        """The host's bookkeeping of an iteration that was applied, or, on the device path,
+        attempted: the Hessian schedule's counters and the skip report. While a CUDA graph
+        is captured nothing runs, so it is left to each replay (see ``cuda_graphs``)."""
+        if capturing():
+            self._captured = (params, found_inf)
+            return
+        for p in params:
+            self._schedule.applied(self.state[p])
+        self._path.skips.tick()
+
+    def _apply_update(self, plan: Plan, hessian_power: Optional[float],
+                      found_inf: Optional[Tensor]) -> None:
+        """The update; ``found_inf`` (device path) is the skip flag the ops read."""
+        raise NotImplementedError
+
+    def _update_buckets(self, plan: Plan, entries: List[Entry], beta2: float, power: float,
+                        found_inf: Optional[Tensor], extra=lambda p: None) -> Iterator[Bucket]:
+        return update_buckets(plan, entries, self._path, self._dispatch.ops,
+                              self._bias_correction.stored(beta2, power), beta2,
+                              self.curvature_floor, found_inf, extra)
+
+    def diagnostics(self) -> dict:
+        """What to look at when training misbehaves, computed now from the state (no cost
+        during ``step()``): ``skipped_steps``, ``curvature_floor``, ``hessian_due`` and, per
+        parameter group, ``lr``, ``rho``, ``eps``, ``hessian_power`` (the scheduler's last
+        value if one is set), M-SASSHA's ``norm_factor``, and once the group has stepped:
+        ``step`` (the largest step count), ``bias_correction1`` and ``bias_correction2`` (as
+        that step's update used them), ``hessian_zero_fraction`` (entries of D exactly
+        zero), ``hessian_below_eps_fraction`` (entries whose D^hp / bc2 is below ``eps``,
+        where ``eps`` rather than the curvature sets the step), ``max_update_ratio`` (the
+        largest ||lr / bc1 * m / (D^hp / bc2 + eps)|| / ||p|| over the group's tensors for
+        their last step, weight decay aside; NaN ranks first) and
+        ``max_update_ratio_param`` (that tensor's index in the group and shape)."""
+        return diagnostics.report(self, self._bias_correction.as_used)
+
+    def _check_closure(self, closure) -> None:
+        passes.check_closure(closure, self._backward_record, self.get_params())
+
+    def _closure_pass(self, closure, scaler, create_graph: bool, capture_rng: bool = False):
+        return passes.closure_pass(closure, scaler, create_graph, self._estimator.needs_graph,
+                                   list(self.get_params()), capture_rng)
+
+    def _gradient_pass(self, closure, scaler, hessian_due: bool):
+        """The pass whose gradient the update uses, with what the Hessian estimate needs:
+        its graph (double backward) or the probes around it (finite difference)."""
+        probing = hessian_due and not self._estimator.needs_graph
+        loss, rng = self._closure_pass(closure, scaler, hessian_due and not probing,
+                                       capture_rng=probing)
+        if probing:
+            for _ in self.hessian_probes(rng):
+                self._closure_pass(closure, scaler, False)
+        return loss
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.update(checkpointing.own_attributes(self.__dict__))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            self._backward_record.watch(group["params"])
+
+    def _extra_state(self) -> dict:
+        """What this package saves beside torch's state dict."""
+        return {"rademacher": self._rademacher.state_dict(),
+                **self._path.skips.state_dict()}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        devices = [p.device for p in self.get_params()]
+        self._rademacher.load_state_dict(
+            generator_states_for(extra.get("rademacher", {}), devices))
+        self._path.skips.load_state_dict(extra)
+
+    def _authors_extra_state(self) -> dict:
+        """What this package saves beside the state, for an authors' checkpoint."""
+        return {}
+
+    def state_dict(self) -> dict:
+        state_dict = super().state_dict()
+        state_dict["sassha_fast"] = self._extra_state()
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Loads this package's checkpoints and the authors' optimizers' (converted, see
+        ``step.authors_format``), from any device and backend, with torch's hooks."""
+        checkpointing.load_with_hooks(self, state_dict, self._load_state_dict)
+
+    def _load_state_dict(self, state_dict: dict) -> None:
+        policy = self._bias_correction
+        state_dict, extra = checkpointing.split(
+            state_dict, self, lambda step, group: policy.for_authors_checkpoint(
+                step, group["betas"][1], self.lazy_hessian),
+            self._schedule.authors_dropped_keys, self._authors_extra_state())
+        super().load_state_dict(state_dict)
+        checkpointing.restore_compute_dtype(self.state, self.param_groups, state_dict)
+        # Counters in the representation of this optimizer's path, whichever path saved them.
+        self._path.load(checkpointing.saved_states(self.state, self.param_groups, state_dict))
+        self._load_extra_state(extra)
+        self._estimator.reset()
+        self._checks.reset()

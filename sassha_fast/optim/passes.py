@@ -1,0 +1,64 @@
+"""The forward and backward passes that ``step(closure)`` runs for the caller."""
+import warnings
+from typing import Callable, Iterable, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..hessian import finite_difference
+from ..step import amp, errors
+from ..step.backward_record import BackwardRecord
+
+_CREATE_GRAPH_WARNING = r"Using backward\(\) with create_graph=True"
+
+
+def backward(loss: Tensor, create_graph: bool) -> None:
+    with torch.enable_grad(), warnings.catch_warnings():
+        # The reference cycle PyTorch warns about is broken by the step, which detaches the
+        # gradients once the Hessian-vector product is done.
+        warnings.filterwarnings("ignore", message=_CREATE_GRAPH_WARNING)
+        try:
+            loss.backward(create_graph=create_graph)
+        except RuntimeError as exc:
+            clearer = errors.create_graph_backward_error(exc) if create_graph else None
+            if clearer is None:
+                raise
+            raise clearer from exc
+
+
+def check_closure(closure, record: BackwardRecord, params: Iterable[Tensor]) -> None:
+    """A callable, and no gradient a backward pass accumulated since the last step."""
+    if closure is not None and not callable(closure):
+        raise TypeError(f"step(closure) takes a callable, got {type(closure).__name__} (the "
+                        "authors' language-model SASSHA's step(iter_num) is "
+                        "sassha_fast.lm.SASSHA)")
+    if closure is None or not record.accumulated:
+        return
+    # Gradients left by a backward since the last step: torch optimizers add the closure's
+    # to them, which SASSHA's passes cannot do consistently (errors.py says why); all-zero
+    # ones (zero_grad(set_to_none=False)) carry nothing to drop.
+    left = [p for p in params if p.grad is not None]
+    if left and any(bool(p.grad.detach().ne(0).any()) for p in left):
+        raise errors.accumulated_gradients_error(len(left))
+
+
+def closure_pass(closure: Callable[[], Tensor], scaler, create_graph: bool, needs_graph: bool,
+                 params: Iterable[Tensor], capture_rng: bool = False
+                 ) -> Tuple[Tensor, Optional[finite_difference.RNGState]]:
+    """The closure's loss, back-propagated, and (with ``capture_rng``) the RNG states its
+    forward started from. When the estimator does not need the graph (``needs_graph``
+    False) a closure may run ``backward()`` itself (the torch / Lightning convention, found
+    by the gradients it leaves; with a scaler it back-propagates ``scaler.scale(loss)``)."""
+    rng = finite_difference.capture_rng_state() if capture_rng else None
+    with torch.enable_grad():
+        loss = closure()
+    if any(p.grad is not None for p in params):
+        if not needs_graph:
+            return loss, rng
+        raise errors.closure_called_backward_error()
+    if not isinstance(loss, Tensor) or not loss.requires_grad:
+        raise ValueError("the closure must return the loss as a tensor that requires grad "
+                         "(compute it; do not call backward: the optimizer does)"
+                         + errors.framework_advice())
+    backward(amp.scale_loss(scaler, loss), create_graph)
+    return loss, rng
