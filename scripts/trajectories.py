@@ -26,6 +26,9 @@ import sassha_fast  # noqa: E402
 from sassha_fast import MSASSHA, SASSHA  # noqa: E402
 from sassha_fast.lm import LanguageModelSASSHA  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import lm_golden  # noqa: E402  (the authors' language-model loop, shared with the tests)
+
 ITERATIONS = 30
 POISONED = 7  # the iteration whose gradients hold NaN in the "skip" cases
 
@@ -110,42 +113,21 @@ def run_authors_sassha(backend, **kwargs):
     return {"params": params, "losses": losses, "state": opt.state_dict()}
 
 
-class Rho:
-    def step(self):
-        return 0.02
-
-
 def run_language_model(backend):
-    """The authors' language-model loop: two micro-batches, a Hessian every other iteration,
-    the rho warm-up without a perturbed pass, then with one."""
+    """The authors' language-model loop as the golden test drives it (tests/lm_golden.py):
+    two micro-batches, a Hessian every other iteration, the rho warm-up without a perturbed
+    pass, then with one, a falling Hessian power."""
+    settings = dict(iters=ITERATIONS, micro_batches=2, rho_warmup_iters=3, rho=0.02,
+                    kwargs=dict(lr=0.05, betas=(0.965, 0.99), weight_decay=1e-2,
+                                lazy_hessian=2, eps=1e-4, seed=7))
     model = Net(torch.float32)
-    opt = LanguageModelSASSHA(model.parameters(), lr=0.05, betas=(0.965, 0.99),
-                              weight_decay=1e-2, lazy_hessian=2, seed=7, backend=backend)
-    opt.rho_scheduler = Rho()
-    params, losses = [], []
-    for it in range(ITERATIONS):
-        hessian = it % 2 == 0
-        if hessian:
-            opt.zero_hessian()
-        for micro in range(2):
-            loss = loss_of(model, 2 * it + micro, torch.float32) / 2
-            loss.backward(create_graph=hessian and it <= 3)
-            if hessian and it <= 3:
-                opt.set_hessian()
-        opt._sync_gradient()
-        if it > 3:
-            opt.perturb_weights()
-            opt.zero_grad(set_to_none=True)
-            for micro in range(2):
-                (loss_of(model, 2 * it + micro, torch.float32) / 2).backward(create_graph=hessian)
-                if hessian:
-                    opt.set_hessian()
-            opt.unperturb()
-            opt._sync_gradient()
-        opt.step(it)
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
-        params.append([p.detach().clone() for p in model.parameters()])
+    opt = LanguageModelSASSHA(model.parameters(), backend=backend, **settings["kwargs"])
+    opt.rho_scheduler = lm_golden.WarmupRho(settings["rho"], settings["rho_warmup_iters"])
+    opt.hessian_power_scheduler = lm_golden.PowerSchedule(lm_golden.powers(ITERATIONS))
+    x, y = batch(0, torch.float32)
+    params = []
+    losses = lm_golden.train(model, opt, x, y, settings, after_iteration=lambda *_: params.append(
+        [p.detach().clone() for p in model.parameters()]))
     return {"params": params, "losses": losses, "state": opt.state_dict()}
 
 

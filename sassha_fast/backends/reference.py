@@ -89,7 +89,8 @@ def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tens
                   found_inf: Optional[Tensor] = None) -> None:
     """Optionally leave the perturbed point (p -= e), then the SASSHA step:
     p *= 1 - lr*wd; m = b1*m + (1-b1)*g; p -= (lr/bc1) * m / (D^hp / bc2 + eps).
-    ``bias_correction2`` already carries its power (the frozen second correction of docs/algorithm.md).
+    ``bias_correction2`` already carries its power (the frozen second correction of
+    docs/algorithm.md).
     Skipped (``found_inf`` nonzero): m and D are untouched and p only leaves the perturbed
     point (p = p - e, rounded as usual) when ``perturbations`` is given."""
     skip = _skipped(found_inf)

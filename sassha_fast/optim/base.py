@@ -120,8 +120,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         return self._path.on_device
 
     def ops(self, device: torch.device, dtype: torch.dtype):
-        """The backend ops used for parameters of ``dtype`` on ``device``."""
-        return self._dispatch.ops(device, dtype)
+        return self._dispatch.ops(device, dtype)  # the backend ops for such parameters
 
     @property
     def backends_in_use(self):
@@ -134,8 +133,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         """Where the step's flags and norms meet: the first parameter's device."""
         return self.param_groups[0]["params"][0].device
 
-    def _global_norm(self, params: List[Tensor], tensors: List[Tensor],
-                     weighted: bool) -> Tensor:
+    def _global_norm(self, params: List[Tensor], tensors: List[Tensor], weighted: bool) -> Tensor:
         return self._dispatch.global_norm(params, tensors, weighted, self._home_device)
 
     @property
@@ -378,16 +376,21 @@ class HessianOptimizer(torch.optim.Optimizer):
         return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Loads this package's checkpoints and the authors' optimizers' (converted, see
-        ``step.authors_format``), from any device and backend, with torch's hooks."""
+        """This package's checkpoints and the authors' (converted), from any device and
+        backend, with torch's hooks. One that does not fit raises ``CheckpointError`` naming
+        the tensor, and the optimizer stays exactly as it was (``optim.checkpointing``)."""
         checkpointing.load_with_hooks(self, state_dict, self._load_state_dict)
 
     def _load_state_dict(self, state_dict: dict) -> None:
+        # Every check runs before anything is replaced: a refused checkpoint changes nothing.
+        checkpointing.check_foreign(state_dict, type(self).__name__)
         policy = self._bias_correction
         state_dict, extra = checkpointing.split(
             state_dict, self, lambda step, group: policy.for_authors_checkpoint(
                 step, group["betas"][1], self.lazy_hessian),
             self._schedule.authors_dropped_keys, self._authors_extra_state())
+        checkpointing.check_state(state_dict, self.param_groups, policy.has_second,
+                                  allow_nonfinite=self.nonfinite == "ignore")
         super().load_state_dict(state_dict)
         checkpointing.restore_compute_dtype(self.state, self.param_groups, state_dict)
         # Counters in the representation of this optimizer's path, whichever path saved them.

@@ -6,10 +6,11 @@ from typing import Callable, List, Optional
 import torch
 from torch import Tensor
 
+from ..step.plan import Plan
 from .base import HessianOptimizer
 from .bias_correction import MsasshaCorrection
-from ..step.plan import Plan
 from .buckets import buckets, found_inf_argument, group_scalars, kernel_scalar, sqrt_of_sum
+from .validation import shared_options
 
 NORM_EPS = 1e-12
 
@@ -50,15 +51,7 @@ class MSASSHA(HessianOptimizer):
                         hessian_power=hessian_power, norm_factor=0.0)
         self._at_perturbed_point = True  # nf = 0 at the start: both points coincide
         super().__init__(params, defaults, bias_correction=MsasshaCorrection,
-                         lazy_hessian=lazy_hessian, n_samples=n_samples,
-                         seed=seed, hessian_power_scheduler=hessian_power_scheduler,
-                         backend=backend, process_group=process_group,
-                         sync_gradients=sync_gradients, nonfinite=nonfinite,
-                         grad_reduce=grad_reduce, capturable=capturable,
-                         skip_check_interval=skip_check_interval,
-                         max_consecutive_skips=max_consecutive_skips,
-                         curvature_floor=curvature_floor, hessian_estimator=hessian_estimator,
-                         fd_scheme=fd_scheme, fd_eps=fd_eps)
+                         **shared_options(locals()))
 
     def _momentum_params(self, group: dict) -> List[Tensor]:
         return [p for p in group["params"] if "exp_avg" in self.state.get(p, {})]

@@ -6,13 +6,13 @@ import torch
 from torch import Tensor
 
 from ..step import amp
-from ..step.nonfinite import nonfinite_message
 from ..step.batchnorm import frozen_batchnorm_stats
+from ..step.nonfinite import nonfinite_message
+from ..step.plan import Plan
 from .base import HessianOptimizer
 from .bias_correction import SasshaCorrection
-from ..step.plan import Plan
 from .buckets import buckets, found_inf_argument, group_scalars, kernel_scalar
-from .validation import is_real, warn_on_unknown_keywords
+from .validation import is_real, shared_options, warn_on_unknown_keywords
 
 
 class SASSHA(HessianOptimizer):
@@ -88,16 +88,8 @@ class SASSHA(HessianOptimizer):
         self._perturbation = {}
         self.rho_scheduler = rho_scheduler
         self.rho_t = 0.0  # the scheduler's last rho
-        super().__init__(params, defaults, bias_correction=_bias_correction,
-                         schedule=_schedule, lazy_hessian=lazy_hessian, n_samples=n_samples,
-                         seed=seed, hessian_power_scheduler=hessian_power_scheduler,
-                         backend=backend, process_group=process_group,
-                         sync_gradients=sync_gradients, nonfinite=nonfinite,
-                         grad_reduce=grad_reduce, capturable=capturable,
-                         skip_check_interval=skip_check_interval,
-                         max_consecutive_skips=max_consecutive_skips,
-                         curvature_floor=curvature_floor, hessian_estimator=hessian_estimator,
-                         fd_scheme=fd_scheme, fd_eps=fd_eps)
+        super().__init__(params, defaults, bias_correction=_bias_correction, schedule=_schedule,
+                         **shared_options(locals()))
 
     @torch.no_grad()
     def perturb_weights(self, zero_grad: bool = True, scaler=None) -> None:

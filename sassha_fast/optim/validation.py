@@ -11,6 +11,11 @@ from ..hessian.curvature_floor import check_curvature_floor
 from ..step.nonfinite import check_policy
 
 GROUP_HYPERPARAMETERS = ("lr", "betas", "weight_decay", "rho", "eps", "hessian_power")
+# The constructor arguments every optimizer hands to HessianOptimizer as they are.
+SHARED_OPTIONS = ("lazy_hessian", "n_samples", "seed", "hessian_power_scheduler", "backend",
+                  "process_group", "sync_gradients", "nonfinite", "grad_reduce", "capturable",
+                  "skip_check_interval", "max_consecutive_skips", "curvature_floor",
+                  "hessian_estimator", "fd_scheme", "fd_eps")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
@@ -84,6 +89,11 @@ def warn_on_unknown_keywords(optimizer_name: str, kwargs: dict) -> None:
     if kwargs:
         warnings.warn(f"{optimizer_name} ignores the unknown keyword arguments "
                       + ", ".join(sorted(kwargs)), stacklevel=3)
+
+
+def shared_options(arguments: dict) -> dict:
+    """The shared options among a constructor's ``locals()``."""
+    return {name: arguments[name] for name in SHARED_OPTIONS}
 
 
 def check_options(defaults: dict, *, lazy_hessian, n_samples, seed, backend, process_group,
