@@ -10,12 +10,15 @@ from typing import Callable, List, NamedTuple, Optional
 
 import torch
 
-from . import (authors, backends, lm_output, lm_suite, meta, ops_suite, output, quality_output,
-               quality_suite, step_suite, summary, table, traffic, train_suite)
-from .config import Profile, profile
-from .progress import Progress
-from .results import add_ratios
-from .shapes import ParamSet
+from .baselines import authors
+from .harness import backend_choice, meta
+from .harness.config import (LMProfile, Profile, QualityProfile, lm_profile, profile,
+                             quality_profile)
+from .harness.progress import Progress
+from .harness.results import add_ratios
+from .output import lm_report, quality_report, summary, tables, throughput_report
+from .suites import language_model, ops, quality, step, train
+from .workloads.shapes import ParamSet
 
 SUITES = ("step", "ops", "train")
 # Suites that run only when named in --suite.
@@ -68,7 +71,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="parameter dtype of the step and ops suites (default float32)")
     parser.add_argument("--authors-code", type=pathlib.Path, default=None, metavar="PATH",
                         help="a checkout of the authors' SASSHA repository: adds their SASSHA "
-                             "and M-SASSHA to the step and train suites (bench/authors.py)")
+                             "and M-SASSHA to the step and train suites "
+                             "(bench/baselines/authors.py)")
     parser.add_argument("--list", action="store_true",
                         help="print the planned measurements and exit")
     parser.add_argument("--memory-cap-gib", type=float, default=16.0,
@@ -107,11 +111,11 @@ def release_memory() -> None:
 
 
 def step_jobs(prof: Profile, args, device, dtype, names: List[str]) -> List[Job]:
-    cases = step_suite.cases(names, args.authors)
+    cases = step.cases(names, args.authors)
 
     def run(param_set: ParamSet) -> List[dict]:
-        tensors = step_suite.materialize(param_set, device, dtype)
-        return step_suite.run_set(param_set, tensors, cases, device, prof.step_budget)
+        tensors = step.materialize(param_set, device, dtype)
+        return step.run_set(param_set, tensors, cases, device, prof.step_budget)
     return [Job("step", f"{param_set.name}: {len(cases)} methods in turns",
                 lambda param_set=param_set: run(param_set))
             for param_set in _selected(prof, args.sets, prof.step_sets)]
@@ -119,9 +123,9 @@ def step_jobs(prof: Profile, args, device, dtype, names: List[str]) -> List[Job]
 
 def ops_jobs(prof: Profile, args, device, dtype, names: List[str]) -> List[Job]:
     def run(param_set: ParamSet) -> List[dict]:
-        tensors = ops_suite.materialize(param_set, device, dtype)
-        return ops_suite.run_set(param_set, tensors, names, device, prof.ops_budget)
-    return [Job("ops", f"{param_set.name}: {len(ops_suite.OP_NAMES)} ops x {len(names)} "
+        tensors = ops.materialize(param_set, device, dtype)
+        return ops.run_set(param_set, tensors, names, device, prof.ops_budget)
+    return [Job("ops", f"{param_set.name}: {len(ops.OP_NAMES)} ops x {len(names)} "
                        "backends and copies in turns", lambda param_set=param_set: run(param_set))
             for param_set in _selected(prof, args.sets, prof.ops_sets)]
 
@@ -136,10 +140,10 @@ def train_jobs(prof: Profile, args, device) -> List[Job]:
     code = str(args.authors.path) if args.authors else None
     jobs = []
     for model in models:
-        methods = train_suite.methods_for(model, authors=bool(args.authors))
+        methods = train.methods_for(model, authors=bool(args.authors))
         jobs.append(Job("train", f"{model.label}: {len(methods)} methods in turns",
                         lambda model=model, methods=methods:
-                        train_suite.run_model(model, device, prof, methods, code)))
+                        train.run_model(model, device, prof, methods, code)))
     return jobs
 
 
@@ -184,35 +188,35 @@ def run_training_suite(name: str, runs: int, train: Callable[[Callable[[str], No
     report(results, dict(info, load_average_after=os.getloadavg()))
 
 
-def run_quality(profile: quality_suite.QualityProfile, out: pathlib.Path, info: dict,
+def run_quality(profile: QualityProfile, out: pathlib.Path, info: dict,
                 errors: List[str]) -> None:
     def report(results, quality_info: dict) -> None:
         rows, curves = results
-        written = quality_output.write_all(rows, curves, out, quality_info, profile)
+        written = quality_report.write_all(rows, curves, out, quality_info, profile)
         print("\nQuality: clean test accuracy (%) under symmetric label noise, mean ± std over "
-              f"{profile.seeds} seeds\n" + quality_output.table_markdown(rows))
+              f"{profile.seeds} seeds\n" + quality_report.table_markdown(rows))
         print("wrote " + ", ".join(written), flush=True)
-    run_training_suite("quality", quality_suite.plan_size(profile),
-                       lambda show: quality_suite.run(profile, progress=show), report, info,
+    run_training_suite("quality", quality.plan_size(profile),
+                       lambda show: quality.run(profile, progress=show), report, info,
                        errors)
 
 
-def run_lm(profile: lm_suite.LMProfile, device: torch.device, out: pathlib.Path, info: dict,
+def run_lm(profile: LMProfile, device: torch.device, out: pathlib.Path, info: dict,
            errors: List[str]) -> None:
     def report(results, lm_info: dict) -> None:
         rows, curves, corpus = results
         lm_info.update(corpus, lm_profile=profile._asdict())
-        written = lm_output.write_all(rows, curves, out, lm_info, profile)
+        written = lm_report.write_all(rows, curves, out, lm_info, profile)
         print(f"\nLanguage model: test bits per byte, mean ± std over {profile.seeds} seeds "
               f"(corpus SHA-256 {corpus['corpus_sha256'][:16]}...)\n"
-              + lm_output.table_markdown(rows))
+              + lm_report.table_markdown(rows))
         print("wrote " + ", ".join(written), flush=True)
         if any(r["diverged"] or any(r["skipped_steps"]) for r in rows):
             print("note: some runs diverged or skipped steps (see the runs column)",
                   file=sys.stderr)
-    run_training_suite("lm", lm_suite.plan_size(profile),
-                       lambda show: lm_suite.run(profile, device, progress=show), report, info,
-                       errors)
+    run_training_suite("lm", language_model.plan_size(profile),
+                       lambda show: language_model.run(profile, device, progress=show), report,
+                       info, errors)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -222,10 +226,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise SystemExit("--device cuda: CUDA is not available here")
     dtype = DTYPES[args.dtype]
     prof = profile(args.profile, device, args.memory_cap_gib)
-    names = backends.usable(device, [b for b in args.backends.split(",") if b] or None)
+    names = backend_choice.usable(device, [b for b in args.backends.split(",") if b] or None)
     info = meta.collect(device)
     info.update(profile=args.profile, suites=args.suites, dtype=args.dtype,
-                backends=backends.report(device))
+                backends=backend_choice.report(device))
     if args.authors:
         info.update(authors_code=str(args.authors.path), authors_workarounds=authors.WORKAROUNDS)
     out = args.out or RESULTS / info["device_kind"]
@@ -234,16 +238,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                "ops": lambda: ops_jobs(prof, args, device, dtype, names),
                "train": lambda: train_jobs(prof, args, device)}
     jobs = {suite: planned[suite]() for suite in SUITES if suite in args.suites}
-    quality = (quality_suite.quality_profile(args.profile) if "quality" in args.suites
-               else None)
-    lm = lm_suite.lm_profile(args.profile, device) if "lm" in args.suites else None
+    quality_prof = quality_profile(args.profile) if "quality" in args.suites else None
+    lm_prof = lm_profile(args.profile, device) if "lm" in args.suites else None
     if args.list:
         for suite_jobs in jobs.values():
             print("\n".join(f"{job.suite} {job.label}" for job in suite_jobs))
-        if quality:
-            print(f"quality: {quality_suite.plan_size(quality)} training runs ({quality})")
-        if lm:
-            print(f"lm: {lm_suite.plan_size(lm)} training runs ({lm})")
+        if quality_prof:
+            print(f"quality: {quality.plan_size(quality_prof)} training runs ({quality_prof})")
+        if lm_prof:
+            print(f"lm: {language_model.plan_size(lm_prof)} training runs ({lm_prof})")
         return 0
     print(f"sassha_fast benchmarks ({args.profile}) on {info['device_name']} [{device}], "
           f"torch {info['torch']}, backends: {', '.join(names)}", flush=True)
@@ -253,10 +256,10 @@ def main(argv: Optional[List[str]] = None) -> int:
               "the machine, timings will be noisy (compare ratios within one run)",
               file=sys.stderr)
     errors: List[str] = []
-    if quality:
-        run_quality(quality, out / f"quality-{args.profile}", info, errors)
-    if lm:
-        run_lm(lm, device, out / f"lm-{args.profile}", info, errors)
+    if quality_prof:
+        run_quality(quality_prof, out / f"quality-{args.profile}", info, errors)
+    if lm_prof:
+        run_lm(lm_prof, device, out / f"lm-{args.profile}", info, errors)
     if not jobs:
         return 1 if errors else 0
     progress = Progress(sum(len(j) for j in jobs.values()))
@@ -266,7 +269,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         add_ratios(suite_rows)
         rows += suite_rows
         if suite_rows:
-            print("\n" + table.text(suite, suite_rows), flush=True)
+            print("\n" + tables.text(suite, suite_rows), flush=True)
     info["load_average_after"] = os.getloadavg()
     # The step and ops suites run here; the training suite's peaks are in its rows.
     info["peak_memory_mb_this_process"] = meta.peak_memory_mb(device)
@@ -274,7 +277,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     lines = summary.summarize(rows, info["backends"], device.type)
     if lines:
         print("\n" + "\n".join(lines))
-    written = output.write_all(rows, out, info, lines)
+    written = throughput_report.write_all(rows, out, info, lines)
     print(f"\npeak memory of this process (step and ops suites): "
           f"{info['peak_memory_mb_this_process']:,.0f} MiB")
     print("wrote " + ", ".join(written))

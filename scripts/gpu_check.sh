@@ -34,7 +34,7 @@ TRAIN_S=${GPU_CHECK_TRAIN_S:-90}
 # Tests that capture a CUDA graph: the backends' own and the whole step(closure) iteration.
 GRAPH_TESTS=${GPU_CHECK_GRAPH_TESTS:-"cuda_graph or captur"}
 
-# The folder the bench writes to (bench.meta.device_kind, without needing Python yet).
+# The folder the bench writes to (bench.harness.meta.device_kind, without needing Python yet).
 kind=$(echo "$gpu_name" | tr '[:upper:]' '[:lower:]' | sed -E 's/[^a-z0-9]+/-/g; s/^-+|-+$//g')
 out="bench/results/$kind"
 mkdir -p "$out"

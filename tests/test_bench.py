@@ -1,5 +1,5 @@
 """The benchmark suite's plumbing on tiny sizes: it runs, writes well-formed CSV / JSON /
-markdown / PNG, counts bytes as bench/traffic.py says, and its SAM baseline is spec
+markdown / PNG, counts bytes as bench/harness/traffic.py says, and its SAM baseline is spec
 section 3. Timings themselves are not checked here (see `python -m bench`)."""
 import csv
 import io
@@ -9,15 +9,24 @@ import os
 import pytest
 import torch
 
-from bench import (authors, quality_data, quality_suite, run, shapes, summary, table, traffic,
-                   train_suite, train_worker)
-from bench.config import profile
-from bench.models import GPT, GPTConfig
-from bench.progress import Progress
-from bench.results import COLUMNS, add_ratios
-from bench.sam import SAM
-from bench.step_suite import cases, materialize, seed_sassha_state
-from bench.timing import Budget, measure
+from bench import run
+from bench.baselines import authors
+from bench.baselines.sam import SAM
+from bench.harness import backend_choice, traffic
+from bench.harness.config import QualityProfile, profile, quality_profile, sweep_set
+from bench.harness.progress import Progress
+from bench.harness.results import AUTHORS, COLUMNS, add_ratios
+from bench.harness.timing import Budget, measure
+from bench.methods import (AUTHORS_TRAIN_METHODS, FIRST_ORDER_TRAIN_METHODS, HESSIAN_POWER,
+                           QUALITY_METHODS, TRAIN_FD_METHODS, TRAIN_METHODS)
+from bench.output import summary, tables
+from bench.suites import quality
+from bench.suites import train as train_suite
+from bench.suites import train_worker
+from bench.suites.ops import OP_NAMES
+from bench.suites.step import cases, materialize, run_set, seed_sassha_state
+from bench.workloads import digits, shapes
+from bench.workloads.models import GPT, GPTConfig
 
 CPU = torch.device("cpu")
 
@@ -52,7 +61,7 @@ def test_model_shaped_sets_have_the_models_sizes():
     assert (by_name["resnet50"].numel, by_name["resnet50"].tensors) == (25_557_032, 161)
     assert (by_name["wide-resnet50-2"].numel, by_name["wide-resnet50-2"].tensors) == (68_883_240, 161)
     assert (by_name["gpt2-small"].numel, by_name["gpt2-small"].tensors) == (124_439_808, 148)
-    sweep = shapes.sweep_set(1_000_000)
+    sweep = sweep_set(1_000_000)
     assert sweep.tensors == 161 and abs(sweep.numel - 1_000_000) < 200
 
 
@@ -108,7 +117,7 @@ def test_measure_warms_up_then_times_the_requested_repetitions():
 
 
 def test_sassha_step_case_times_a_non_hessian_step_that_updates():
-    param_set = shapes.sweep_set(2_000)
+    param_set = sweep_set(2_000)
     tensors = materialize(param_set, CPU, torch.float32)
     case = next(c for c in cases(["reference"]) if c.method == "sassha")
     before = [p.detach().clone() for p in tensors.params]
@@ -143,7 +152,7 @@ def test_table_columns_line_up():
             for m, t in (("adamw-fused", 2.0), ("sassha-long-name", 3.0))]
     add_ratios(rows)
     assert rows[1]["vs_baseline"] == pytest.approx(1.5)
-    lines = table.text("step", rows).splitlines()[1:]
+    lines = tables.text("step", rows).splitlines()[1:]
     assert len({len(line) for line in lines}) == 1
     assert "1.50x" in lines[-1]
 
@@ -183,7 +192,7 @@ def test_smoke_run_writes_csv_json_markdown_and_png(tmp_path):
     assert run.main(["--smoke", "--suite", "step,ops", "--out", str(tmp_path)]) == 0
     rows = _read_csv(tmp_path / "results.csv")
     assert list(rows[0]) == list(COLUMNS)
-    backends = run.backends.usable(CPU)
+    backends = backend_choice.usable(CPU)
     step = [r for r in rows if r["suite"] == "step"]
     methods = {(r["method"], r["backend"]) for r in step}
     expected = {"adamw-forloop", "adamw-foreach", "adamw-fused", "sam-adamw", "sam-sgd"}
@@ -191,7 +200,7 @@ def test_smoke_run_writes_csv_json_markdown_and_png(tmp_path):
     assert {("sassha", b) for b in backends} <= methods
     assert {("sassha-hessian-ema", b) for b in backends} <= methods
     ops = [r for r in rows if r["suite"] == "ops"]
-    assert {r["method"] for r in ops if r["backend"] != "torch copy_"} == set(run.ops_suite.OP_NAMES)
+    assert {r["method"] for r in ops if r["backend"] != "torch copy_"} == set(OP_NAMES)
     assert all(r["copy_fraction"] for r in ops if r["backend"] != "torch copy_")
 
     payload = json.loads((tmp_path / "results.json").read_text())
@@ -219,13 +228,13 @@ TINY_GPT = dict(model="gpt", model_kwargs=dict(layers=1, width=16, heads=2, voca
                 batch=2, device="cpu", warmup=1, windows=1, lazy_hessian=2, seed=0)
 
 
-@pytest.mark.parametrize("method", train_suite.METHODS)
+@pytest.mark.parametrize("method", TRAIN_METHODS)
 def test_training_iteration_of_every_method_runs(method):
     result = train_worker.run(dict(TINY_GPT, method=method))
     assert len(result["iteration_s"]) == 2 and len(result["window_means_s"]) == 1
     assert result["peak_mem_mb"] > 0 and result["backend"]
     if method in ("sassha", "msassha"):
-        assert result["backend"] in run.backends.usable(CPU)
+        assert result["backend"] in backend_choice.usable(CPU)
 
 
 def test_training_suite_times_methods_in_fresh_processes():
@@ -276,9 +285,8 @@ def test_sdpa_models_get_first_order_methods_and_the_cnn_the_fd_rows():
                              "gpt-4L-128-sdpa-compiled"}
     assert "attention" not in by_label["gpt-4L-128"].model_kwargs  # existing rows unchanged
     assert [m.compile for m in quick.train_models] == [False, False, False, True]
-    assert train_suite.methods_for(by_label["gpt-4L-128"]) == train_suite.METHODS
-    assert train_suite.methods_for(by_label["resnet32"]) == (train_suite.METHODS
-                                                            + train_suite.FD_METHODS)
+    assert train_suite.methods_for(by_label["gpt-4L-128"]) == TRAIN_METHODS
+    assert train_suite.methods_for(by_label["resnet32"]) == TRAIN_METHODS + TRAIN_FD_METHODS
     for label in ("gpt-4L-128-sdpa", "gpt-4L-128-sdpa-compiled"):
         # SDPA has no double backward: neither the autograd estimator nor the authors' loops.
         assert (train_suite.methods_for(by_label[label], authors=True)
@@ -287,12 +295,12 @@ def test_sdpa_models_get_first_order_methods_and_the_cnn_the_fd_rows():
                             quick)["compile"] is True
 
 
-@pytest.mark.parametrize("method", train_suite.FIRST_ORDER_METHODS)
+@pytest.mark.parametrize("method", FIRST_ORDER_TRAIN_METHODS)
 def test_first_order_methods_train_the_sdpa_gpt(method):
     result = train_worker.run(dict(TINY_SDPA_GPT, method=method))  # lazy_hessian 2: a Hessian step
     assert len(result["iteration_s"]) == 2 and result["peak_mem_mb"] > 0
     if method.endswith("-fd"):
-        assert result["backend"] in run.backends.usable(CPU)
+        assert result["backend"] in backend_choice.usable(CPU)
 
 
 def test_double_backward_sassha_cannot_train_the_sdpa_gpt():
@@ -303,7 +311,7 @@ def test_double_backward_sassha_cannot_train_the_sdpa_gpt():
 def test_fd_sassha_trains_a_compiled_sdpa_gpt():
     # The one compiled case (compile time): Hessian steps (lazy_hessian 2) included.
     result = train_worker.run(dict(TINY_SDPA_GPT, method="sassha-fd", compile=True))
-    assert len(result["iteration_s"]) == 2 and result["backend"] in run.backends.usable(CPU)
+    assert len(result["iteration_s"]) == 2 and result["backend"] in backend_choice.usable(CPU)
 
 
 def _train_row(method, ms, peak, delta, workload="gpt-sdpa batch 4"):
@@ -329,7 +337,7 @@ def test_a_diverged_training_run_is_refused(monkeypatch):
             with torch.no_grad():
                 next(model.parameters()).fill_(float("nan"))
         return iteration, lambda: "none"
-    monkeypatch.setattr(train_worker, "make_iteration", diverging)
+    monkeypatch.setattr(train_worker, "train_iteration", diverging)
     with pytest.raises(RuntimeError, match="diverged"):
         train_worker.run(dict(TINY_GPT, method="adamw"))
 
@@ -420,12 +428,12 @@ def test_authors_msassha_runs_with_the_workarounds_only(standin):
     p = torch.ones(3, requires_grad=True)
     with pytest.raises(AttributeError, match="track_hessian"):
         code.msassha_module.MSASSHA([p])  # as published
-    opt = code.msassha([p], lr=0.1)
+    opt = code.msassha([p], HESSIAN_POWER, lr=0.1)
     p.grad = torch.full((3,), 4.0)
     opt.step()
     # hessian_power 0.5 reaches their update through the bound module global
     assert torch.allclose(p.detach(), torch.full((3,), 1.0 - 0.1 * 2.0))
-    sassha = code.sassha([p], lr=0.1)
+    sassha = code.sassha([p], HESSIAN_POWER, lr=0.1)
     p.grad = torch.full((3,), 4.0)
     sassha.step()
     assert torch.allclose(p.detach(), torch.full((3,), 0.8 - 0.1 * 2.0))
@@ -433,15 +441,15 @@ def test_authors_msassha_runs_with_the_workarounds_only(standin):
 
 def test_step_suite_times_the_authors_rows_with_the_rest(standin):
     code = authors.load(standin)
-    param_set = shapes.sweep_set(2_000)
+    param_set = sweep_set(2_000)
     tensors = materialize(param_set, CPU, torch.float32)
     all_cases = cases(["reference"], code)
-    theirs = [(c.method, c.backend) for c in all_cases if c.backend == authors.AUTHORS]
+    theirs = [(c.method, c.backend) for c in all_cases if c.backend == AUTHORS]
     assert theirs == [("sassha", "authors"), ("msassha", "authors")]
     assert ("msassha", "reference") in [(c.method, c.backend) for c in all_cases]
     budget = Budget(warmup=1, min_reps=2, max_reps=2, target_s=0.0, min_rep_s=0.0)
     before = [p.detach().clone() for p in tensors.params]
-    rows = run.step_suite.run_set(param_set, tensors, all_cases, CPU, budget)
+    rows = run_set(param_set, tensors, all_cases, CPU, budget)
     assert any(not torch.equal(b, p) for b, p in zip(before, tensors.params))
     add_ratios(rows)
     lines = summary.versus_authors(rows)
@@ -452,10 +460,10 @@ def test_step_suite_times_the_authors_rows_with_the_rest(standin):
     assert any(" msassha: authors" in line for line in lines)
 
 
-@pytest.mark.parametrize("method", train_suite.AUTHORS_METHODS)
+@pytest.mark.parametrize("method", AUTHORS_TRAIN_METHODS)
 def test_authors_training_methods_run_in_their_loops(standin, method):
     result = train_worker.run(dict(TINY_GPT, method=method, authors_code=str(standin)))
-    assert result["backend"] == authors.AUTHORS and len(result["iteration_s"]) == 2
+    assert result["backend"] == AUTHORS and len(result["iteration_s"]) == 2
     with pytest.raises(ValueError, match="needs the authors' code"):
         train_worker.run(dict(TINY_GPT, method=method))
 
@@ -466,9 +474,9 @@ def test_against_the_real_authors_checkout():
         pytest.skip("SASSHA_AUTHORS_CODE is not set (a checkout of the authors' repository; "
                     "never downloaded by the tests)")
     code = authors.load(path)
-    param_set = shapes.sweep_set(5_000)
+    param_set = sweep_set(5_000)
     tensors = materialize(param_set, CPU, torch.float32)
-    theirs = [c for c in cases([], code) if c.backend == authors.AUTHORS]
+    theirs = [c for c in cases([], code) if c.backend == AUTHORS]
     before = [p.detach().clone() for p in tensors.params]
     for case in theirs:
         iteration = case.build(tensors, CPU)
@@ -476,26 +484,26 @@ def test_against_the_real_authors_checkout():
         iteration()
     assert all(bool(torch.isfinite(p).all()) for p in tensors.params)
     assert any(not torch.equal(b, p) for b, p in zip(before, tensors.params))
-    for method in train_suite.AUTHORS_METHODS:  # a Hessian step (lazy_hessian 2) included
+    for method in AUTHORS_TRAIN_METHODS:  # a Hessian step (lazy_hessian 2) included
         result = train_worker.run(dict(TINY_GPT, method=method, authors_code=path))
-        assert result["backend"] == authors.AUTHORS
+        assert result["backend"] == AUTHORS
 
 
 # -- quality suite ----------------------------------------------------------------------
 
 def test_symmetric_noise_changes_exactly_the_asked_fraction_to_other_classes():
-    labels = torch.arange(1000) % quality_data.CLASSES
-    noisy = quality_data.symmetric_noise(labels, 0.4, torch.Generator().manual_seed(0))
+    labels = torch.arange(1000) % digits.CLASSES
+    noisy = digits.symmetric_noise(labels, 0.4, torch.Generator().manual_seed(0))
     changed = noisy != labels
     assert int(changed.sum()) == 400
-    assert noisy.min() >= 0 and noisy.max() < quality_data.CLASSES
-    assert torch.equal(quality_data.symmetric_noise(labels, 0.0, torch.Generator()), labels)
+    assert noisy.min() >= 0 and noisy.max() < digits.CLASSES
+    assert torch.equal(digits.symmetric_noise(labels, 0.0, torch.Generator()), labels)
     with pytest.raises(ValueError, match="label noise rate"):
-        quality_data.symmetric_noise(labels, 1.0, torch.Generator())
+        digits.symmetric_noise(labels, 1.0, torch.Generator())
 
 
 def test_split_keeps_the_test_set_clean_and_the_same_at_every_noise_level():
-    clean, noisy = quality_data.make_split(0.0), quality_data.make_split(0.6)
+    clean, noisy = digits.make_split(0.0), digits.make_split(0.6)
     assert torch.equal(clean.test_x, noisy.test_x) and torch.equal(clean.test_y, noisy.test_y)
     assert torch.equal(clean.fit_x, noisy.fit_x)
     train_labels = torch.cat([noisy.val_y, noisy.fit_y])
@@ -509,18 +517,18 @@ def test_quality_grid_picks_the_best_held_out_accuracy_and_never_a_diverged_run(
 
     def fake_train(method, lr, split, epochs, seed, width=16):
         val, finite = outcome[lr]
-        return quality_suite.RunResult(val, val + seed / 100, [0.1] * epochs, [0.5] * epochs,
+        return quality.RunResult(val, val + seed / 100, [0.1] * epochs, [0.5] * epochs,
                                        finite)
-    monkeypatch.setattr(quality_suite, "train", fake_train)
-    prof = quality_suite.QualityProfile("t", (0.2,), epochs=2, seeds=3, grid=True, limit=300)
-    sgd = [m for m in quality_suite.METHODS if m.name == "sgd"]
-    rows, curves = quality_suite.run(prof, sgd)
+    monkeypatch.setattr(quality, "train", fake_train)
+    prof = QualityProfile("t", (0.2,), epochs=2, seeds=3, grid=True, limit=300)
+    sgd = [m for m in QUALITY_METHODS if m.name == "sgd"]
+    rows, curves = quality.run(prof, sgd)
     # 0.1 diverged; 0.3 and 1.0 tie: the smaller is kept
     assert rows[0]["lr"] == 0.3 and rows[0]["seeds"] == 3
     assert rows[0]["test_accs"] == pytest.approx([0.7, 0.71, 0.72])
     assert rows[0]["grid_val_acc"] == {"0.03": 0.5, "0.1": 0.9, "0.3": 0.7, "1": 0.7}
     assert curves[0]["elapsed_s"] == pytest.approx([0.5, 1.0])
-    assert quality_suite.plan_size(prof, sgd) == 4 + 2
+    assert quality.plan_size(prof, sgd) == 4 + 2
 
 
 def test_quality_suite_trains_every_method_and_writes_its_files(tmp_path):
@@ -528,9 +536,9 @@ def test_quality_suite_trains_every_method_and_writes_its_files(tmp_path):
     out = tmp_path / "quality-smoke"
     assert not (tmp_path / "results.csv").exists()  # the throughput results stay untouched
     rows = _read_csv(out / "quality.csv")
-    prof = quality_suite.quality_profile("smoke")
+    prof = quality_profile("smoke")
     assert {(float(r["noise"]), r["method"]) for r in rows} == {
-        (n, m.name) for n in prof.noises for m in quality_suite.METHODS}
+        (n, m.name) for n in prof.noises for m in QUALITY_METHODS}
     for row in rows:
         accs = json.loads(row["test_accs"])
         assert len(accs) == prof.seeds and all(0.0 <= a <= 1.0 for a in accs)

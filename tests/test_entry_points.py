@@ -17,12 +17,12 @@ DOCUMENTS = [ROOT / "README.md", ROOT / "bench" / "README.md",
 SMOKE_RUNS = {
     "bench": (["--smoke", "--suite", "step,ops", "--out", "{tmp}"],
               r"Optimizer step", False),
-    "bench.backend_agreement": (["--smoke", "--device", "cpu"],
-                                r"\| tanh-fc \| 0\.0 \| foreach \|", True),
-    "bench.curvature_guard": (["--smoke"], r"\| relu-fc, 40%, 0\.15 \|", True),
-    "bench.hvp_accuracy": (["--smoke"], r"vit1_patch4 +central +floor16", False),
-    "bench.fd_stability": (["--smoke"], r"vit-b64 +msassha +fd ", False),
-    "bench.fd_cost": (["--smoke", "--batches", "2"], r"msassha-fd over adamw: ", False),
+    "bench.studies.backend_agreement": (["--smoke", "--device", "cpu"],
+                                        r"\| tanh-fc \| 0\.0 \| foreach \|", True),
+    "bench.studies.floor_choice": (["--smoke"], r"\| relu-fc, 40%, 0\.15 \|", True),
+    "bench.studies.hvp_accuracy": (["--smoke"], r"vit1_patch4 +central +floor16", False),
+    "bench.studies.fd_stability": (["--smoke"], r"vit-b64 +msassha +fd ", False),
+    "bench.studies.fd_cost": (["--smoke", "--batches", "2"], r"msassha-fd over adamw: ", False),
     "bench.lm_suite": (["--profile", "smoke", "--methods", "adamw,msassha-fd", "--lrs", "1e-3"],
                        r"\| msassha-fd \| 0\.001 \| \d", False),
     "bench.quality_suite": (["--profile", "smoke", "--methods", "sassha-fd,msassha-fd",
@@ -38,7 +38,7 @@ def documented_modules() -> set:
 
 
 def test_the_documents_name_bench_commands():
-    assert {"bench", "bench.backend_agreement"} <= documented_modules()
+    assert {"bench", "bench.studies.backend_agreement"} <= documented_modules()
 
 
 def test_every_documented_bench_command_has_a_smoke_run():

@@ -5,8 +5,8 @@ and a zero curvature makes SASSHA's step lr * m / eps: the estimate is floored a
 difference's resolution (``finite_difference.floor_at_resolution_``). Here: the floor
 itself (values, shards, no host read, every backend), the zeros it removes on the train
 suite's quick GPT, and 8 seeds x 30 steps on a fixed batch at the train suite's
-hyper-parameters (``bench/fd_stability.py``, whose table docs/estimators.md quotes) for the
-quick GPT with hand-written and SDPA attention, a CNN with BatchNorm and a small ViT
+hyper-parameters (``bench/studies/fd_stability.py``, whose table docs/estimators.md quotes)
+for the quick GPT with hand-written and SDPA attention, a CNN with BatchNorm and a small ViT
 (patch embedding + SDPA), SASSHA and M-SASSHA."""
 import functools
 
@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from backend_params import backend_device_params
-from bench import fd_stability, hvp_accuracy
+from bench.methods import set_floor
+from bench.studies import fd_stability, hvp_accuracy
 from gloo_ranks import rank_results
 from sassha_fast import MSASSHA, SASSHA
 from sassha_fast.hessian.finite_difference import (DEFAULT_EPS, RESOLUTION_FLOOR,
@@ -155,7 +156,7 @@ def test_every_backend_folds_the_floored_estimate(optimizer, backend, device):
                         hessian_estimator=FD,
                         **{k: v for k, v in PAPER_SETTINGS[optimizer].items() if k != "rho"})
         if floor is not None:
-            hvp_accuracy.set_floor(opt, floor)
+            set_floor(opt, floor)
         opt.step(lambda: problem.loss(problem.model))
         zeros = sum(int(((opt.state[p]["exp_hessian_diag"] == 0) & (x != 0)).sum())
                     for p, x in zip(problem.model.parameters(), exact))
@@ -176,11 +177,11 @@ def test_the_floor_reads_nothing_on_the_host(optimizer):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-# The double backward's own spread: another Rademacher draw (bench/fd_stability.py's
-# "autograd-seed1") moves a seed's last loss by up to 32% (quick GPT), so a per-seed bound
-# of 15% would judge the draw, not the estimator: 15% holds for the mean over the seeds,
-# and each seed must stay within PER_SEED of the double backward's (a stalled or
-# diverging run is many times it).
+# The double backward's own spread: another Rademacher draw
+# (bench/studies/fd_stability.py's "autograd-seed1") moves a seed's last loss by up to 32%
+# (quick GPT), so a per-seed bound of 15% would judge the draw, not the estimator: 15%
+# holds for the mean over the seeds, and each seed must stay within PER_SEED of the double
+# backward's (a stalled or diverging run is many times it).
 MEAN_BOUND = 0.15
 PER_SEED = 2.0  # measured at most 1.49 (gpt-sdpa, M-SASSHA)
 STABILITY = [(model, optimizer) for model in ("gpt", "gpt-sdpa", "cnn", "vit")

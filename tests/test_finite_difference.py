@@ -11,8 +11,8 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 import sassha_fast
-from bench import hvp_accuracy
-from bench.models import GPT, GPTConfig
+from bench.studies import hvp_accuracy
+from bench.workloads.models import GPT, GPTConfig
 from sassha_fast import MSASSHA, SASSHA
 from sassha_fast.hessian import finite_difference
 from sassha_fast.hessian.finite_difference import DEFAULT_EPS, FiniteDifferenceSettings
@@ -27,13 +27,13 @@ TRAJECTORY_GAP = {SASSHA: 0.035, MSASSHA: 0.02}
 
 
 def problem(name):
-    """One of bench/hvp_accuracy.py's problems (a 2-layer GPT)."""
+    """One of bench/studies/hvp_accuracy.py's problems (a 2-layer GPT)."""
     return next(p for p in hvp_accuracy.problems(torch.device("cpu"), quick=True)
                 if p.name.startswith(name))
 
 
 # Bounds on ||Hz_fd - Hz|| / ||Hz|| at the default steps, about 4x what
-# `python -m bench.hvp_accuracy` prints (docs/estimators.md).
+# `python -m bench.studies.hvp_accuracy` prints (docs/estimators.md).
 BOUNDS = {("mlp", "one_sided"): 4e-3, ("mlp", "central"): 1e-3,
           ("cnn_batchnorm_gelu", "one_sided"): 1e-2, ("cnn_batchnorm_gelu", "central"): 2e-3,
           ("gpt", "one_sided"): 1e-2, ("gpt", "central"): 1e-3}

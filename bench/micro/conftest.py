@@ -9,15 +9,15 @@ import os
 import pytest
 import torch
 
-from bench import backends
-from bench.shapes import sweep_set
+from bench.harness import backend_choice
+from bench.harness.config import sweep_set
 
 DEVICE = torch.device(os.environ.get("BENCH_MICRO_DEVICE",
                                      "cuda" if torch.cuda.is_available() else "cpu"))
 PARAMS = int(os.environ.get("BENCH_MICRO_PARAMS", 4_000_000))
 PARAM_SET = sweep_set(PARAMS)
 # Every backend usable here, found at collection time (a backend added later is picked up).
-BACKENDS = backends.usable(DEVICE)
+BACKENDS = backend_choice.usable(DEVICE)
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,18 @@
-"""One optimizer iteration per benchmark (the methods of bench/step_suite.py: AdamW, SAM,
+"""One optimizer iteration per benchmark (the methods of bench/suites/step.py: AdamW, SAM,
 SASSHA per backend, ...), on gradients already present, no model."""
 import pytest
 import torch
 
-from bench import step_suite
+from bench.harness.timing import synchronize
 from bench.micro.conftest import BACKENDS, DEVICE
-from bench.timing import synchronize
+from bench.suites import step
 
-CASES = step_suite.cases(BACKENDS)
+CASES = step.cases(BACKENDS)
 
 
 @pytest.fixture(scope="module")
 def step_tensors(param_set, device):
-    return step_suite.materialize(param_set, device, torch.float32)
+    return step.materialize(param_set, device, torch.float32)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.method}[{c.backend}]" for c in CASES])

@@ -8,7 +8,7 @@ of times its momentum. The guard raises each tensor's Hessian EMA ``D`` to at le
 weight without curvature then steps at most 1/sqrt(floor) times as far (power 0.5) as one
 of the tensor's mean curvature with the same momentum, and steps without a Hessian refresh
 cost nothing extra. Default 0: off, as the authors'
-code. ``bench/curvature_guard.py`` is the measurement that chose it and its value.
+code. ``bench/studies/floor_choice.py`` is the measurement that chose it and its value.
 """
 import math
 import numbers

@@ -8,7 +8,7 @@ torch.compile, DDP, activation checkpointing) can be estimated.
 
 The step is relative: ``eps * ||z|| = eps_rel * ||w||`` over the parameters estimated, so
 the perturbation is the same fraction of the weights whatever their scale (the choice of
-``eps_rel`` and the measurements behind it: ``python -m bench.hvp_accuracy``,
+``eps_rel`` and the measurements behind it: ``python -m bench.studies.hvp_accuracy``,
 docs/estimators.md).
 
 "The same loss" means: the same batch and loss scale (the caller's job), the same dropout
@@ -24,8 +24,8 @@ The estimate's magnitude is therefore floored at what the difference can resolve
 or 2 eps; 16-bit gradients: at least one rounding to their dtype): what the gradients
 cannot resolve is taken as the most curvature it could hide, not as none. The factor: a
 backward pass's fp32 gradient carries many roundings, not one (against fp64, a median of
-5 to 18 u |g| and a 90th percentile of 26 to 121 u |g| per entry on bench/hvp_accuracy.py's
-models, ``python -m bench.hvp_accuracy``); the measurements
+5 to 18 u |g| and a 90th percentile of 26 to 121 u |g| per entry on bench/studies/hvp_accuracy.py's
+models, ``python -m bench.studies.hvp_accuracy``); the measurements
 behind its value and the comparison with a larger step, the central scheme and
 ``curvature_floor``: docs/estimators.md "No zero from round-off"."""
 import contextlib
@@ -41,17 +41,18 @@ from .hutchinson import RademacherSource
 
 ESTIMATORS = ("autograd", "finite_difference")
 SCHEMES = ("one_sided", "central")
-# Relative steps chosen from bench/hvp_accuracy.py's measurements (docs/estimators.md): the error is
-# truncation (O(eps), O(eps^2)) above them and fp32 round-off in the gradients below.
+# Relative steps chosen from bench/studies/hvp_accuracy.py's measurements (docs/estimators.md):
+# the error is truncation (O(eps), O(eps^2)) above them and fp32 round-off in the gradients
+# below.
 DEFAULT_EPS = {"one_sided": 3e-4, "central": 1e-3}
 # Low precision (bf16 / fp16 parameters, or a forward under autocast) rounds the step and
 # the gradients to 2-3 significant digits: at the fp32 steps the estimate is round-off
-# (relative error above 1), it needs eps_rel of a few 1e-2 (bench/hvp_accuracy.py), which
+# (relative error above 1), it needs eps_rel of a few 1e-2 (bench/studies/hvp_accuracy.py), which
 # the user must ask for; smaller steps are refused.
 LOW_PRECISION_MIN_EPS = 1e-2
 FULL_PRECISION = (torch.float32, torch.float64)
 # The floor in units of one rounding of each gradient (2 u |g| / span): 1 left a small ViT
-# diverging on one seed of 8, 16 none (bench/fd_stability.py, docs/estimators.md).
+# diverging on one seed of 8, 16 none (bench/studies/fd_stability.py, docs/estimators.md).
 RESOLUTION_FLOOR = 16.0
 
 
@@ -59,7 +60,7 @@ class FiniteDifferenceSettings(NamedTuple):
     scheme: str  # "one_sided" or "central"
     eps: float  # relative step: eps * ||z|| = eps_rel * ||w||
     # |H z| is floored at ``floor`` times the difference's resolution (0: the raw
-    # difference, only to measure it: bench/hvp_accuracy.py, bench/fd_stability.py).
+    # difference, only to measure it: bench/studies/hvp_accuracy.py, bench/studies/fd_stability.py).
     floor: float = RESOLUTION_FLOOR
 
 
@@ -120,7 +121,8 @@ def _low_precision_advice(fd: FiniteDifferenceSettings, what: str) -> str:
     return (f"hessian_estimator='finite_difference' with {what}: at fd_eps={fd.eps:g} the "
             "difference of two gradients is mostly round-off. Pass fd_eps=3e-2 with "
             "fd_scheme='central' (relative error about 4e-2 measured on a GPT by "
-            f"`python -m bench.hvp_accuracy`; fd_eps must be at least {LOW_PRECISION_MIN_EPS:g}), "
+            "`python -m bench.studies.hvp_accuracy`; fd_eps must be at least "
+            f"{LOW_PRECISION_MIN_EPS:g}), "
             "or use hessian_estimator='autograd'")
 
 
@@ -208,7 +210,7 @@ def estimate(fd: FiniteDifferenceSettings, params: List[Tensor], source: Rademac
     forward and ``backward()`` of the same loss, the parameters moved); returns the
     estimate in the form ``hutchinson.hutchinson`` returns it. ``.grad`` is as it was after.
     ``check_precision``: refuse low precision with a step too small for it (off only to
-    measure the error there, in bench/hvp_accuracy.py)."""
+    measure the error there, in bench/studies/hvp_accuracy.py)."""
     if check_precision:
         check_dtypes(fd, params)
     base = [p.grad for p in params]

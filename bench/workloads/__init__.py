@@ -1,0 +1,1 @@
+"""What the methods run on: models, parameter sets and data. Imports nothing of bench."""
