@@ -145,7 +145,7 @@ class HessianOptimizer(torch.optim.Optimizer):
     def check_skipped_steps(self) -> None:
         """Read the skip counts now and warn (``SkippedStepWarning``) or raise as ``step()``
         does every ``skip_check_interval`` steps on the device path."""
-        self._path.skips.check()
+        self._path.skips.check(self._skip_cause)
 
     def _state_of(self, p: Tensor, fresh: dict) -> dict:
         """The parameter's state, created when missing (``fresh``: the counters the states
@@ -271,13 +271,19 @@ class HessianOptimizer(torch.optim.Optimizer):
         if plan.rademacher_before is not None:
             self._rademacher.load_state_dict(plan.rademacher_before)
         self._abandon_step()
+        if plan.params() or self._checks.origin is None:  # else the first pass's, kept
+            self._checks.origin = nonfinite_message(self.param_groups, [
+                (p, "gradient", p.grad) for p in plan.params()] + [
+                (p, "Hessian estimate", h) for p, h in plan.hessians.items()])
         if self._checks.raises(scaler):
-            raise FloatingPointError(nonfinite_message(
-                self.param_groups,
-                [(p, "gradient", p.grad) for p in plan.params()]
-                + [(p, "Hessian estimate", h) for p, h in plan.hessians.items()]))
+            raise FloatingPointError(self._checks.origin)
         self._path.skips.record(True)
-        self._path.skips.tick()
+        self._path.skips.tick(self._skip_cause)
+
+    def _skip_cause(self, stopping: bool) -> str:
+        # The device path reads the state on the host only for the report that stops the run.
+        return diagnostics.skip_cause(self, self._checks.origin,
+                                      read_state=stopping or not self.device_path)
 
     def _commit(self, plan: Plan) -> Plan:
         """The plan with each parameter's state (created when missing)."""
@@ -300,7 +306,7 @@ class HessianOptimizer(torch.optim.Optimizer):
             return
         for p in params:
             self._schedule.applied(self.state[p])
-        self._path.skips.tick()
+        self._path.skips.tick(self._skip_cause)
 
     def _apply_update(self, plan: Plan, hessian_power: Optional[float],
                       found_inf: Optional[Tensor]) -> None:
@@ -315,16 +321,10 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     def diagnostics(self) -> dict:
         """What to look at when training misbehaves, computed now from the state (no cost
-        during ``step()``): ``skipped_steps``, ``curvature_floor``, ``hessian_due`` and, per
-        parameter group, ``lr``, ``rho``, ``eps``, ``hessian_power`` (the scheduler's last
-        value if one is set), M-SASSHA's ``norm_factor``, and once the group has stepped:
-        ``step`` (the largest step count), ``bias_correction1`` and ``bias_correction2`` (as
-        that step's update used them), ``hessian_zero_fraction`` (entries of D exactly
-        zero), ``hessian_below_eps_fraction`` (entries whose D^hp / bc2 is below ``eps``,
-        where ``eps`` rather than the curvature sets the step), ``max_update_ratio`` (the
-        largest ||lr / bc1 * m / (D^hp / bc2 + eps)|| / ||p|| over the group's tensors for
-        their last step, weight decay aside; NaN ranks first) and
-        ``max_update_ratio_param`` (that tensor's index in the group and shape)."""
+        during ``step()``): skipped steps and, per group, the hyper-parameters, the bias
+        corrections and how much of D is zero or below ``eps``, the weights without a
+        curvature estimate, and the largest last update relative to its tensor. Every key:
+        ``step.diagnostics.report``, docs/troubleshooting.md."""
         return diagnostics.report(self, self._bias_correction.as_used)
 
     def _check_closure(self, closure) -> None:

@@ -26,6 +26,8 @@ class NonfiniteCheck:
         self._averager = averager  # the flag is or-ed over the ranks
         self.first_pass_nonfinite = False
         self.first_pass_found_inf: Optional[Tensor] = None
+        # Host path: what held inf/NaN in the last skipped step (for the skip reports).
+        self.origin: Optional[str] = None
 
     def checks(self, scaler) -> bool:
         """Whether anything is checked (a GradScaler always needs its overflow flag)."""
@@ -60,6 +62,7 @@ class NonfiniteCheck:
         """Forget the first pass (a checkpoint was loaded)."""
         self.first_pass_nonfinite = False
         self.first_pass_found_inf = None
+        self.origin = None
 
 
 def nonfinite_message(param_groups: List[dict], items: List[Tuple[Tensor, str, Tensor]]) -> str:

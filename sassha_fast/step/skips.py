@@ -18,7 +18,7 @@ CUDA graph is being captured.
 import os
 import sys
 import warnings
-from typing import List, Optional, Union
+from typing import Callable, List, Optional, Union
 
 import torch
 from torch import Tensor
@@ -26,6 +26,9 @@ from torch import Tensor
 from .capture import capturing
 
 Count = Union[int, Tensor]
+# What the optimizer can say about the skips when a report is made: called with whether the
+# run is being stopped, it returns a text to append (it may read the device only then).
+Explain = Optional[Callable[[bool], str]]
 
 
 class SkippedStepWarning(UserWarning):
@@ -106,12 +109,12 @@ class SkipCounter:
             self._total += int(skipped)
             self._run = self._run + 1 if skipped else 0
 
-    def tick(self) -> None:
+    def tick(self, explain: Explain = None) -> None:
         """After each step: report now on the host path; on the device path start a copy
         of the counts every ``check_interval`` steps and report it once it has landed."""
         self._steps_since_check += 1
         if not isinstance(self._total, Tensor):
-            self.check()
+            self.check(explain)
             return
         if capturing():  # a copy or an event query would be captured or refused
             return
@@ -121,13 +124,13 @@ class SkipCounter:
             self._copying = True
         if self._copying and self._copy.landed():
             self._copying = False
-            self._report(*self._copy.values())
+            self._report(*self._copy.values(), explain)
 
     @property
     def count(self) -> int:
         return int(self._total)
 
-    def check(self) -> None:
+    def check(self, explain: Explain = None) -> None:
         """Read the counts now (on the device path: waits for the device) and report."""
         self._steps_since_check = 0
         self._copying = False  # older than what is read now
@@ -135,22 +138,25 @@ class SkipCounter:
             total, run = torch.stack([self._total, self._run]).tolist()
         else:
             total, run = self._total, self._run
-        self._report(total, run)
+        self._report(total, run, explain)
 
-    def _report(self, total: int, run: int) -> None:
-        if total > self._warned_at and (self._warned_at == 0 or total >= 2 * self._warned_at):
+    def _report(self, total: int, run: int, explain: Explain) -> None:
+        stopping = self.max_consecutive is not None and run >= self.max_consecutive
+        warn = total > self._warned_at and (self._warned_at == 0 or total >= 2 * self._warned_at)
+        cause = explain(stopping) if explain is not None and (warn or stopping) else ""
+        if warn:
             warnings.warn(
                 f"{total} optimizer step(s) skipped so far: gradients or Hessian estimates held "
                 "inf or NaN (optimizer.skipped_steps counts them; nonfinite='raise' names the "
-                "first offending tensor). Warned again when the count doubles.",
+                "first offending tensor)." + cause + " Warned again when the count doubles.",
                 SkippedStepWarning, stacklevel=_caller_stacklevel())
             self._warned_at = total
-        if self.max_consecutive is not None and run >= self.max_consecutive:
+        if stopping:
             raise FloatingPointError(
                 f"the last {run} optimizer steps were all skipped (inf or NaN in the gradients "
-                f"or Hessian estimates; {total} skipped in all): the parameters no longer move. "
-                "nonfinite='raise' names the first offending tensor; max_consecutive_skips=None "
-                "lets the run go on")
+                f"or Hessian estimates; {total} skipped in all): the parameters no longer move."
+                + cause + " nonfinite='raise' stops at the first offending tensor; "
+                "max_consecutive_skips=None lets the run go on")
 
     def state_dict(self) -> dict:
         return {"skipped_steps": self.count}
