@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from ..backends.reference import compute_dtype
-from ..step.capture import capturing
 from ..distributed import dtensor
 from ..distributed.averaging import Averager
 from ..hessian import estimators, finite_difference
@@ -17,14 +16,16 @@ from ..hessian.hutchinson import RademacherSource
 from ..step import amp, diagnostics
 from ..step.authors_format import STATE_TENSOR_KEYS, generator_states_for
 from ..step.backward_record import BackwardRecord
+from ..step.capture import capturing
 from ..step.counters import path_for
-from ..step.nonfinite import NonfiniteCheck, nonfinite_message
-from . import checkpointing, passes
-from .dispatch import Dispatch
+from ..step.nonfinite import ON_ANOTHER_RANK, NonfiniteCheck, nonfinite_message
 from ..step.plan import Entry, Plan
+from . import checkpointing, passes
 from .buckets import Bucket, update_buckets
+from .dispatch import Dispatch
 from .schedule import LazySchedule
 from .validation import check_dense, check_group, check_hessian_power, check_options
+
 
 class HessianOptimizer(torch.optim.Optimizer):
     """Base class; subclasses define ``_apply_update(plan, hessian_power, found_inf)``."""
@@ -252,15 +253,14 @@ class HessianOptimizer(torch.optim.Optimizer):
             lambda: (self._global_norm(params, grads, False),
                      self._global_norm(list(plan.hessians), hessians, False)),
             self._home_device, scaler, self)
-        skips = self._path.skips
         if self._path.reads_flags(self.nonfinite, scaler):
             if found_inf is not None and found_inf.item():
                 self._skip(plan, scaler)
                 return False
             found_inf = None
-            skips.record(False)
+            self._path.skips.record(False)
         elif found_inf is not None:
-            skips.record(found_inf)
+            self._path.skips.record(found_inf)
         self._apply_update(self._commit(plan), self._next_hessian_power(), found_inf)
         self._finish_iteration(plan.params(), found_inf)
         return True
@@ -271,17 +271,17 @@ class HessianOptimizer(torch.optim.Optimizer):
         if plan.rademacher_before is not None:
             self._rademacher.load_state_dict(plan.rademacher_before)
         self._abandon_step()
-        if plan.params() or self._checks.origin is None:  # else the first pass's, kept
-            self._checks.origin = nonfinite_message(self.param_groups, [
-                (p, "gradient", p.grad) for p in plan.params()] + [
-                (p, "Hessian estimate", h) for p, h in plan.hessians.items()])
+        found = nonfinite_message(self.param_groups, [
+            (p, "gradient", p.grad) for p in plan.params()] + [
+            (p, "Hessian estimate", h) for p, h in plan.hessians.items()])
+        if found != ON_ANOTHER_RANK or self._checks.origin is None:  # else the first pass's
+            self._checks.origin = found
         if self._checks.raises(scaler):
             raise FloatingPointError(self._checks.origin)
         self._path.skips.record(True)
         self._path.skips.tick(self._skip_cause)
 
-    def _skip_cause(self, stopping: bool) -> str:
-        # The device path reads the state on the host only for the report that stops the run.
+    def _skip_cause(self, stopping: bool) -> str:  # the device path reads only to stop a run
         return diagnostics.skip_cause(self, self._checks.origin,
                                       read_state=stopping or not self.device_path)
 

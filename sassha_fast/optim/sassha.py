@@ -117,10 +117,10 @@ class SASSHA(HessianOptimizer):
         found_inf = None
         if checks.checks(scaler) and self._path.reads_flags(self.nonfinite, scaler):
             if not torch.isfinite(norm):
-                checks.origin = nonfinite_message(
+                checks.first_pass_origin = nonfinite_message(
                     self.param_groups, [(p, "first pass's gradient", p.grad) for p in params])
                 if checks.raises(scaler):
-                    raise FloatingPointError(checks.origin)
+                    raise FloatingPointError(checks.first_pass_origin)
                 checks.first_pass_nonfinite = True
                 if zero_grad:
                     self.zero_grad(set_to_none=True)

@@ -26,7 +26,9 @@ class NonfiniteCheck:
         self._averager = averager  # the flag is or-ed over the ranks
         self.first_pass_nonfinite = False
         self.first_pass_found_inf: Optional[Tensor] = None
-        # Host path: what held inf/NaN in the last skipped step (for the skip reports).
+        # Host path: what held inf/NaN in the first pass, then in the step being taken (for
+        # the skip reports and nonfinite="raise").
+        self.first_pass_origin: Optional[str] = None
         self.origin: Optional[str] = None
 
     def checks(self, scaler) -> bool:
@@ -45,6 +47,7 @@ class NonfiniteCheck:
         nothing is checked. Consumes what the first pass left."""
         first_pass_nonfinite, self.first_pass_nonfinite = self.first_pass_nonfinite, False
         first_pass_found_inf, self.first_pass_found_inf = self.first_pass_found_inf, None
+        self.origin, self.first_pass_origin = self.first_pass_origin, None
         if not self.checks(scaler):
             return None
         norm, hessian_norm = norms()
@@ -62,7 +65,11 @@ class NonfiniteCheck:
         """Forget the first pass (a checkpoint was loaded)."""
         self.first_pass_nonfinite = False
         self.first_pass_found_inf = None
-        self.origin = None
+        self.first_pass_origin = self.origin = None
+
+
+ON_ANOTHER_RANK = ("a gradient or Hessian estimate on another rank holds inf or NaN; the step "
+                   "was not applied")
 
 
 def nonfinite_message(param_groups: List[dict], items: List[Tuple[Tensor, str, Tensor]]) -> str:
@@ -74,5 +81,4 @@ def nonfinite_message(param_groups: List[dict], items: List[Tuple[Tensor, str, T
             group, index = where[id(p)]
             return (f"the {what} of parameter {index} of group {group} (shape "
                     f"{tuple(p.shape)}) holds inf or NaN; the step was not applied")
-    return "a gradient or Hessian estimate on another rank holds inf or NaN; the step " \
-           "was not applied"
+    return ON_ANOTHER_RANK
