@@ -1,6 +1,6 @@
-"""SAM (spec section 3), written the way SAM is usually written in PyTorch: one tensor at a
-time, the perturbation kept in the optimizer state, any torch optimizer as the base. This is
-the baseline of the benchmarks, not part of the package.
+"""SAM (Foret et al.'s sharpness-aware minimisation), written the way it is usually written
+in PyTorch: one tensor at a time, the perturbation kept in the optimizer state, any torch
+optimizer as the base. This is the baseline of the benchmarks, not part of the package.
 
 Iteration::
 

@@ -4,12 +4,16 @@ an entry whose Hessian average is exactly 0 steps by lr * m / eps) diverge where
 
 A byte-level GPT (the language-model suite's quick CPU size) trained on fresh random windows
 of the standard library at SASSHA's usual settings (bench/methods.py's ``SASSHA_TRAIN`` and
-the paper's rho), for each seed and each configuration. Embedding rows of bytes absent from
-every Hessian step's batch get gradients later but no curvature: the mechanism this measures.
+the paper's rho), for each seed and each configuration. With an output layer of its own
+(``--head untied``, the default) an embedding row gets a gradient only from batches holding
+its byte: rows of bytes absent from every Hessian step's batch get gradients later but no
+curvature, the mechanism this measures; with the suite's tied head every row gets curvature
+from the softmax.
 Prints one row per run (final training loss, skipped steps, how the run ended, the most
 zero-curvature entries seen at a Hessian step) and a summary per configuration.
 
-    python -m bench.studies.zero_curvature                 # 8 seeds, 150 iterations
+    python -m bench.studies.zero_curvature                 # 8 seeds, 150 iterations, untied
+    python -m bench.studies.zero_curvature --head tied     # the language-model suite's GPT
     python -m bench.studies.zero_curvature --smoke         # the plumbing, in seconds
 """
 import argparse
@@ -49,12 +53,12 @@ def zero_curvature_entries(opt) -> int:
                    for s in opt.state.values() if "exp_hessian_diag" in s))
 
 
-def train(configuration: str, seed: int, stream: torch.Tensor, iterations: int,
-          profile) -> Run:
+def train(configuration: str, seed: int, stream: torch.Tensor, iterations: int, profile,
+          tied: bool) -> Run:
     torch.manual_seed(seed)
     attention = "sdpa" if CONFIGURATIONS[configuration]["hessian_estimator"] != "autograd" \
         else "manual"
-    model = GPT(profile.gpt(attention)).train()
+    model = GPT(profile.gpt(attention)._replace(tied=tied)).train()
     opt = SASSHA(model.parameters(), **SASSHA_TRAIN, **PAPER_SETTINGS["SASSHA"],
                  **CONFIGURATIONS[configuration])
     batches = torch.Generator().manual_seed(seed)
@@ -100,6 +104,7 @@ def main(argv=None) -> None:
     parser.add_argument("--smoke", action="store_true", help="2 seeds, 6 iterations, tiny GPT")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--head", choices=("untied", "tied"), default="untied")
     parser.add_argument("--out", help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
     profile = lm_profile("smoke" if args.smoke else "quick", torch.device("cpu"))
@@ -111,7 +116,8 @@ def main(argv=None) -> None:
         warnings.simplefilter("ignore", SkippedStepWarning)
         for seed in range(seeds):
             for name in CONFIGURATIONS:
-                runs.append(train(name, seed, stream, iterations, profile))
+                runs.append(train(name, seed, stream, iterations, profile,
+                                  tied=args.head == "tied"))
                 print(f"{name} seed {seed}: {runs[-1].ended}, loss {runs[-1].final_loss:.3f}",
                       flush=True)
     table = report(runs)
@@ -121,7 +127,8 @@ def main(argv=None) -> None:
     if args.out:
         with open(args.out, "w") as f:
             f.write(f"`python -m bench.studies.zero_curvature --seeds {seeds} --iterations "
-                    f"{iterations}`, torch {torch.__version__}\n\n{table}\n")
+                    f"{iterations} --head {args.head}`, torch {torch.__version__}\n\n"
+                    f"{table}\n")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,9 @@ class GPTConfig(NamedTuple):
     vocab: int = 4096
     context: int = 128
     attention: str = "manual"  # "manual" (softmax written out, O(T^2) memory) or "sdpa"
+    # False: an output layer of its own, so that an embedding row gets a gradient only from
+    # batches holding its token (bench/studies/zero_curvature.py)
+    tied: bool = True
 
 
 ATTENTIONS = ("manual", "sdpa")
@@ -152,7 +155,8 @@ class TransformerBlock(nn.Module):
 
 
 class GPT(nn.Module):
-    """A pre-LayerNorm decoder-only language model with learned positions and a tied head."""
+    """A pre-LayerNorm decoder-only language model with learned positions and a tied head
+    (``config.tied``; else a head of its own)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -164,11 +168,12 @@ class GPT(nn.Module):
         # Small embeddings (GPT-2's 0.02) keep the tied head's first logits near zero.
         for embedding in (self.tokens, self.positions):
             nn.init.normal_(embedding.weight, std=0.02)
+        self.head = None if config.tied else nn.Linear(config.width, config.vocab, bias=False)
 
     def forward(self, idx: Tensor) -> Tensor:
         positions = torch.arange(idx.shape[1], device=idx.device)
-        x = self.blocks(self.tokens(idx) + self.positions(positions))
-        return self.ln(x) @ self.tokens.weight.t()
+        x = self.ln(self.blocks(self.tokens(idx) + self.positions(positions)))
+        return x @ self.tokens.weight.t() if self.head is None else self.head(x)
 
 
 class ViTConfig(NamedTuple):
