@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", ROOT / "bench" / "README.md",
              *sorted((ROOT / "docs").glob("*.md"))]
 # module: (smoke arguments, a line its output must hold, needs scikit-learn's digits)
