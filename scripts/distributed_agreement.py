@@ -2,19 +2,21 @@
 
     python scripts/distributed_agreement.py
 
-Runs the configurations of tests/test_distributed.py (DDP and bare models) and
-tests/test_fsdp.py (FSDP2 shards) as those tests do, and prints, per configuration and
-tensor kind, the worst of max |rank - single process| / max |single process| over the
-tensors and ranks (for FSDP each rank's shard against its slice of the whole tensor), the
-bound the tests apply, and for the finite-difference DDP runs how far the single-process
-double backward's numbers and other Rademacher draws are (what the tests must reject).
+Runs the configurations of tests/distributed/test_distributed.py (DDP and bare models)
+and tests/distributed/test_fsdp.py (FSDP2 shards) as those tests do, and prints, per
+configuration and tensor kind, the worst of max |rank - single process| / max |single
+process| over the tensors and ranks (for FSDP each rank's shard against its slice of the
+whole tensor), the bound the tests apply, and for the finite-difference DDP runs how far
+the single-process double backward's numbers and other Rademacher draws are (what the tests
+must reject).
 """
 import pathlib
 import sys
 
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+TESTS = pathlib.Path(__file__).resolve().parent.parent / "tests"
+sys.path[:0] = [str(TESTS / "distributed"), str(TESTS / "support")]
 
 import test_distributed as ddp  # noqa: E402
 import test_fsdp as fsdp  # noqa: E402

@@ -2,10 +2,10 @@
 
     python scripts/golden_agreement.py
 
-Replays the golden files (tests/data/golden) with both loops, as tests/test_golden.py does,
-and prints per file, loop and backend the worst relative difference over every iteration
-and every parameter and state tensor: max |got - recorded| / max |recorded| per tensor, and
-the share of iterations whose parameters equal the record bit for bit.
+Replays the golden files (tests/data/golden) with both loops, as tests/optim/test_golden.py
+does, and prints per file, loop and backend the worst relative difference over every
+iteration and every parameter and state tensor: max |got - recorded| / max |recorded| per
+tensor, and the share of iterations whose parameters equal the record bit for bit.
 """
 import pathlib
 import sys
@@ -13,7 +13,7 @@ import sys
 import torch
 
 TESTS = pathlib.Path(__file__).resolve().parent.parent / "tests"
-sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS / "support"))
 
 from golden import load, run_method_level, run_one_call, state_lists  # noqa: E402
 from sassha_fast import available_backends  # noqa: E402

@@ -26,7 +26,8 @@ import sassha_fast  # noqa: E402
 from sassha_fast import MSASSHA, SASSHA  # noqa: E402
 from sassha_fast.lm import LanguageModelSASSHA  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                "support"))
 import lm_golden  # noqa: E402  (the authors' language-model loop, shared with the tests)
 
 ITERATIONS = 30
@@ -114,9 +115,9 @@ def run_authors_sassha(backend, **kwargs):
 
 
 def run_language_model(backend):
-    """The authors' language-model loop as the golden test drives it (tests/lm_golden.py):
-    two micro-batches, a Hessian every other iteration, the rho warm-up without a perturbed
-    pass, then with one, a falling Hessian power."""
+    """The authors' language-model loop as the golden test drives it
+    (tests/support/lm_golden.py): two micro-batches, a Hessian every other iteration, the rho
+    warm-up without a perturbed pass, then with one, a falling Hessian power."""
     settings = dict(iters=ITERATIONS, micro_batches=2, rho_warmup_iters=3, rho=0.02,
                     kwargs=dict(lr=0.05, betas=(0.965, 0.99), weight_decay=1e-2,
                                 lazy_hessian=2, eps=1e-4, seed=7))

@@ -142,7 +142,7 @@ def pow_by_exp2(d, hessian_power):
     """d ** hessian_power for d >= 0 as exp2(hessian_power * log2(d)), with 0 ** 0 = 1 and
     0 ** p = 0 for p > 0. The GPU and the interpreter (which has no libdevice) run this same
     code, so the path is tested without a GPU; its error against torch.pow is measured in
-    tests/test_backend_triton.py (on a GPU exp2 and log2 are the approximate ex2/lg2
+    tests/backends/test_backend_triton.py (on a GPU exp2 and log2 are the approximate ex2/lg2
     instructions, a few ulp more)."""
     zero_case = tl.where(hessian_power == 0.0, 1.0, 0.0)
     safe = tl.where(d == 0.0, 1.0, d)

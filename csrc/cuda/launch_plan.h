@@ -1,6 +1,6 @@
 // How the multi-tensor launcher cuts lists of tensors into kernel launches. Plain C++ (no
 // CUDA), so that the plan can be checked on a machine without a GPU (_C.cuda_launch_plan)
-// and this header compiles on its own (tests/test_backend_cuda.py compiles it alone).
+// and this header compiles on its own (tests/backends/test_backend_cuda.py compiles it alone).
 //
 // Tensor t of every list holds the same elements (a parameter, its gradient, its state...).
 // Every tensor is cut into chunks of kChunk elements and each block of a launch processes one

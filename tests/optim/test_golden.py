@@ -19,8 +19,8 @@ RUNNERS = {"method-level": run_method_level, "one-call": run_one_call}
 # against the recording processor) with its default kernels, with ATEN_CPU_CAPABILITY=avx2 /
 # default and SASSHA_FAST_CPU_ISA=avx2 / generic: |got - recorded| at 0.32 of the bound below
 # (ATEN_CPU_CAPABILITY=default, sassha_k1_linear_power.pt; 7.2e-6 relative to the largest
-# entry), losses under 3e-7 relative (python tests/golden_drift.py). A hessian power 0.001 off
-# exceeds the bound ~300x (test_a_wrong_update_fails_the_golden_comparison).
+# entry), losses under 3e-7 relative (python tests/support/golden_drift.py). A hessian power
+# 0.001 off exceeds the bound ~300x (test_a_wrong_update_fails_the_golden_comparison).
 TOLERANCE = dict(rtol=1e-4, atol=2e-6)
 LOSS_TOLERANCE = dict(rel=1e-5, abs=1e-6)
 

@@ -1,15 +1,17 @@
 """How far this machine's replays of the recorded files are from them: the measurements behind
-the tolerances of tests/test_golden.py and tests/test_lm.py. Run it under each forced
-instruction set (docs/development.md, "Testing"):
+the tolerances of tests/optim/test_golden.py and tests/optim/test_lm.py. Run it under each
+forced instruction set (docs/development.md, "Testing"):
 
-    ATEN_CPU_CAPABILITY=default SASSHA_FAST_CPU_ISA=generic python tests/golden_drift.py
+    ATEN_CPU_CAPABILITY=default SASSHA_FAST_CPU_ISA=generic python tests/support/golden_drift.py
 """
 import pathlib
 import sys
 
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+HERE = pathlib.Path(__file__).resolve().parent
+# This folder (golden.py), tests/ (conftest.py) and tests/optim/ (test_golden.py, test_lm.py).
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "optim")]
 
 from conftest import cpu_kernels, golden_dir  # noqa: E402
 from golden import load, run_method_level, state_lists  # noqa: E402

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", ROOT / "bench" / "README.md",
              *sorted((ROOT / "docs").glob("*.md"))]
 # module: (smoke arguments, a line its output must hold, needs scikit-learn's digits)
@@ -23,6 +23,7 @@ SMOKE_RUNS = {
     "bench.studies.hvp_accuracy": (["--smoke"], r"vit1_patch4 +central +floor16", False),
     "bench.studies.fd_stability": (["--smoke"], r"vit-b64 +msassha +fd ", False),
     "bench.studies.fd_cost": (["--smoke", "--batches", "2"], r"msassha-fd over adamw: ", False),
+    "bench.studies.zero_curvature": (["--smoke"], r"- curvature_floor=0\.01: 0 of 2 seeds", False),
     "bench.lm_suite": (["--profile", "smoke", "--methods", "adamw,msassha-fd", "--lrs", "1e-3"],
                        r"\| msassha-fd \| 0\.001 \| \d", False),
     "bench.quality_suite": (["--profile", "smoke", "--methods", "sassha-fd,msassha-fd",

@@ -1,6 +1,6 @@
 """On a GPU: whole ``step(closure)`` iterations captured in CUDA graphs (``GraphedStep``)
 replay to the eager numbers, and the default device path runs under CUDA's sync debug mode
-set to "error". Those are skipped without CUDA (the CPU proof is tests/test_no_sync.py);
+set to "error". Those are skipped without CUDA (the CPU proof is tests/step/test_no_sync.py);
 GraphedStep's refusals are checked everywhere."""
 import pytest
 import torch

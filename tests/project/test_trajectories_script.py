@@ -7,7 +7,7 @@ import torch
 
 from sassha_fast import SASSHA
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "trajectories.py"
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "trajectories.py"
 spec = importlib.util.spec_from_file_location("trajectories", SCRIPT)
 trajectories = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(trajectories)

@@ -357,8 +357,8 @@ def test_without_triton_the_reason_is_given_and_auto_falls_back():
 def test_kernels_compile_for_a_gpu():
     """The interpreter accepts code the GPU compiler rejects: compile every kernel for sm_90
     (no GPU needed) and check that full blocks use 16-byte vector loads and stores."""
-    report = json.loads(run_python(pathlib.Path(__file__).with_name("triton_compile_check.py"),
-                                   {}).splitlines()[-1])
+    script = pathlib.Path(__file__).resolve().parents[1] / "support" / "triton_compile_check.py"
+    report = json.loads(run_python(script, {}).splitlines()[-1])
     assert len(report) == 25
     for variant, instructions in report.items():
         if variant != "finish_sum":

@@ -1,11 +1,12 @@
 """Records tests/data/golden/lm_sassha_k3.pt from the authors' language-model SASSHA.
 
-    python tests/record_lm_golden.py /path/to/their/Sassha/checkout [out.pt]
+    python tests/support/record_lm_golden.py /path/to/their/Sassha/checkout [out.pt]
 
 Their optimizer module (language_tasks/modeling/optimizers/sassha.py) is imported from the
-checkout given; nothing of theirs is copied. The loop is tests/lm_golden.py (their
-train_sassha.py reduced to the optimizer calls), the network tests/golden.py's GoldenNet,
-on CPU in float32. The file holds tensors, numbers and dicts only."""
+checkout given; nothing of theirs is copied. The loop is tests/support/lm_golden.py
+(their train_sassha.py reduced to the optimizer calls), the network
+tests/support/golden.py's GoldenNet, on CPU in float32. The file holds tensors, numbers and
+dicts only."""
 import importlib.util
 import pathlib
 import sys
@@ -85,5 +86,5 @@ def _plain(value):
 
 
 if __name__ == "__main__":
-    default = pathlib.Path(__file__).resolve().parent / "data" / "golden" / "lm_sassha_k3.pt"
+    default = pathlib.Path(__file__).resolve().parents[1] / "data" / "golden" / "lm_sassha_k3.pt"
     main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else str(default))

@@ -1,7 +1,7 @@
 """hessian_estimator="finite_difference": the estimate against the exact Hessian-vector
 product, trajectories against the double backward's, the APIs (one call, method-level
 probes, torch-style closures) and what it makes trainable (SDPA, activation checkpointing,
-a fully compiled model). DDP: tests/test_distributed.py."""
+a fully compiled model). DDP: tests/distributed/test_distributed.py."""
 import copy
 
 import pytest

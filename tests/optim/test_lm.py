@@ -13,7 +13,7 @@ from golden import GoldenNet, inject_wrong_update
 from lm_golden import PowerSchedule, WarmupRho, powers, train
 from sassha_fast.lm import SASSHA as LMSASSHA
 
-GOLDEN = pathlib.Path(__file__).parent / "data" / "golden" / "lm_sassha_k3.pt"
+GOLDEN = pathlib.Path(__file__).parents[1] / "data" / "golden" / "lm_sassha_k3.pt"
 # The golden file was recorded on another processor, and the network's forward and backward
 # (matmul, convolution, reductions) run other kernels on other CPUs: no trajectory through a
 # model is bit-for-bit portable. Left to run freely, this one amplifies rounding ~1000x in 12
@@ -22,8 +22,8 @@ GOLDEN = pathlib.Path(__file__).parent / "data" / "golden" / "lm_sassha_k3.pt"
 # one iteration's error. Worst one-iteration error measured, over the three backends and this
 # machine (AMD EPYC, against the recording processor) with its default kernels, with
 # ATEN_CPU_CAPABILITY=avx2 / default and SASSHA_FAST_CPU_ISA=avx2 / generic: 6.2e-6 (weights,
-# iteration 0), 8.7e-7 (state), 3.3e-7 (loss) (python tests/golden_drift.py). The bounds allow
-# ~15x that; a hessian power 0.001 off exceeds them 100x
+# iteration 0), 8.7e-7 (state), 3.3e-7 (loss) (python tests/support/golden_drift.py). The
+# bounds allow ~15x that; a hessian power 0.001 off exceeds them 100x
 # (test_a_wrong_update_fails_the_lm_golden_comparison).
 TOLERANCE = 1e-4  # largest |got - recorded| relative to the largest |recorded|, per tensor
 LOSS_TOLERANCE = 1e-5  # relative

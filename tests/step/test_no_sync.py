@@ -131,7 +131,7 @@ def takes_found_inf(backend: str) -> bool:
 def no_host_wait(device_type: str, sync_debug: bool):
     """The guard; on CUDA, with ``sync_debug``, also CUDA's own sync debug mode, which sees
     every real wait (not on the first step, which creates the state and CUDA's lazy
-    handles, as in tests/test_cuda_graphs.py)."""
+    handles, as in tests/step/test_cuda_graphs.py)."""
     with guard(device_type):
         if device_type != "cuda" or not sync_debug:
             yield

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 MARKER = "ran-something"
 
 

@@ -1,8 +1,8 @@
 """The loop of the authors' GPT-2 script (language_tasks/modeling/train_sassha.py), reduced
 to the optimizer calls, on the golden network: shared by the recorder
-(tests/record_lm_golden.py, run against their optimizer) and the golden test (run against
-sassha_fast.lm). Micro-batches, rho warm-up, step(iter_num), the perturbed pass in reverse
-micro-batch order and set_hessian() per micro-batch, as theirs."""
+(tests/support/record_lm_golden.py, run against their optimizer) and the golden test (run
+against sassha_fast.lm). Micro-batches, rho warm-up, step(iter_num), the perturbed pass in
+reverse micro-batch order and set_hessian() per micro-batch, as theirs."""
 from typing import Callable, Dict, List
 
 import torch

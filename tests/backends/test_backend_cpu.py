@@ -335,7 +335,7 @@ ISA_DTYPES = ["float32", "bfloat16", "float16", "float64"]
 ISA_SCRIPT = """
 import json, sys, torch
 from sassha_fast.backends import cpu
-sys.path.insert(0, {tests!r})
+sys.path[:0] = {folders!r}
 from test_backend_cpu import inputs, run_every_op
 outs = {{}}
 for dtype in {dtypes!r}:
@@ -351,7 +351,10 @@ print(json.dumps(dict(isa=cpu.isa(), out=outs)))
 def run_with_isa(isa: str) -> dict:
     """Every op in every dtype in a fresh process whose dispatch is capped at ``isa``:
     ``{"isa": the build that ran, "out": {dtype: {op: result}}}``."""
-    script = ISA_SCRIPT.format(tests=os.path.dirname(__file__), dtypes=ISA_DTYPES,
+    # This folder (test_backend_cpu) and ../support (tensor_lists, which it imports).
+    here = os.path.dirname(os.path.abspath(__file__))
+    folders = [here, os.path.join(os.path.dirname(here), "support")]
+    script = ISA_SCRIPT.format(folders=folders, dtypes=ISA_DTYPES,
                                shapes=[(5,), (67,), (1000,), (0,), (3, 11)])
     env = dict(os.environ, SASSHA_FAST_CPU_ISA=isa)
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,

@@ -17,11 +17,11 @@ from conftest import REPO
 
 # Every test comparing with a recorded file, and the cpu backend's instruction-set builds.
 RECORDED_DATA_TESTS = [
-    "tests/test_golden.py",
-    "tests/test_lm.py",
-    "tests/test_backend_cpu.py::test_each_cap_runs_the_best_build_this_cpu_supports",
-    "tests/test_backend_cpu.py::test_a_vector_build_agrees_with_the_generic_build",
-    "tests/test_backend_cpu.py::test_the_avx512_and_avx2_builds_agree_exactly",
+    "tests/optim/test_golden.py",
+    "tests/optim/test_lm.py",
+    "tests/backends/test_backend_cpu.py::test_each_cap_runs_the_best_build_this_cpu_supports",
+    "tests/backends/test_backend_cpu.py::test_a_vector_build_agrees_with_the_generic_build",
+    "tests/backends/test_backend_cpu.py::test_the_avx512_and_avx2_builds_agree_exactly",
 ]
 # Not the triton backend's replays: Triton's interpreter computes in NumPy, which neither
 # variable changes, and the model's drift reaches it as it reaches the other backends. They

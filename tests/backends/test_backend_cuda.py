@@ -451,7 +451,7 @@ def test_launch_plan_header_compiles_on_its_own(tmp_path):
     if compiler is None:
         pytest.skip("no C++ compiler on PATH")
     source = tmp_path / "alone.cpp"
-    header = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "cuda" / "launch_plan.h"
+    header = pathlib.Path(__file__).resolve().parents[2] / "csrc" / "cuda" / "launch_plan.h"
     source.write_text(f'#include "{header}"\n'
                       "template struct sassha::cuda::LaunchArgs<5, sassha::cuda::kLargeArgBytes>;\n"
                       "int main() {\n"

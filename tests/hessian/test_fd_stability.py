@@ -9,6 +9,8 @@ hyper-parameters (``bench/studies/fd_stability.py``, whose table docs/estimators
 for the quick GPT with hand-written and SDPA attention, a CNN with BatchNorm and a small ViT
 (patch embedding + SDPA), SASSHA and M-SASSHA."""
 import functools
+import pathlib
+import sys
 
 import pytest
 import torch
@@ -21,8 +23,11 @@ from sassha_fast import MSASSHA, SASSHA
 from sassha_fast.hessian.finite_difference import (DEFAULT_EPS, RESOLUTION_FLOOR,
                                                    FiniteDifferenceSettings,
                                                    floor_at_resolution_, unit_roundoff)
-from test_no_sync import guard
 from tiny import LOSS, PAPER_SETTINGS, make_model, whole_batch
+
+# guard() is test_no_sync.py's, in tests/step/.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "step"))
+from test_no_sync import guard  # noqa: E402
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -146,7 +151,7 @@ def test_every_backend_folds_the_floored_estimate(optimizer, backend, device):
     """The floor acts before the backend's ops: on each backend one Hessian step of the
     quick GPT leaves no zero in D where the double backward's product has none; the raw
     difference leaves some (the negative control). How closely the backends agree is
-    tests/test_backend_agreement.py's subject."""
+    tests/backends/test_backend_agreement.py's subject."""
     problem = quick_gpt_problem()
     exact = hvp_accuracy.exact_product(problem)
     weights = quick_gpt_problem().model.state_dict()

@@ -1,13 +1,18 @@
 """opt.diagnostics(): computed from the state on demand, exact for the last step."""
 import math
+import pathlib
+import sys
 
 import pytest
 import torch
 
 import sassha_fast
 
-from test_curvature_guard import LOSS, batches, dead_unit_model
 from tiny import PAPER_SETTINGS, assert_identical, make_model, snapshot, whole_batch
+
+# The dead-unit network of test_curvature_guard.py, in tests/hessian/.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "hessian"))
+from test_curvature_guard import LOSS, batches, dead_unit_model  # noqa: E402
 
 OPTIMIZERS = [sassha_fast.SASSHA, sassha_fast.MSASSHA]
 
