@@ -325,7 +325,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         corrections and how much of D is zero or below ``eps``, the weights without a
         curvature estimate, and the largest last update relative to its tensor. Every key:
         ``step.diagnostics.report``, docs/troubleshooting.md."""
-        return diagnostics.report(self, self._bias_correction.as_used)
+        return diagnostics.report(self, self._bias_correction.as_used, self._path.reported)
 
     def _check_closure(self, closure) -> None:
         passes.check_closure(closure, self._backward_record, self.get_params())

@@ -90,6 +90,11 @@ class HostPath:
     def store_norm_factor(group: dict, value: float) -> None:
         group["norm_factor"] = value
 
+    @staticmethod
+    def reported(count: Tensor) -> int:
+        """A count for a report: read here, as everything on this path."""
+        return int(count)
+
 
 class DevicePath:
     """Counters, skip flags and norm factors kept on the device: no host synchronisation."""
@@ -189,6 +194,11 @@ class DevicePath:
     @staticmethod
     def store_norm_factor(group: dict, value: Tensor) -> None:
         group["norm_factor"].copy_(value)  # in place: a captured graph reads it there
+
+    @staticmethod
+    def reported(count: Tensor) -> Tensor:
+        """A count for a report: left on the device (reading it is the caller's choice)."""
+        return count
 
 
 def _with_counters(entries):

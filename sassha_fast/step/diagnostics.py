@@ -72,7 +72,7 @@ def skip_cause(opt, origin: Optional[str], read_state: bool) -> str:
 
 
 @torch.no_grad()
-def group_report(opt, group: dict, as_used: AsUsed) -> dict:
+def group_report(opt, group: dict, as_used: AsUsed, reported: Callable) -> dict:
     power = group["hessian_power"] if opt.hessian_power_t is None else opt.hessian_power_t
     report = {"lr": _number(group["lr"]), "rho": group["rho"], "eps": group["eps"],
               "hessian_power": power}
@@ -104,14 +104,15 @@ def group_report(opt, group: dict, as_used: AsUsed) -> dict:
         bias_correction2=bias_correction2,
         hessian_zero_fraction=zeros / max(entries, 1),
         hessian_below_eps_fraction=below_eps / max(entries, 1),
-        zero_curvature_entries=zero_curvature if opt.device_path else int(zero_curvature),
+        zero_curvature_entries=reported(zero_curvature),
         max_update_ratio=ratio,
         max_update_ratio_param={"index": index, "shape": tuple(param.shape)})
     return report
 
 
-def report(opt, as_used: AsUsed) -> dict:
-    """``opt.diagnostics()`` (``as_used``: the optimizer's bias corrections):
+def report(opt, as_used: AsUsed, reported: Callable) -> dict:
+    """``opt.diagnostics()`` (``as_used``: the optimizer's bias corrections; ``reported``:
+    how its path hands out a device count):
     ``skipped_steps``, ``curvature_floor``, ``hessian_due`` and, per parameter group, ``lr``,
     ``rho``, ``eps``, ``hessian_power`` (the scheduler's last value if one is set),
     M-SASSHA's ``norm_factor``, and once the group has stepped: ``step`` (the largest step
@@ -126,4 +127,5 @@ def report(opt, as_used: AsUsed) -> dict:
     return {"skipped_steps": int(opt.skipped_steps),
             "curvature_floor": opt.curvature_floor,
             "hessian_due": opt.hessian_due,
-            "groups": [group_report(opt, group, as_used) for group in opt.param_groups]}
+            "groups": [group_report(opt, group, as_used, reported)
+                       for group in opt.param_groups]}
