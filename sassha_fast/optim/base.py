@@ -389,7 +389,7 @@ class HessianOptimizer(torch.optim.Optimizer):
             state_dict, self, lambda step, group: policy.for_authors_checkpoint(
                 step, group["betas"][1], self.lazy_hessian),
             self._schedule.authors_dropped_keys, self._authors_extra_state())
-        checkpointing.check_state(state_dict, self.param_groups, policy.has_second,
+        checkpointing.check_state(state_dict, self.param_groups, self.defaults, policy.has_second,
                                   allow_nonfinite=self.nonfinite == "ignore")
         super().load_state_dict(state_dict)
         checkpointing.restore_compute_dtype(self.state, self.param_groups, state_dict)

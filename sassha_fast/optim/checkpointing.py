@@ -6,7 +6,7 @@ tensors kept in the compute dtype, and the attributes a pickle or ``copy.deepcop
 carry."""
 import math
 from collections import OrderedDict
-from typing import Callable, List, Tuple
+from typing import Callable, Iterable, List, Tuple
 
 import torch
 
@@ -141,8 +141,8 @@ def _check_tensor(t, p: torch.Tensor, what: str, allow_nonfinite: bool,
         raise CheckpointError(f"{what} holds negative values; it averages |h| and cannot")
 
 
-def check_state(state_dict: dict, param_groups: List[dict], has_second_correction: bool,
-                allow_nonfinite: bool) -> None:
+def check_state(state_dict: dict, param_groups: List[dict], hyperparameters: Iterable[str],
+                has_second_correction: bool, allow_nonfinite: bool) -> None:
     """Every saved state against its parameter, in this package's format (after any
     conversion): the groups, the keys a state needs, each state tensor's kind, shape and
     values, and the counters. Raises ``CheckpointError`` naming the parameter."""
@@ -155,7 +155,8 @@ def check_state(state_dict: dict, param_groups: List[dict], has_second_correctio
         raise CheckpointError(f"the checkpoint has {len(saved_groups)} parameter group(s), "
                               f"this optimizer {len(param_groups)}")
     for g, (saved_group, group) in enumerate(zip(saved_groups, param_groups)):
-        missing = [key for key in group if key not in saved_group]
+        # The optimizer's own keys only: others (an LR scheduler's initial_lr) are not ours.
+        missing = [key for key in hyperparameters if key not in saved_group]
         if missing:
             raise CheckpointError(f"parameter group {g} of the checkpoint lacks "
                                   f"{', '.join(map(repr, missing))}: it was written by another "

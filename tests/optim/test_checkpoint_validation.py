@@ -153,3 +153,15 @@ def test_a_good_checkpoint_still_loads_and_resumes_identically():
     _, fresh = trained(SASSHA, steps=1)
     fresh.load_state_dict(saved)
     assert_identical(fresh.state_dict(), saved)
+
+
+def test_a_key_an_lr_scheduler_added_is_not_required():
+    # LambdaLR writes initial_lr into every group; a checkpoint saved before one existed
+    # (or without one) still loads, as into torch's own optimizers.
+    _, plain = trained(SASSHA)
+    saved = copy.deepcopy(plain.state_dict())
+    _, scheduled = trained(SASSHA, steps=1)
+    torch.optim.lr_scheduler.LambdaLR(scheduled, lambda step: 1.0)
+    assert "initial_lr" in scheduled.param_groups[0]
+    scheduled.load_state_dict(saved)
+    assert_identical(scheduled.state_dict()["state"], saved["state"])
