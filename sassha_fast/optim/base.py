@@ -54,6 +54,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         self.hessian_estimator = hessian_estimator
         self._schedule = LazySchedule(lazy_hessian) if schedule is None else schedule
         self._bias_correction = bias_correction
+        self._hyperparameters = tuple(defaults)  # its own group keys (wrappers add others)
         self.sync_gradients = sync_gradients
         self.nonfinite = nonfinite
         self.capturable = capturable
@@ -190,9 +191,8 @@ class HessianOptimizer(torch.optim.Optimizer):
         yield from self._estimator.probes(self, rng_state)
 
     def zero_hessian(self) -> None:
-        """Drop the estimates ``set_hessian()`` summed since the last step. Estimates are
-        not kept across steps here (no per-parameter Hessian buffer), so a step always
-        starts a fresh sum."""
+        """Drop the estimates ``set_hessian()`` summed since the last step (none is kept across
+        steps: a step always starts a fresh sum)."""
         self._estimator.zero()
 
     @torch.no_grad()
@@ -389,8 +389,8 @@ class HessianOptimizer(torch.optim.Optimizer):
             state_dict, self, lambda step, group: policy.for_authors_checkpoint(
                 step, group["betas"][1], self.lazy_hessian),
             self._schedule.authors_dropped_keys, self._authors_extra_state())
-        checkpointing.check_state(state_dict, self.param_groups, self.defaults, policy.has_second,
-                                  allow_nonfinite=self.nonfinite == "ignore")
+        checkpointing.check_state(state_dict, self.param_groups, self._hyperparameters,
+                                  policy.has_second, allow_nonfinite=self.nonfinite == "ignore")
         super().load_state_dict(state_dict)
         checkpointing.restore_compute_dtype(self.state, self.param_groups, state_dict)
         # Counters in the representation of this optimizer's path, whichever path saved them.

@@ -155,7 +155,8 @@ def check_state(state_dict: dict, param_groups: List[dict], hyperparameters: Ite
         raise CheckpointError(f"the checkpoint has {len(saved_groups)} parameter group(s), "
                               f"this optimizer {len(param_groups)}")
     for g, (saved_group, group) in enumerate(zip(saved_groups, param_groups)):
-        # The optimizer's own keys only: others (an LR scheduler's initial_lr) are not ours.
+        # The optimizer's own keys only: an LR scheduler's initial_lr, or a key torch or a
+        # framework's wrapper adds to the defaults (differentiable), is not ours to require.
         missing = [key for key in hyperparameters if key not in saved_group]
         if missing:
             raise CheckpointError(f"parameter group {g} of the checkpoint lacks "
