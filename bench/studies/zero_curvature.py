@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from sassha_fast import SASSHA, SkippedStepWarning
+from sassha_fast.step.diagnostics import zero_curvature_entries
 
 from ..harness.config import lm_profile
 from ..methods import PAPER_SETTINGS, SASSHA_TRAIN
@@ -48,9 +49,9 @@ class Run(NamedTuple):
     zero_curvature: int    # the most entries with D == 0 and m != 0 after any step
 
 
-def zero_curvature_entries(opt) -> int:
-    return int(sum(int(((s["exp_hessian_diag"] == 0) & (s["exp_avg"] != 0)).sum())
-                   for s in opt.state.values() if "exp_hessian_diag" in s))
+def zero_curvature(opt) -> int:
+    return sum(int(zero_curvature_entries(s)) for s in opt.state.values()
+               if "exp_hessian_diag" in s)
 
 
 def train(configuration: str, seed: int, stream: torch.Tensor, iterations: int, profile,
@@ -71,7 +72,7 @@ def train(configuration: str, seed: int, stream: torch.Tensor, iterations: int, 
         except FloatingPointError as exc:
             ended = f"stopped at iteration {step + 1}: " + str(exc).split(".")[0]
             break
-        most = max(most, zero_curvature_entries(opt))
+        most = max(most, zero_curvature(opt))
     if ended == "trained" and not all(bool(torch.isfinite(p).all())
                                       for p in model.parameters()):
         ended = "non-finite weights"

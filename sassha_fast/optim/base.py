@@ -253,7 +253,7 @@ class HessianOptimizer(torch.optim.Optimizer):
             lambda: (self._global_norm(params, grads, False),
                      self._global_norm(list(plan.hessians), hessians, False)),
             self._home_device, scaler, self)
-        if self._path.reads_flags(self.nonfinite, scaler):
+        if self._path.reads_flags(self._checks.raises(scaler)):
             if found_inf is not None and found_inf.item():
                 self._skip(plan, scaler)
                 return False

@@ -115,7 +115,7 @@ class SASSHA(HessianOptimizer):
         norm = self._global_norm(params, [p.grad for p in params], self.adaptive)
         checks = self._checks
         found_inf = None
-        if checks.checks(scaler) and self._path.reads_flags(self.nonfinite, scaler):
+        if checks.checks(scaler) and self._path.reads_flags(checks.raises(scaler)):
             if not torch.isfinite(norm):
                 checks.first_pass_origin = nonfinite_message(
                     self.param_groups, [(p, "first pass's gradient", p.grad) for p in params])

@@ -22,7 +22,6 @@ from typing import Callable, Dict, Hashable, List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import amp
 from .skips import SkipCounter
 
 Counters = Tuple[Tensor, Tensor]
@@ -46,7 +45,7 @@ class HostPath:
     def unshare(self, states: List[dict], all_states: List[dict]) -> None:
         """Host counters are never shared."""
 
-    def reads_flags(self, nonfinite: str, scaler) -> bool:
+    def reads_flags(self, raises: bool) -> bool:
         """Whether the step's skip decision is read on the host (always, here)."""
         return True
 
@@ -126,10 +125,10 @@ class DevicePath:
                     copies[id(step)] = (step.clone(), state["bias_correction2"].clone())
                 state["step"], state["bias_correction2"] = copies[id(step)]
 
-    def reads_flags(self, nonfinite: str, scaler) -> bool:
-        """Only ``nonfinite="raise"`` reads the flag on the host, which it must to raise
-        (with a GradScaler a skip is the scaler's business: nothing is raised)."""
-        return nonfinite == "raise" and not amp.enabled(scaler)
+    def reads_flags(self, raises: bool) -> bool:
+        """Only when a set flag must raise (``NonfiniteCheck.raises``) is it read on the
+        host, which raising needs."""
+        return raises
 
     @staticmethod
     def key(state: dict) -> Hashable:
