@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from torch.utils import cpp_extension  # noqa: E402
 
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
-CPU_SOURCES = ["csrc/module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+CPU_SOURCES = ["csrc/module.cpp", "csrc/schema.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
 CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
 CXX_FLAGS = ["-O3", "-fopenmp"]
 NVCC_FLAGS = ["-O3", "-lineinfo"]

@@ -1,4 +1,7 @@
-// The extension module sassha_fast._C: the CPU ops always, the CUDA ops when built with them.
+// The extension module sassha_fast._C. Loading it registers the ops torch.ops.sassha_fast.<op>
+// (csrc/schema.cpp) with their CPU kernels, and their CUDA kernels when built with them; the
+// module itself holds only what is not an op: the facts of the build and the CPU kernels'
+// instruction set (and, with CUDA, the launcher's plans for inspection).
 #include <torch/extension.h>
 
 #include "build_status.h"
@@ -8,9 +11,9 @@
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  sassha::register_cpu_ops(m);
+  sassha::register_cpu_helpers(m);
 #ifdef SASSHA_WITH_CUDA
-  sassha::register_cuda_ops(m);
+  sassha::register_cuda_helpers(m);
   m.attr("with_cuda") = true;
 #else
   m.attr("with_cuda") = false;

@@ -1,28 +1,30 @@
-// The fused SASSHA ops on CPU tensors (contracts: sassha_fast/backends/reference.py). Each
-// call checks its lists, runs one multi-threaded pass over all their elements with the
-// kernels for this CPU's instruction set, and holds no GIL while it does.
+// The CPU kernels of the ops torch.ops.sassha_fast.<op> (schemas: csrc/schema.cpp; contracts:
+// sassha_fast/backends/reference.py). Each call checks its lists and runs one multi-threaded
+// pass over all their elements with the kernels for this CPU's instruction set. The
+// dispatcher has released the GIL before a kernel runs, and has sent tensors that are not
+// plain CPU tensors (subclasses such as DTensor, FakeTensor, meta tensors) elsewhere.
 #include "ops.h"
+
+#include <torch/library.h>
 
 #include <cmath>
 #include <optional>
-#include <variant>
 
 #include "kernels.h"
 #include "tensor_batch.h"
+#include "../written.h"
 
 namespace sassha {
 namespace cpu {
 namespace {
 
-using TensorList = std::vector<at::Tensor>;
-// A per-step scalar: a number, or a one-element CPU tensor read here (never in Python).
-using ScalarArg = std::variant<at::Tensor, double>;
+using at::TensorList;
+using OptionalList = std::optional<TensorList>;
 
-double value_of(const char* op, const char* name, const ScalarArg& scalar) {
-  if (const double* number = std::get_if<double>(&scalar)) return *number;
-  const at::Tensor& t = std::get<at::Tensor>(scalar);
+// A per-step scalar: a one-element CPU tensor (a number arrives as one), read here.
+double value_of(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " is a tensor on ", t.device(),
-              "; the cpu backend reads scalars from numbers or CPU tensors");
+              "; the CPU kernels read scalars from numbers or CPU tensors");
   TORCH_CHECK(t.numel() == 1 && t.is_floating_point(), op, ": ", name, " is a ",
               t.scalar_type(), " tensor of ", t.numel(),
               " elements; expected a number or a one-element floating-point tensor");
@@ -50,10 +52,7 @@ at::Tensor result_scalar(double value, const TensorBatch& batch) {
   return at::scalar_tensor(value, batch.fp64() ? at::kDouble : at::kFloat);
 }
 
-at::Tensor global_norm(const TensorList& tensors, const std::optional<TensorList>& weights) {
-  check_plain("global_norm", "tensors", tensors);
-  if (weights) check_plain("global_norm", "weights", *weights);
-  pybind11::gil_scoped_release no_gil;
+at::Tensor global_norm(TensorList tensors, const OptionalList& weights) {
   TensorBatch batch("global_norm", tensors.size());
   batch.add("tensors", tensors, Kind::kValues, Access::kRead);
   Scalars s;
@@ -64,11 +63,10 @@ at::Tensor global_norm(const TensorList& tensors, const std::optional<TensorList
   return result_scalar(std::sqrt(run(kernels_for(batch).global_norm, s, batch.spans())), batch);
 }
 
-void perturb(const TensorList& params, const TensorList& grads, const ScalarArg& scale,
+void perturb(TensorList params, TensorList grads, const at::Tensor& scale,
              bool adaptive, const std::optional<at::Tensor>& found_inf) {
-  check_plain("perturb", "params", params);
-  check_plain("perturb", "grads", grads);
-  pybind11::gil_scoped_release no_gil;
+  mark_written(params);
+  mark_written(grads);
   TensorBatch batch("perturb", params.size());
   batch.add("params", params, Kind::kValues, Access::kWrite);
   batch.add("grads", grads, Kind::kValues, Access::kWrite);
@@ -85,8 +83,8 @@ void perturb(const TensorList& params, const TensorList& grads, const ScalarArg&
 
 // The scalars of the SASSHA step, as the reference computes them in Python (double); the
 // kernels round them to their compute type.
-Scalars step_scalars(const char* op, const ScalarArg& lr, double weight_decay, double beta1,
-                     const ScalarArg& bias_correction1, const ScalarArg& bias_correction2,
+Scalars step_scalars(const char* op, const at::Tensor& lr, double weight_decay, double beta1,
+                     const at::Tensor& bias_correction1, const at::Tensor& bias_correction2,
                      double hessian_power, double eps) {
   const double lr_value = value_of(op, "lr", lr);
   Scalars s;
@@ -100,16 +98,8 @@ Scalars step_scalars(const char* op, const ScalarArg& lr, double weight_decay, d
   return s;
 }
 
-void check_step_operands(const char* op, const TensorList& params, const TensorList& grads,
-                         const TensorList& exp_avgs, const TensorList& exp_hessians) {
-  check_plain(op, "params", params);
-  check_plain(op, "grads", grads);
-  check_plain(op, "exp_avgs", exp_avgs);
-  check_plain(op, "exp_hessians", exp_hessians);
-}
-
-void add_step_operands(TensorBatch& batch, const TensorList& params, const TensorList& grads,
-                       const TensorList& exp_avgs, const TensorList& exp_hessians) {
+void add_step_operands(TensorBatch& batch, TensorList params, TensorList grads,
+                       TensorList exp_avgs, TensorList exp_hessians) {
   batch.add("params", params, Kind::kValues, Access::kWrite);
   batch.add("grads", grads, Kind::kValues, Access::kRead);
   batch.add("exp_avgs", exp_avgs, Kind::kState, Access::kWrite);
@@ -117,8 +107,8 @@ void add_step_operands(TensorBatch& batch, const TensorList& params, const Tenso
 }
 
 // An op that updates its first list in place from itself and a second, read-only list.
-void update_from(const char* op, const char* name, const TensorList& updated, Kind kind,
-                 const char* source_name, const TensorList& source, bool skip,
+void update_from(const char* op, const char* name, TensorList updated, Kind kind,
+                 const char* source_name, TensorList source, bool skip,
                  RangeKernel OpKernels::*kernel, const Scalars& s) {
   TensorBatch batch(op, updated.size());
   batch.add(name, updated, kind, Access::kWrite);
@@ -128,22 +118,20 @@ void update_from(const char* op, const char* name, const TensorList& updated, Ki
   batch.finish();
 }
 
-// add_scaled once the tensors' Python types are checked and the GIL released.
-void run_add_scaled(const TensorList& params, const TensorList& tensors, double alpha) {
+void run_add_scaled(TensorList params, TensorList tensors, double alpha) {
   Scalars s;
   s.alpha = alpha;
   update_from("add_scaled", "params", params, Kind::kValues, "tensors", tensors, false,
               &OpKernels::add_scaled, s);
 }
 
-void sassha_update(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-                   const TensorList& exp_hessians, const std::optional<TensorList>& perturbations,
-                   const ScalarArg& lr, double weight_decay, double beta1,
-                   const ScalarArg& bias_correction1, const ScalarArg& bias_correction2,
+void sassha_update(TensorList params, TensorList grads, TensorList exp_avgs,
+                   TensorList exp_hessians, const OptionalList& perturbations,
+                   const at::Tensor& lr, double weight_decay, double beta1,
+                   const at::Tensor& bias_correction1, const at::Tensor& bias_correction2,
                    double hessian_power, double eps, const std::optional<at::Tensor>& found_inf) {
-  check_step_operands("sassha_update", params, grads, exp_avgs, exp_hessians);
-  if (perturbations) check_plain("sassha_update", "perturbations", *perturbations);
-  pybind11::gil_scoped_release no_gil;
+  mark_written(params);
+  mark_written(exp_avgs);
   TensorBatch batch("sassha_update", params.size());
   add_step_operands(batch, params, grads, exp_avgs, exp_hessians);
   if (perturbations) batch.add("perturbations", *perturbations, Kind::kValues, Access::kRead);
@@ -159,11 +147,9 @@ void sassha_update(const TensorList& params, const TensorList& grads, const Tens
   batch.finish();
 }
 
-void hessian_ema(const TensorList& exp_hessians, const TensorList& hessians, double beta2,
+void hessian_ema(TensorList exp_hessians, TensorList hessians, double beta2,
                  const std::optional<at::Tensor>& found_inf) {
-  check_plain("hessian_ema", "exp_hessians", exp_hessians);
-  check_plain("hessian_ema", "hessians", hessians);
-  pybind11::gil_scoped_release no_gil;
+  mark_written(exp_hessians);
   Scalars s;
   s.beta2 = beta2;
   s.one_minus_beta2 = 1.0 - beta2;
@@ -171,14 +157,14 @@ void hessian_ema(const TensorList& exp_hessians, const TensorList& hessians, dou
               skipped("hessian_ema", found_inf), &OpKernels::hessian_ema, s);
 }
 
-at::Tensor msassha_update(const TensorList& params, const TensorList& grads,
-                          const TensorList& exp_avgs, const TensorList& exp_hessians,
-                          const ScalarArg& norm_factor, const ScalarArg& lr,
-                          double weight_decay, double beta1, const ScalarArg& bias_correction1,
-                          const ScalarArg& bias_correction2, double hessian_power, double eps,
+at::Tensor msassha_update(TensorList params, TensorList grads,
+                          TensorList exp_avgs, TensorList exp_hessians,
+                          const at::Tensor& norm_factor, const at::Tensor& lr,
+                          double weight_decay, double beta1, const at::Tensor& bias_correction1,
+                          const at::Tensor& bias_correction2, double hessian_power, double eps,
                           const std::optional<at::Tensor>& found_inf) {
-  check_step_operands("msassha_update", params, grads, exp_avgs, exp_hessians);
-  pybind11::gil_scoped_release no_gil;
+  mark_written(params);
+  mark_written(exp_avgs);
   TensorBatch batch("msassha_update", params.size());
   add_step_operands(batch, params, grads, exp_avgs, exp_hessians);
   if (skipped("msassha_update", found_inf)) {
@@ -196,38 +182,24 @@ at::Tensor msassha_update(const TensorList& params, const TensorList& grads,
   return result_scalar(squares, batch);
 }
 
-void add_scaled(const TensorList& params, const TensorList& tensors, const ScalarArg& alpha) {
-  check_plain("add_scaled", "params", params);
-  check_plain("add_scaled", "tensors", tensors);
-  pybind11::gil_scoped_release no_gil;
+void add_scaled(TensorList params, TensorList tensors, const at::Tensor& alpha) {
+  mark_written(params);
   run_add_scaled(params, tensors, value_of("add_scaled", "alpha", alpha));
 }
 
 }  // namespace
 }  // namespace cpu
 
-void register_cpu_ops(pybind11::module_& m) {
-  namespace py = pybind11;
-  using py::arg;
-  // Each op releases the GIL itself, once it has checked its tensors' Python types.
-  m.def("global_norm_cpu", &cpu::global_norm,
-        "sqrt(sum ||w*t||^2) as a 0-d tensor (float64 for float64 tensors, else fp32)",
-        arg("tensors"), arg("weights") = py::none());
-  m.def("perturb_cpu", &cpu::perturb, "e = s*g (*p^2) into g, p += e", arg("params"),
-        arg("grads"), arg("scale"), arg("adaptive"), arg("found_inf") = py::none());
-  m.def("sassha_update_cpu", &cpu::sassha_update, "leave p - e, SASSHA step", arg("params"),
-        arg("grads"), arg("exp_avgs"), arg("exp_hessians"), arg("perturbations"), arg("lr"),
-        arg("weight_decay"), arg("beta1"), arg("bias_correction1"), arg("bias_correction2"),
-        arg("hessian_power"), arg("eps"), arg("found_inf") = py::none());
-  m.def("hessian_ema_cpu", &cpu::hessian_ema, "D = b2*D + (1-b2)*|h|", arg("exp_hessians"),
-        arg("hessians"), arg("beta2"), arg("found_inf") = py::none());
-  m.def("msassha_update_cpu", &cpu::msassha_update,
-        "leave p + nf*m, SASSHA step; returns sum ||m||^2", arg("params"), arg("grads"),
-        arg("exp_avgs"), arg("exp_hessians"), arg("norm_factor"), arg("lr"),
-        arg("weight_decay"), arg("beta1"), arg("bias_correction1"), arg("bias_correction2"),
-        arg("hessian_power"), arg("eps"), arg("found_inf") = py::none());
-  m.def("add_scaled_cpu", &cpu::add_scaled, "p += alpha * t", arg("params"), arg("tensors"),
-        arg("alpha"));
+TORCH_LIBRARY_IMPL(sassha_fast, CPU, m) {
+  m.impl("global_norm", &cpu::global_norm);
+  m.impl("perturb", &cpu::perturb);
+  m.impl("sassha_update", &cpu::sassha_update);
+  m.impl("hessian_ema", &cpu::hessian_ema);
+  m.impl("msassha_update", &cpu::msassha_update);
+  m.impl("add_scaled", &cpu::add_scaled);
+}
+
+void register_cpu_helpers(pybind11::module_& m) {
   m.def("cpu_isa", [] { return std::string(cpu::active_kernels().isa); },
         "the instruction set of the CPU kernels in use (avx512, avx2 or generic)");
 }

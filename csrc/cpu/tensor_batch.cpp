@@ -1,7 +1,6 @@
 #include "tensor_batch.h"
 
 #include <ATen/Parallel.h>
-#include <torch/csrc/autograd/python_variable.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -65,18 +64,15 @@ double run_range(RangeKernel kernel, const Scalars& scalars, const std::vector<S
 
 }  // namespace
 
-void TensorBatch::add(const char* name, const std::vector<at::Tensor>& tensors, Kind kind,
-                      Access access) {
+void TensorBatch::add(const char* name, at::TensorList tensors, Kind kind, Access access) {
   TORCH_CHECK(operands_ < kMaxOperands, op_, ": too many operand lists");
   TORCH_CHECK(tensors.size() == spans_.size(), op_, ": ", name, " has ", tensors.size(),
               " tensors, expected ", spans_.size(), " (one per parameter)");
   const int k = operands_++;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
-    TORCH_CHECK(!t.is_meta(), op_, ": ", name, "[", i, "] is a meta tensor, which holds no "
-                "data to read or update");
     TORCH_CHECK(t.device().is_cpu(), op_, ": ", name, "[", i, "] is on ", t.device(),
-                "; the cpu backend takes CPU tensors only");
+                "; every tensor of one op must be on one device");
     const at::ScalarType type = t.scalar_type();
     if (k == 0 && i == 0) fp64_ = type == at::kDouble;
     if (fp64_) {
@@ -108,18 +104,6 @@ void TensorBatch::add(const char* name, const std::vector<at::Tensor>& tensors, 
     if (!memory.is_same(t)) staged_.push_back({t, memory, access == Access::kWrite});
     spans_[i].data[k] = memory.data_ptr();
     spans_[i].dtype[k] = kernel_dtype(type);
-  }
-}
-
-void check_plain(const char* op, const char* name, const std::vector<at::Tensor>& tensors) {
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    PyObject* object = THPVariable_Wrap(tensors[i]);  // the tensor's own Python object
-    const bool plain = THPVariable_CheckExact(object);
-    const std::string type_name = Py_TYPE(object)->tp_name;
-    Py_DECREF(object);
-    TORCH_CHECK_TYPE(plain, op, ": ", name, "[", i, "] is a ", type_name,
-                     "; the cpu backend takes plain torch.Tensor objects (not tensor "
-                     "subclasses such as DTensor)");
   }
 }
 

@@ -22,7 +22,7 @@ class TensorBatch {
   // CPU tensors of one dtype (see Kind); tensor i of every list has the shape of tensor i of
   // the first list. A tensor whose memory is not laid out like that first tensor's (dense, same
   // strides) is staged through a copy that is, written back by finish() when written.
-  void add(const char* name, const std::vector<at::Tensor>& tensors, Kind kind, Access access);
+  void add(const char* name, at::TensorList tensors, Kind kind, Access access);
 
   const std::vector<Span>& spans() const { return spans_; }
 
@@ -44,10 +44,6 @@ class TensorBatch {
   };
   std::vector<Staged> staged_;
 };
-
-// Raises a TypeError naming op, list and index for a tensor subclass (DTensor or any other,
-// whose memory may not hold what the kernels would read and write). Needs the GIL.
-void check_plain(const char* op, const char* name, const std::vector<at::Tensor>& tensors);
 
 // Runs kernel over every element of every span. The spans are one index space, cut into
 // chunks that cross tensor boundaries (so one huge tensor and thousands of small ones both

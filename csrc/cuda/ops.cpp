@@ -1,16 +1,20 @@
-// The Python face of the CUDA ops: checks arguments (a clear error instead of a wrong memory
-// access), turns Python scalars into DeviceScalars, runs the fused op (fused_ops.cu) and
-// registers everything in sassha_fast._C.
+// The CUDA kernels of the ops torch.ops.sassha_fast.<op> (schemas: csrc/schema.cpp): each
+// checks its arguments (a clear error instead of a wrong memory access), turns the scalar
+// tensors into DeviceScalars and runs the fused op (fused_ops.cu). The dispatcher sends here
+// only calls with a CUDA tensor among their arguments, and sends tensor subclasses (DTensor,
+// FakeTensor) and meta tensors elsewhere first. The launcher's plans are exposed in
+// sassha_fast._C for inspection.
 #include "ops.h"
 
 #include <array>
 #include <cstdint>
 #include <optional>
-#include <variant>
 #include <vector>
 
 #include <c10/cuda/CUDAFunctions.h>
+#include <torch/library.h>
 
+#include "../written.h"
 #include "fused_ops.h"
 #include "launch_plan.h"
 
@@ -22,8 +26,9 @@ using cuda::DeviceScalar;
 using cuda::StepHyper;
 using cuda::TensorList;
 using OptionalList = std::optional<TensorList>;
-// A number, or a one-element fp32 tensor on the tensors' device that the kernel reads.
-using ScalarArg = std::variant<at::Tensor, double>;
+// Lists as the dispatcher passes them.
+using ListArg = at::TensorList;
+using OptionalListArg = std::optional<at::TensorList>;
 
 struct NamedList {
   const char* name;
@@ -39,26 +44,13 @@ bool same_layout(const at::Tensor& a, const at::Tensor& b) {
   return true;
 }
 
-// Tensors the kernels cannot read through a raw pointer are refused before anything touches
-// them: a subclass that PyTorch dispatches to Python (DTensor, FakeTensor...), a meta tensor,
-// then (once every tensor is known to hold data) a tensor off the GPU.
-void check_tensor_kinds(const char* op, std::initializer_list<NamedList> lists) {
+// A tensor off the GPU (a CPU tensor in a call the dispatcher sent here for another of its
+// tensors) is refused before anything touches it.
+void check_on_gpu(const char* op, std::initializer_list<NamedList> lists) {
   for (const NamedList& list : lists) {
     for (size_t i = 0; i < list.tensors.size(); ++i) {
-      const at::Tensor& t = list.tensors[i];
-      TORCH_CHECK(t.defined(), op, ": ", list.name, "[", i, "] is an undefined tensor");
-      TORCH_CHECK(!t.key_set().has(c10::DispatchKey::Python), op, ": ", list.name, "[", i,
-                  "] is a tensor subclass dispatched to Python (a DTensor, FakeTensor or "
-                  "similar) on ", t.device(), "; the cuda backend runs on plain CUDA tensors "
-                  "(pass the local tensors, or use backend='foreach')");
-      TORCH_CHECK(!t.is_meta(), op, ": ", list.name, "[", i,
-                  "] is a meta tensor (it holds no data); the cuda backend takes CUDA tensors");
-    }
-  }
-  for (const NamedList& list : lists) {
-    for (size_t i = 0; i < list.tensors.size(); ++i) {
-      TORCH_CHECK(list.tensors[i].is_cuda(), op, ": the cuda backend takes CUDA tensors, got ",
-                  list.name, "[", i, "] on ", list.tensors[i].device());
+      TORCH_CHECK(list.tensors[i].is_cuda(), op, ": every tensor of one op must be on one "
+                  "device; ", list.name, "[", i, "] is on ", list.tensors[i].device());
     }
   }
 }
@@ -146,18 +138,24 @@ at::ScalarType float_dtype(const char* op, const NamedList& list) {
   return dtype;
 }
 
-DeviceScalar device_scalar(const char* op, const char* name, const ScalarArg& arg,
-                           const TensorList& like) {
-  if (const double* value = std::get_if<double>(&arg)) {
-    return {nullptr, static_cast<float>(*value)};
-  }
-  const at::Tensor& t = std::get<at::Tensor>(arg);
+// A per-step scalar as the kernels read it: the value of a CPU tensor (a number arrives as
+// one; reading it costs no synchronisation), or the address of a one-element tensor on the
+// tensors' device, read when the kernel runs. A device tensor of another floating dtype (the
+// float64 step counters) is read through an fp32 copy that `keep` holds until the op has
+// queued its kernels: freed earlier, its memory could be handed to a tensor this op writes.
+DeviceScalar device_scalar(const char* op, const char* name, const at::Tensor& t,
+                           const TensorList& like, TensorList& keep) {
+  TORCH_CHECK(t.numel() == 1 && t.is_floating_point(), op, ": ", name, " must be a number or "
+              "a one-element floating-point tensor, got a ", t.scalar_type(), " tensor of ",
+              t.numel(), " elements");
+  if (t.is_cpu()) return {nullptr, static_cast<float>(t.item<double>())};
   if (like.empty()) return {nullptr, 0.f};  // nothing will be launched
-  TORCH_CHECK(t.numel() == 1 && t.scalar_type() == at::kFloat && t.device() == like[0].device(),
-              op, ": ", name, " must be a number or a one-element fp32 tensor on ",
-              like[0].device(), ", got a ", t.scalar_type(), " tensor of ", t.numel(),
-              " elements on ", t.device());
-  return {t.data_ptr<float>(), 0.f};
+  TORCH_CHECK(t.device() == like[0].device(), op, ": ", name, " is a tensor on ", t.device(),
+              "; the op's tensors are on ", like[0].device(), " (a scalar tensor is read on "
+              "their device or, from the CPU, on the host)");
+  if (t.scalar_type() == at::kFloat) return {t.data_ptr<float>(), 0.f};
+  keep.push_back(t.to(at::kFloat));
+  return {keep.back().data_ptr<float>(), 0.f};
 }
 
 // found_inf as the kernels read it: nullptr (never skipped) or the address of a one-element
@@ -172,12 +170,13 @@ const float* found_inf_pointer(const char* op, const std::optional<at::Tensor>& 
   return t.data_ptr<float>();
 }
 
-StepHyper step_hyper(const char* op, const TensorList& params, const ScalarArg& lr,
-                     double weight_decay, double beta1, const ScalarArg& bias_correction1,
-                     const ScalarArg& bias_correction2, double hessian_power, double eps) {
-  return {device_scalar(op, "lr", lr, params),
-          device_scalar(op, "bias_correction1", bias_correction1, params),
-          device_scalar(op, "bias_correction2", bias_correction2, params),
+StepHyper step_hyper(const char* op, const TensorList& params, const at::Tensor& lr,
+                     double weight_decay, double beta1, const at::Tensor& bias_correction1,
+                     const at::Tensor& bias_correction2, double hessian_power, double eps,
+                     TensorList& keep) {
+  return {device_scalar(op, "lr", lr, params, keep),
+          device_scalar(op, "bias_correction1", bias_correction1, params, keep),
+          device_scalar(op, "bias_correction2", bias_correction2, params, keep),
           static_cast<float>(weight_decay),
           static_cast<float>(beta1),
           static_cast<float>(1.0 - beta1),
@@ -185,18 +184,14 @@ StepHyper step_hyper(const char* op, const TensorList& params, const ScalarArg& 
           static_cast<float>(eps)};
 }
 
-// The kernels write through raw pointers; bumping the version counters lets autograd see
-// the in-place change, as it sees the reference backend's.
-void mark_modified(const TensorList& tensors) {
-  for (const at::Tensor& t : tensors) t.unsafeGetTensorImpl()->bump_version();
-}
-
-at::Tensor global_norm_op(const TensorList& tensors, const OptionalList& weights) {
+at::Tensor global_norm_op(ListArg tensors_arg, const OptionalListArg& weights_arg) {
   constexpr const char* op = "global_norm";
-  check_tensor_kinds(op, {{"tensors", tensors}, {"weights", weights ? *weights : TensorList{}}});
+  const TensorList tensors = tensors_arg.vec();
+  const TensorList weights = weights_arg ? weights_arg->vec() : TensorList{};
+  check_on_gpu(op, {{"tensors", tensors}, {"weights", weights}});
   const TensorList values = dense(tensors);
   const OptionalList weights_in_layout =
-      weights ? OptionalList(in_layout_of(values, *weights)) : std::nullopt;
+      weights_arg ? OptionalList(in_layout_of(values, weights)) : std::nullopt;
   if (weights_in_layout) {
     check_lists(op, {{"tensors", values}, {"weights", *weights_in_layout}});
     float_dtype(op, {"weights", *weights_in_layout});
@@ -208,16 +203,18 @@ at::Tensor global_norm_op(const TensorList& tensors, const OptionalList& weights
   return cuda::global_norm(values, weights_in_layout ? &*weights_in_layout : nullptr);
 }
 
-void perturb_op(const TensorList& params, const TensorList& grads, const ScalarArg& scale,
-                bool adaptive, const std::optional<at::Tensor>& found_inf) {
+void perturb_op(ListArg params_arg, ListArg grads_arg, const at::Tensor& scale, bool adaptive,
+                const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "perturb";
-  check_tensor_kinds(op, {{"params", params}, {"grads", grads}});
+  const TensorList params = params_arg.vec(), grads = grads_arg.vec();
+  mark_written(params_arg);
+  mark_written(grads_arg);
+  check_on_gpu(op, {{"params", params}, {"grads", grads}});
   check_lists(op, {{"params", params}, {"grads", grads}});
   check_dtype(op, {"grads", grads}, float_dtype(op, {"params", params}));
-  cuda::perturb(params, grads, device_scalar(op, "scale", scale, params), adaptive,
+  TensorList keep;
+  cuda::perturb(params, grads, device_scalar(op, "scale", scale, params, keep), adaptive,
                 found_inf_pointer(op, found_inf, params));
-  mark_modified(params);
-  mark_modified(grads);
 }
 
 // Checks the lists of a SASSHA or M-SASSHA update (the grads already in the params' layout).
@@ -232,40 +229,46 @@ void check_update_lists(const char* op, const TensorList& params, const TensorLi
   check_dtype(op, {"exp_hessians", exp_hessians}, at::kFloat);
 }
 
-void sassha_update_op(const TensorList& params, const TensorList& grads,
-                      const TensorList& exp_avgs, const TensorList& exp_hessians,
-                      const OptionalList& perturbations, const ScalarArg& lr, double weight_decay,
-                      double beta1, const ScalarArg& bias_correction1,
-                      const ScalarArg& bias_correction2, double hessian_power, double eps,
+void sassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_avgs_arg,
+                      ListArg exp_hessians_arg, const OptionalListArg& perturbations_arg,
+                      const at::Tensor& lr, double weight_decay, double beta1,
+                      const at::Tensor& bias_correction1, const at::Tensor& bias_correction2,
+                      double hessian_power, double eps,
                       const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "sassha_update";
-  check_tensor_kinds(op, {{"params", params},
-                          {"grads", grads},
-                          {"exp_avgs", exp_avgs},
-                          {"exp_hessians", exp_hessians},
-                          {"perturbations", perturbations ? *perturbations : TensorList{}}});
+  const TensorList params = params_arg.vec(), grads = grads_arg.vec(),
+                   exp_avgs = exp_avgs_arg.vec(), exp_hessians = exp_hessians_arg.vec(),
+                   perturbations = perturbations_arg ? perturbations_arg->vec() : TensorList{};
+  mark_written(params_arg);
+  mark_written(exp_avgs_arg);
+  check_on_gpu(op, {{"params", params},
+                    {"grads", grads},
+                    {"exp_avgs", exp_avgs},
+                    {"exp_hessians", exp_hessians},
+                    {"perturbations", perturbations}});
   const TensorList grads_in_layout = in_layout_of(params, grads);
   check_update_lists(op, params, grads_in_layout, exp_avgs, exp_hessians);
   const OptionalList perturbations_in_layout =
-      perturbations ? OptionalList(in_layout_of(params, *perturbations)) : std::nullopt;
+      perturbations_arg ? OptionalList(in_layout_of(params, perturbations)) : std::nullopt;
   if (perturbations_in_layout) {
     check_lists(op, {{"params", params}, {"perturbations", *perturbations_in_layout}});
     check_dtype(op, {"perturbations", *perturbations_in_layout},
                 float_dtype(op, {"params", params}));
   }
+  TensorList keep;
   cuda::sassha_update(params, grads_in_layout, exp_avgs, exp_hessians,
                       perturbations_in_layout ? &*perturbations_in_layout : nullptr,
                       step_hyper(op, params, lr, weight_decay, beta1, bias_correction1,
-                                 bias_correction2, hessian_power, eps),
+                                 bias_correction2, hessian_power, eps, keep),
                       found_inf_pointer(op, found_inf, params));
-  mark_modified(params);
-  mark_modified(exp_avgs);
 }
 
-void hessian_ema_op(const TensorList& exp_hessians, const TensorList& hessians, double beta2,
+void hessian_ema_op(ListArg exp_hessians_arg, ListArg hessians_arg, double beta2,
                     const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "hessian_ema";
-  check_tensor_kinds(op, {{"exp_hessians", exp_hessians}, {"hessians", hessians}});
+  const TensorList exp_hessians = exp_hessians_arg.vec(), hessians = hessians_arg.vec();
+  mark_written(exp_hessians_arg);
+  check_on_gpu(op, {{"exp_hessians", exp_hessians}, {"hessians", hessians}});
   const TensorList hessians_in_layout = in_layout_of(exp_hessians, hessians);
   check_lists(op, {{"exp_hessians", exp_hessians}, {"hessians", hessians_in_layout}});
   check_dtype(op, {"exp_hessians", exp_hessians}, at::kFloat);
@@ -273,44 +276,46 @@ void hessian_ema_op(const TensorList& exp_hessians, const TensorList& hessians, 
   cuda::hessian_ema(exp_hessians, hessians_in_layout, static_cast<float>(beta2),
                     static_cast<float>(1.0 - beta2),
                     found_inf_pointer(op, found_inf, exp_hessians));
-  mark_modified(exp_hessians);
 }
 
-at::Tensor msassha_update_op(const TensorList& params, const TensorList& grads,
-                             const TensorList& exp_avgs, const TensorList& exp_hessians,
-                             const ScalarArg& norm_factor, const ScalarArg& lr,
-                             double weight_decay, double beta1,
-                             const ScalarArg& bias_correction1,
-                             const ScalarArg& bias_correction2, double hessian_power,
+at::Tensor msassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_avgs_arg,
+                             ListArg exp_hessians_arg, const at::Tensor& norm_factor,
+                             const at::Tensor& lr, double weight_decay, double beta1,
+                             const at::Tensor& bias_correction1,
+                             const at::Tensor& bias_correction2, double hessian_power,
                              double eps, const std::optional<at::Tensor>& found_inf) {
   constexpr const char* op = "msassha_update";
-  check_tensor_kinds(op, {{"params", params},
-                          {"grads", grads},
-                          {"exp_avgs", exp_avgs},
-                          {"exp_hessians", exp_hessians}});
+  const TensorList params = params_arg.vec(), grads = grads_arg.vec(),
+                   exp_avgs = exp_avgs_arg.vec(), exp_hessians = exp_hessians_arg.vec();
+  mark_written(params_arg);
+  mark_written(exp_avgs_arg);
+  check_on_gpu(op, {{"params", params},
+                    {"grads", grads},
+                    {"exp_avgs", exp_avgs},
+                    {"exp_hessians", exp_hessians}});
   const TensorList grads_in_layout = in_layout_of(params, grads);
   check_update_lists(op, params, grads_in_layout, exp_avgs, exp_hessians);
   if (params.empty()) return device_zero();
-  at::Tensor sum_of_squares = cuda::msassha_update(
+  TensorList keep;
+  return cuda::msassha_update(
       params, grads_in_layout, exp_avgs, exp_hessians,
-      device_scalar(op, "norm_factor", norm_factor, params),
+      device_scalar(op, "norm_factor", norm_factor, params, keep),
       step_hyper(op, params, lr, weight_decay, beta1, bias_correction1, bias_correction2,
-                 hessian_power, eps),
+                 hessian_power, eps, keep),
       found_inf_pointer(op, found_inf, params));
-  mark_modified(params);
-  mark_modified(exp_avgs);
-  return sum_of_squares;
 }
 
-void add_scaled_op(const TensorList& params, const TensorList& tensors, const ScalarArg& alpha) {
+void add_scaled_op(ListArg params_arg, ListArg tensors_arg, const at::Tensor& alpha) {
   constexpr const char* op = "add_scaled";
-  check_tensor_kinds(op, {{"params", params}, {"tensors", tensors}});
+  const TensorList params = params_arg.vec(), tensors = tensors_arg.vec();
+  mark_written(params_arg);
+  check_on_gpu(op, {{"params", params}, {"tensors", tensors}});
   const TensorList tensors_in_layout = in_layout_of(params, tensors);
   check_lists(op, {{"params", params}, {"tensors", tensors_in_layout}});
   float_dtype(op, {"params", params});
   float_dtype(op, {"tensors", tensors_in_layout});
-  cuda::add_scaled(params, tensors_in_layout, device_scalar(op, "alpha", alpha, params));
-  mark_modified(params);
+  TensorList keep;
+  cuda::add_scaled(params, tensors_in_layout, device_scalar(op, "alpha", alpha, params, keep));
 }
 
 // The launcher's plan for tensors of these sizes over Depth lists with ArgBytes of kernel
@@ -368,28 +373,17 @@ py::dict launch_plan_op(const std::vector<int64_t>& numels, int depth, int arg_b
 
 }  // namespace
 
-void register_cuda_ops(py::module_& m) {
+TORCH_LIBRARY_IMPL(sassha_fast, CUDA, m) {
+  m.impl("global_norm", &global_norm_op);
+  m.impl("perturb", &perturb_op);
+  m.impl("sassha_update", &sassha_update_op);
+  m.impl("hessian_ema", &hessian_ema_op);
+  m.impl("msassha_update", &msassha_update_op);
+  m.impl("add_scaled", &add_scaled_op);
+}
+
+void register_cuda_helpers(py::module_& m) {
   using py::arg;
-  const auto no_gil = py::call_guard<py::gil_scoped_release>();
-  m.def("global_norm_cuda", &global_norm_op, no_gil, arg("tensors"), arg("weights"),
-        "sqrt(sum ||(|w| or 1) * t||^2) as a 0-d fp32 tensor on the tensors' device");
-  m.def("perturb_cuda", &perturb_op, no_gil, arg("params"), arg("grads"), arg("scale"),
-        arg("adaptive"), arg("found_inf") = py::none(),
-        "e = scale * g (* p^2 when adaptive) stored in g; p += e");
-  m.def("sassha_update_cuda", &sassha_update_op, no_gil, arg("params"), arg("grads"),
-        arg("exp_avgs"), arg("exp_hessians"), arg("perturbations"), arg("lr"),
-        arg("weight_decay"), arg("beta1"), arg("bias_correction1"), arg("bias_correction2"),
-        arg("hessian_power"), arg("eps"), arg("found_inf") = py::none(),
-        "[p -= e;] SASSHA's step");
-  m.def("hessian_ema_cuda", &hessian_ema_op, no_gil, arg("exp_hessians"), arg("hessians"),
-        arg("beta2"), arg("found_inf") = py::none(), "D = b2*D + (1-b2)*|h|");
-  m.def("msassha_update_cuda", &msassha_update_op, no_gil, arg("params"), arg("grads"),
-        arg("exp_avgs"), arg("exp_hessians"), arg("norm_factor"), arg("lr"),
-        arg("weight_decay"), arg("beta1"), arg("bias_correction1"), arg("bias_correction2"),
-        arg("hessian_power"), arg("eps"), arg("found_inf") = py::none(),
-        "p += nf * m; SASSHA's step; returns sum ||m_new||^2 as a 0-d fp32 device tensor");
-  m.def("add_scaled_cuda", &add_scaled_op, no_gil, arg("params"), arg("tensors"), arg("alpha"),
-        "p += alpha * t");
   // The GIL stays held: the plan is built into Python objects.
   m.def("cuda_launch_plan", &launch_plan_op, arg("numels"), arg("depth"),
         arg("arg_bytes") = cuda::kSmallArgBytes,

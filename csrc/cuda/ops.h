@@ -2,6 +2,6 @@
 #include <torch/extension.h>
 
 namespace sassha {
-// Adds the CUDA ops to the extension module.
-void register_cuda_ops(pybind11::module_& m);
+// Adds the CUDA helpers that are not ops (the launcher's plans) to the extension module.
+void register_cuda_helpers(pybind11::module_& m);
 }  // namespace sassha

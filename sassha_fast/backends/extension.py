@@ -1,5 +1,6 @@
 """The compiled extension ``sassha_fast._C``, loaded only when it was built against the
-torch that is running, and the facts of its build (``build_info()``).
+torch that is running, and the facts of its build (``build_info()``). Loading it defines
+the dispatcher ops ``torch.ops.sassha_fast.<op>``; their fake kernels are registered then.
 
 An extension built against another torch release does not share its C++ ABI: importing it
 fails with an undefined symbol at best and crashes later at worst. setup.py records the
@@ -67,6 +68,7 @@ def _load() -> Tuple[Optional[ModuleType], Optional[str]]:
     except ImportError as exc:  # an install without its extension still offers other backends
         return None, (f"cannot import the extension sassha_fast._C ({exc}); rebuild it: "
                       f"{rebuild_command()}")
+    from . import fake_kernels  # noqa: F401 (registers them under the ops _C defined)
     return _C, None
 
 

@@ -23,8 +23,11 @@ The op contract every backend follows:
 * Empty lists. ``global_norm([])`` and ``msassha_update`` of empty lists return a zero 0-d
   tensor (float32).
 * Tensor types. A backend given a tensor it cannot run on (a tensor subclass such as
-  DTensor, a meta tensor, a tensor on another device) raises an error naming the op, the
-  list, the index and the tensor's type or device.
+  DTensor, a tensor on another device) raises an error naming the op, the list, the index
+  and the tensor's type or device. The Python backends refuse meta tensors too; the
+  dispatcher ops of the cpu and cuda backends (``torch.ops.sassha_fast``) treat FakeTensor
+  and meta tensors as every PyTorch operator does: their fake kernels check the lists and
+  touch no data.
 """
 from typing import List, Optional, Union
 

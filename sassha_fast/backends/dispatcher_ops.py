@@ -1,0 +1,66 @@
+"""The ops of the cpu and cuda backends: ``torch.ops.sassha_fast.<op>``, the dispatcher
+operators that the extension ``sassha_fast._C`` defines (schemas: csrc/schema.cpp), with a
+CPU and a CUDA kernel each and a fake kernel (``fake_kernels.py``). The dispatcher picks the
+kernel from the tensors' device, so one function serves both backends; this module only
+adapts the op contract of ``reference.py`` to the schemas.
+
+The schemas take every per-step scalar as a one-element tensor: a number is passed as a
+float64 CPU tensor, which the kernels read on the host (in double on the CPU, rounded to
+fp32 by the CUDA kernels), and a tensor as it comes (a CUDA kernel reads a device tensor
+when it runs). Functions of empty lists that have no tensor to dispatch on are answered
+here."""
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from .reference import Scalar
+
+
+def _tensor(value: Scalar) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    return torch.tensor(value, dtype=torch.float64)
+
+
+def global_norm(tensors: List[Tensor], weights: Optional[List[Tensor]] = None) -> Tensor:
+    if not tensors:
+        return torch.zeros((), dtype=torch.float32)
+    return torch.ops.sassha_fast.global_norm(tensors, weights)
+
+
+def perturb(params: List[Tensor], grads: List[Tensor], scale: Scalar, adaptive: bool, *,
+            found_inf: Optional[Tensor] = None) -> None:
+    torch.ops.sassha_fast.perturb(params, grads, _tensor(scale), bool(adaptive), found_inf)
+
+
+def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
+                  exp_hessians: List[Tensor], perturbations: Optional[List[Tensor]], *,
+                  lr: Scalar, weight_decay: float, beta1: float, bias_correction1: Scalar,
+                  bias_correction2: Scalar, hessian_power: float, eps: float,
+                  found_inf: Optional[Tensor] = None) -> None:
+    torch.ops.sassha_fast.sassha_update(
+        params, grads, exp_avgs, exp_hessians, perturbations, _tensor(lr), weight_decay,
+        beta1, _tensor(bias_correction1), _tensor(bias_correction2), hessian_power, eps,
+        found_inf)
+
+
+def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float, *,
+                found_inf: Optional[Tensor] = None) -> None:
+    if exp_hessians:
+        torch.ops.sassha_fast.hessian_ema(exp_hessians, hessians, beta2, found_inf)
+
+
+def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
+                   exp_hessians: List[Tensor], *, norm_factor: Scalar, lr: Scalar,
+                   weight_decay: float, beta1: float, bias_correction1: Scalar,
+                   bias_correction2: Scalar, hessian_power: float, eps: float,
+                   found_inf: Optional[Tensor] = None) -> Tensor:
+    return torch.ops.sassha_fast.msassha_update(
+        params, grads, exp_avgs, exp_hessians, _tensor(norm_factor), _tensor(lr),
+        weight_decay, beta1, _tensor(bias_correction1), _tensor(bias_correction2),
+        hessian_power, eps, found_inf)
+
+
+def add_scaled(params: List[Tensor], tensors: List[Tensor], alpha: Scalar) -> None:
+    torch.ops.sassha_fast.add_scaled(params, tensors, _tensor(alpha))
