@@ -67,6 +67,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--models", default="",
                         help="comma-separated training-model name prefixes, e.g. resnet,gpt "
                              "(default: both)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size of the training suite's models (default: the "
+                             "profile's, e.g. 4 on a CPU with --quick)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="parameter dtype of the step and ops suites (default float32)")
     parser.add_argument("--authors-code", type=pathlib.Path, default=None, metavar="PATH",
@@ -132,7 +135,7 @@ def ops_jobs(prof: Profile, args, device, dtype, names: List[str]) -> List[Job]:
 
 def train_jobs(prof: Profile, args, device) -> List[Job]:
     prefixes = [m for m in args.models.split(",") if m]
-    models = [m for m in prof.train_models
+    models = [m._replace(batch=args.batch or m.batch) for m in prof.train_models
               if not prefixes or any(m.label.startswith(p) for p in prefixes)]
     if prefixes and not models:
         raise SystemExit(f"--models {args.models} matches none of "

@@ -7,7 +7,11 @@ with --authors-code: each sassha_fast row's speed-up over the authors' implement
 the same method, beside its time over the baseline (fused AdamW);
 issue 11: per training model with finite-difference rows, SASSHA-fd's time and peak memory
           over SAM-AdamW's (targets <= 1.1x, <= 1.15x) and M-SASSHA-fd's time over AdamW's
-          (target <= 1.15x)."""
+          (target <= 1.15x);
+issue 28: on the eager SDPA GPT, M-SASSHA-fd's time over AdamW's (target <= 1.25x at batch 4,
+          <= 1.15x at batch 16; at other batches not checked) and SASSHA-fd's over
+          SAM-AdamW's (target <= 1.05x)."""
+import re
 from typing import List, Optional
 
 from ..harness.results import AUTHORS, find
@@ -20,6 +24,9 @@ COPY_FRACTION_TARGET = 0.85
 FD_TARGETS = (("sassha-fd", "sam-adamw", "median_ms", "time", 1.10),
               ("sassha-fd", "sam-adamw", "peak_mem_mb", "peak memory", 1.15),
               ("msassha-fd", "adamw", "median_ms", "time", 1.15))
+# issue 28, on the eager SDPA GPT: {batch: M-SASSHA-fd / AdamW target}, SASSHA-fd / SAM-AdamW
+MSASSHA_FD_TARGET_AT_BATCH = {4: 1.25, 16: 1.15}
+SASSHA_FD_TARGET = 1.05
 
 
 def _set_with(rows: List[dict], min_tensors: int, min_params: int) -> Optional[dict]:
@@ -167,9 +174,42 @@ def finite_difference(rows: List[dict]) -> List[str]:
     return lines
 
 
+def _time_ratio(rows: List[dict], workload: str, mine: str, theirs: str) -> Optional[float]:
+    num = find(rows, suite="train", workload=workload, method=mine)
+    den = find(rows, suite="train", workload=workload, method=theirs)
+    if num is None or den is None or num.get("skipped_steps") or den.get("skipped_steps"):
+        return None
+    return num["median_ms"] / den["median_ms"]
+
+
+def issue28(rows: List[dict]) -> List[str]:
+    """Issue 28's targets on each eager SDPA GPT workload of the training suite."""
+    lines = []
+    for workload in dict.fromkeys(r["workload"] for r in rows if r["suite"] == "train"):
+        match = re.fullmatch(r"gpt-.*-sdpa batch (\d+)", workload)
+        if match is None:
+            continue
+        batch, parts = int(match.group(1)), []
+        for mine, theirs, target in (("msassha-fd", "adamw",
+                                      MSASSHA_FD_TARGET_AT_BATCH.get(batch)),
+                                     ("sassha-fd", "sam-adamw", SASSHA_FD_TARGET)):
+            ratio = _time_ratio(rows, workload, mine, theirs)
+            if ratio is None:
+                parts.append(f"{mine} / {theirs}: not measured (or steps skipped)")
+            elif target is None:
+                parts.append(f"{mine} / {theirs} {ratio:.2f}x (targets at batch "
+                             + " and ".join(map(str, MSASSHA_FD_TARGET_AT_BATCH))
+                             + " only: not checked)")
+            else:
+                parts.append(f"{mine} / {theirs} {ratio:.2f}x (target <= {target:.2f}x at "
+                             f"batch {batch}: {_verdict(ratio <= target)})")
+        lines.append(f"issue 28: {workload}: " + "; ".join(parts))
+    return lines
+
+
 def summarize(rows: List[dict], backend_report: dict, device_type: str) -> List[str]:
     lines = []
     if any(r["suite"] == "step" for r in rows):
         lines += issue2(rows) + issue3(rows, backend_report)
     return (lines + issues4_5(rows, device_type) + versus_authors(rows)
-            + finite_difference(rows))
+            + finite_difference(rows) + issue28(rows))

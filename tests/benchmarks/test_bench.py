@@ -331,6 +331,26 @@ def test_fd_summary_judges_each_ratio_against_issue_11s_targets():
     assert summary.finite_difference(rows[:2]) == []
 
 
+def test_issue28_summary_judges_the_sdpa_gpt_at_the_batch_of_each_target():
+    rows = []
+    for batch, msassha_ms, sassha_ms in ((4, 124.0, 208.0), (16, 116.0, 212.0), (8, 120.0, 200.0)):
+        workload = f"gpt-4L-128-sdpa batch {batch}"
+        rows += [_train_row("adamw", 100.0, 1, 1, workload),
+                 _train_row("sam-adamw", 200.0, 1, 1, workload),
+                 _train_row("msassha-fd", msassha_ms, 1, 1, workload),
+                 _train_row("sassha-fd", sassha_ms, 1, 1, workload)]
+    rows.append(_train_row("adamw", 1.0, 1, 1, "gpt-4L-128-sdpa-compiled batch 4"))
+    at4, at16, at8 = summary.issue28(rows)  # the compiled GPT is not judged
+    assert "msassha-fd / adamw 1.24x (target <= 1.25x at batch 4: meets target)" in at4
+    assert "sassha-fd / sam-adamw 1.04x (target <= 1.05x at batch 4: meets target)" in at4
+    assert "msassha-fd / adamw 1.16x (target <= 1.15x at batch 16: MISSES target)" in at16
+    assert "sassha-fd / sam-adamw 1.06x (target <= 1.05x at batch 16: MISSES target)" in at16
+    assert "msassha-fd / adamw 1.20x (targets at batch 4 and 16 only: not checked)" in at8
+    assert summary.issue28(rows[:2])[0].endswith("msassha-fd / adamw: not measured (or steps "
+                                                 "skipped); sassha-fd / sam-adamw: not measured "
+                                                 "(or steps skipped)")
+
+
 def test_a_diverged_training_run_is_refused(monkeypatch):
     def diverging(method, model, *args):
         def iteration():
