@@ -35,6 +35,8 @@ def check(op: str, operands: Sequence[Operand]) -> torch.device:
     out of bounds or misinterpret (tensor subclasses and meta tensors are the caller's to
     refuse). Set and list comparisons: this runs on every call."""
     first = operands[0]
+    if not first.tensors:  # an op over no tensors has no device: its caller answers it
+        raise ValueError(f"{op}: {first.name} is empty")
     device = first.tensors[0].device
     if device.type != device_type():
         raise ValueError(f"{op}: {first.name}[0] is on {device}; the triton backend takes "
@@ -118,13 +120,12 @@ def zero() -> Tensor:
     return torch.zeros((), dtype=torch.float32, device=torch.device("cuda", torch.cuda.current_device()))
 
 
-def scalar(op: str, name: str, value: Union[float, Tensor],
+def scalar(op: str, name: str, value: Tensor,
            device: torch.device) -> Tuple[Union[float, Tensor], bool]:
-    """A kernel argument for a per-step scalar, and whether it is a pointer: a tensor on the
-    kernels' device is read there (no synchronisation); a number, or a CPU tensor when the
-    kernels run on a GPU (reading it waits for nothing), is passed by value."""
-    if not isinstance(value, Tensor):
-        return float(value), False
+    """A kernel argument for a per-step scalar (a one-element tensor), and whether it is a
+    pointer: a tensor on the kernels' device is read there (no synchronisation); a CPU
+    tensor when the kernels run on a GPU (reading it waits for nothing) is passed by
+    value."""
     if value.numel() != 1:
         raise ValueError(f"{op}: {name} must be a number or a one-element tensor, got shape "
                          f"{tuple(value.shape)}")

@@ -17,7 +17,8 @@ from torch import Tensor
 from .reference import Scalar
 
 
-def _tensor(value: Scalar) -> Tensor:
+def scalar_tensor(value: Scalar) -> Tensor:
+    """A per-step scalar as the schemas take it (the triton backend's ops too)."""
     if isinstance(value, Tensor):
         return value
     return torch.tensor(value, dtype=torch.float64)
@@ -31,7 +32,7 @@ def global_norm(tensors: List[Tensor], weights: Optional[List[Tensor]] = None) -
 
 def perturb(params: List[Tensor], grads: List[Tensor], scale: Scalar, adaptive: bool, *,
             found_inf: Optional[Tensor] = None) -> None:
-    torch.ops.sassha_fast.perturb(params, grads, _tensor(scale), bool(adaptive), found_inf)
+    torch.ops.sassha_fast.perturb(params, grads, scalar_tensor(scale), bool(adaptive), found_inf)
 
 
 def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
@@ -40,9 +41,9 @@ def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tens
                   bias_correction2: Scalar, hessian_power: float, eps: float,
                   found_inf: Optional[Tensor] = None) -> None:
     torch.ops.sassha_fast.sassha_update(
-        params, grads, exp_avgs, exp_hessians, perturbations, _tensor(lr), weight_decay,
-        beta1, _tensor(bias_correction1), _tensor(bias_correction2), hessian_power, eps,
-        found_inf)
+        params, grads, exp_avgs, exp_hessians, perturbations, scalar_tensor(lr), weight_decay,
+        beta1, scalar_tensor(bias_correction1), scalar_tensor(bias_correction2), hessian_power,
+        eps, found_inf)
 
 
 def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float, *,
@@ -57,10 +58,10 @@ def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Ten
                    bias_correction2: Scalar, hessian_power: float, eps: float,
                    found_inf: Optional[Tensor] = None) -> Tensor:
     return torch.ops.sassha_fast.msassha_update(
-        params, grads, exp_avgs, exp_hessians, _tensor(norm_factor), _tensor(lr),
-        weight_decay, beta1, _tensor(bias_correction1), _tensor(bias_correction2),
+        params, grads, exp_avgs, exp_hessians, scalar_tensor(norm_factor), scalar_tensor(lr),
+        weight_decay, beta1, scalar_tensor(bias_correction1), scalar_tensor(bias_correction2),
         hessian_power, eps, found_inf)
 
 
 def add_scaled(params: List[Tensor], tensors: List[Tensor], alpha: Scalar) -> None:
-    torch.ops.sassha_fast.add_scaled(params, tensors, _tensor(alpha))
+    torch.ops.sassha_fast.add_scaled(params, tensors, scalar_tensor(alpha))

@@ -1,8 +1,13 @@
-"""The fake kernels of ``torch.ops.sassha_fast``: what each op does to tensors without data
-(FakeTensor under torch.compile and ``torch.library.opcheck``, meta tensors): the same
-checks of list lengths and devices as the real kernels, and a result of the right dtype and
-device. An op that only writes its inputs returns nothing, as its real kernels do.
-Registered when ``sassha_fast._C`` is loaded (``extension.py``)."""
+"""The fake kernels of the fused ops: what each op does to tensors without data (FakeTensor
+under torch.compile and ``torch.library.opcheck``, meta tensors): the same checks of list
+lengths and devices as the real kernels, and a result of the right dtype and device. An op
+that only writes its inputs returns nothing, as its real kernels do.
+
+Two families of ops share one schema per op and so these kernels (``register``):
+``torch.ops.sassha_fast.<op>`` of the C++ backends, registered when ``sassha_fast._C`` is
+loaded (``extension.py``), and ``torch.ops.sassha_fast.triton_<op>`` of the triton backend
+(``triton_ops.py``). Errors name the op without the family's prefix, as the real kernels
+of both do."""
 from typing import List, Optional
 
 import torch
@@ -41,7 +46,6 @@ def _sum_of_squares(like: Tensor) -> Tensor:
     return like.new_empty((), dtype=dtype)
 
 
-@torch.library.register_fake("sassha_fast::global_norm")
 def global_norm(tensors, weights):
     _check("global_norm", tensors=tensors, weights=weights)
     if not tensors:
@@ -50,13 +54,11 @@ def global_norm(tensors, weights):
     return _sum_of_squares(tensors[0])
 
 
-@torch.library.register_fake("sassha_fast::perturb")
 def perturb(params, grads, scale, adaptive, found_inf):
     _check("perturb", params=params, grads=grads)
     _check_scalars("perturb", params, scale=scale, found_inf=found_inf)
 
 
-@torch.library.register_fake("sassha_fast::sassha_update")
 def sassha_update(params, grads, exp_avgs, exp_hessians, perturbations, lr, weight_decay,
                   beta1, bias_correction1, bias_correction2, hessian_power, eps, found_inf):
     _check("sassha_update", params=params, grads=grads, exp_avgs=exp_avgs,
@@ -65,13 +67,11 @@ def sassha_update(params, grads, exp_avgs, exp_hessians, perturbations, lr, weig
                    bias_correction2=bias_correction2, found_inf=found_inf)
 
 
-@torch.library.register_fake("sassha_fast::hessian_ema")
 def hessian_ema(exp_hessians, hessians, beta2, found_inf):
     _check("hessian_ema", exp_hessians=exp_hessians, hessians=hessians)
     _check_scalars("hessian_ema", exp_hessians, found_inf=found_inf)
 
 
-@torch.library.register_fake("sassha_fast::msassha_update")
 def msassha_update(params, grads, exp_avgs, exp_hessians, norm_factor, lr, weight_decay, beta1,
                    bias_correction1, bias_correction2, hessian_power, eps, found_inf):
     _check("msassha_update", params=params, grads=grads, exp_avgs=exp_avgs,
@@ -84,7 +84,12 @@ def msassha_update(params, grads, exp_avgs, exp_hessians, norm_factor, lr, weigh
     return _sum_of_squares(params[0])
 
 
-@torch.library.register_fake("sassha_fast::add_scaled")
 def add_scaled(params, tensors, alpha):
     _check("add_scaled", params=params, tensors=tensors)
     _check_scalars("add_scaled", params, alpha=alpha)
+
+
+def register(prefix: str) -> None:
+    """Make these the fake kernels of the ops ``sassha_fast::<prefix><op>``."""
+    for fake in (global_norm, perturb, sassha_update, hessian_ema, msassha_update, add_scaled):
+        torch.library.register_fake(f"sassha_fast::{prefix}{fake.__name__}", fake)

@@ -24,10 +24,11 @@ The op contract every backend follows:
   tensor (float32).
 * Tensor types. A backend given a tensor it cannot run on (a tensor subclass such as
   DTensor, a tensor on another device) raises an error naming the op, the list, the index
-  and the tensor's type or device. The Python backends refuse meta tensors too; the
-  dispatcher ops of the cpu and cuda backends (``torch.ops.sassha_fast``) treat FakeTensor
-  and meta tensors as every PyTorch operator does: their fake kernels check the lists and
-  touch no data.
+  and the tensor's type or device. The reference and foreach backends refuse meta tensors
+  too; the dispatcher ops of the cpu, cuda and triton backends (``torch.ops.sassha_fast``)
+  treat FakeTensor, meta tensors and subclasses with their own dispatch as every PyTorch
+  operator does: their fake kernels check the lists and touch no data, and a subclass
+  (DTensor) receives the op and decides.
 """
 from typing import List, Optional, Union
 

@@ -354,6 +354,23 @@ def test_without_triton_the_reason_is_given_and_auto_falls_back():
     assert out[2] != "triton" and out[3] != "triton"
 
 
+def test_without_the_extension_the_triton_ops_are_defined_and_run():
+    """The namespace sassha_fast is the C++ extension's (TORCH_LIBRARY); the triton ops add
+    to it as a fragment, so they must not need the extension to be loaded."""
+    out = run_python(
+        "import sys; sys.modules['sassha_fast._C'] = None\n"  # an extension that failed to build
+        "import torch, sassha_fast\n"
+        "from sassha_fast.backends import triton\n"
+        "print(sassha_fast.available_backends()['cpu'].available, triton.unavailable_reason())\n"
+        "print(hasattr(torch.ops.sassha_fast, 'add_scaled'))\n"
+        "device = 'cpu' if triton.kernels.INTERPRETED else 'cuda'\n"
+        "p = [torch.ones(5, device=device)]\n"
+        "triton.add_scaled(p, [torch.ones(5, device=device)], 2.0)\n"
+        "print(p[0].tolist())\n",
+        {"TRITON_INTERPRET": "1"} if INTERPRETED else {}).splitlines()
+    assert out == ["False None", "False", "[3.0, 3.0, 3.0, 3.0, 3.0]"]
+
+
 def test_kernels_compile_for_a_gpu():
     """The interpreter accepts code the GPU compiler rejects: compile every kernel for sm_90
     (no GPU needed) and check that full blocks use 16-byte vector loads and stores."""
@@ -510,30 +527,53 @@ def test_supports_dtype():
     assert not backend.supports_dtype(torch.float64)
 
 
-class Subclass(torch.Tensor):
+class PythonDispatched(torch.Tensor):
     """A tensor subclass dispatched to Python, as DTensor and FakeTensor are."""
+    seen = []
 
     @staticmethod
     def __new__(cls, data):
         return torch.Tensor._make_wrapper_subclass(cls, data.shape, dtype=data.dtype,
                                                    device=data.device)
 
-    def __init__(self, data):
-        self.data_ = data
-
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        raise AssertionError("the backend must not run ops on the subclass")
+        cls.seen.append(func)
 
 
-def test_tensor_subclasses_and_meta_tensors_are_refused():
+def test_a_subclass_dispatched_to_python_gets_the_op_not_the_kernel():
+    """As with every PyTorch operator: the subclass's __torch_dispatch__ decides (DTensor
+    refuses an op it has no sharding rule for); the kernel never reads its memory."""
     p, g = randn([(3,), (4,)]), randn([(3,), (4,)])
-    with pytest.raises(TypeError, match=r"perturb: grads\[1\] is a .*Subclass"):
-        backend.perturb(p, [g[0], Subclass(g[1])], 0.1, False)
-    with pytest.raises(RuntimeError, match=r"add_scaled: tensors\[0\] is a meta tensor"):
-        backend.add_scaled(p[:1], [torch.empty(3, device="meta")], 0.1)
-    with pytest.raises(RuntimeError, match=r"global_norm: tensors\[0\] is a meta tensor"):
-        backend.global_norm([torch.empty(3, device="meta")])
+    before = on_cpu([p])[0]
+    PythonDispatched.seen.clear()
+    backend.perturb(p, [g[0], PythonDispatched(g[1])], 0.1, False)
+    assert PythonDispatched.seen == [torch.ops.sassha_fast.triton_perturb.default]
+    assert_lists_close(p, before, rtol=0, atol=0)
+
+
+class ParameterSubclass(torch.nn.Parameter):
+    pass
+
+
+def test_a_subclass_without_its_own_dispatch_is_updated_in_its_memory():
+    odd = ParameterSubclass(torch.ones(4, device=DEVICE))
+    with torch.no_grad():
+        backend.add_scaled([torch.zeros(3, device=DEVICE), odd],
+                           [torch.ones(3, device=DEVICE), torch.ones(4, device=DEVICE)], 1.0)
+    assert torch.equal(odd.detach().cpu(), torch.full((4,), 2.0))
+
+
+def test_meta_tensors_run_the_fake_kernels():
+    """Meta tensors hold no data: an op checks them and writes nothing, as PyTorch's own
+    operators do; mixed with tensors that hold data, they are refused by name."""
+    meta = [torch.empty(5, device="meta", dtype=torch.bfloat16)]
+    norm = backend.global_norm(meta)
+    assert norm.device.type == "meta" and norm.dtype == torch.float32 and norm.shape == ()
+    backend.add_scaled(meta, meta, 0.5)
+    with pytest.raises(RuntimeError, match=rf"add_scaled: tensors\[0\] is on meta, but "
+                       rf"params\[0\] is on {DEVICE.type}"):
+        backend.add_scaled(randn([(3,)]), [torch.empty(3, device="meta")], 0.1)
 
 
 # -- launch shapes at LLM scale, computed without allocating -------------------------

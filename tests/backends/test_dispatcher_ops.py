@@ -11,11 +11,11 @@ import sassha_fast
 from sassha_fast.backends import OPS
 from sassha_fast.backends.extension import IMPORT_ERROR, _C
 
+from op_arguments import FOUND_INF, SHAPES, WRITTEN, arguments, lists
+
 pytestmark = pytest.mark.skipif(_C is None, reason=f"no extension: {IMPORT_ERROR}")
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-SHAPES = {"odd-sizes": [(7,), (3, 5), (1,), (131,)], "empty-tensor": [(0,), (3,)]}
-FOUND_INF = {"no-found_inf": None, "found_inf-0": 0.0, "found_inf-1": 1.0}
 
 
 def op(name):
@@ -28,38 +28,6 @@ def devices():
     if _C is not None and _C.with_cuda and torch.cuda.is_available():
         found.append(torch.device("cuda"))
     return found
-
-
-def lists(shapes, dtype, count, device="cpu"):
-    state = torch.float64 if dtype == torch.float64 else torch.float32
-    make = [lambda s: torch.randn(s, dtype=torch.float64).to(dtype)] * 2 + \
-        [lambda s: torch.randn(s).to(state), lambda s: torch.rand(s).to(state) + 0.1]
-    return [[make[k](s).to(device) for s in shapes] for k in range(count)]
-
-
-def scalar(value, device, counter=False):
-    """A per-step scalar as the optimizers pass it: a number becomes a float64 CPU tensor;
-    on the GPU, a bias correction is a float64 device tensor (the device path's counters)
-    and the others are fp32."""
-    wide = device.type == "cpu" or counter
-    return torch.tensor(value, dtype=torch.float64 if wide else torch.float32, device=device)
-
-
-def arguments(name, shapes, dtype, found_inf, device):
-    """The op's arguments as the optimizers pass them."""
-    flag = None if found_inf is None else torch.tensor(found_inf, device=device)
-    p, g, m, d = lists(shapes, dtype, 4, device)
-    step = (scalar(0.1, device), 1e-2, 0.9, scalar(0.19, device, counter=True),
-            scalar(0.3, device, counter=True), 0.5, 1e-4)
-    return {
-        "global_norm": lambda: (p, g),
-        "perturb": lambda: (p, g, scalar(0.05, device), True, flag),
-        "sassha_update": lambda: (p, g, m, d, lists(shapes, dtype, 1, device)[0]) + step
-        + (flag,),
-        "hessian_ema": lambda: (d, g, 0.999, flag),
-        "msassha_update": lambda: (p, g, m, d, scalar(0.3, device)) + step + (flag,),
-        "add_scaled": lambda: (p, g, scalar(-0.5, device)),
-    }[name]()
 
 
 def test_the_ops_are_defined_once_sassha_fast_is_imported():
@@ -80,11 +48,7 @@ def test_what_an_op_writes_is_annotated(name):
     annotated, nothing else is."""
     written = {a.name for a in op(name)._schema.arguments
                if a.alias_info is not None and a.alias_info.is_write}
-    assert written == {"perturb": {"params", "grads"},
-                       "sassha_update": {"params", "exp_avgs"},
-                       "hessian_ema": {"exp_hessians"},
-                       "msassha_update": {"params", "exp_avgs"},
-                       "add_scaled": {"params"}}[name]
+    assert written == WRITTEN[name]
 
 
 TAKE_FOUND_INF = [name for name in OPS if "found_inf" in
