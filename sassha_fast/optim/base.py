@@ -86,7 +86,8 @@ class HessianOptimizer(torch.optim.Optimizer):
                     if dtensor.is_dtensor(p):
                         dtensor.check_placements(p)
                 self._dispatch.take_dtensors()
-        except (ValueError, TypeError):
+            self._dispatch.prepare(group["params"])
+        except (ValueError, TypeError, RuntimeError):
             self.param_groups.pop()
             raise
         self._backward_record.watch(group["params"])
