@@ -255,7 +255,7 @@ class HessianOptimizer(torch.optim.Optimizer):
                      self._global_norm(list(plan.hessians), hessians, False)),
             self._home_device, scaler, self)
         if self._path.reads_flags(self._checks.raises(scaler)):
-            if found_inf is not None and found_inf.item():
+            if found_inf is not None and self._path.read(found_inf):
                 self._skip(plan, scaler)
                 return False
             found_inf = None

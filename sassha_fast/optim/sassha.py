@@ -116,7 +116,7 @@ class SASSHA(HessianOptimizer):
         checks = self._checks
         found_inf = None
         if checks.checks(scaler) and self._path.reads_flags(checks.raises(scaler)):
-            if not torch.isfinite(norm):
+            if not self._path.read(torch.isfinite(norm)):
                 checks.first_pass_origin = nonfinite_message(
                     self.param_groups, [(p, "first pass's gradient", p.grad) for p in params])
                 if checks.raises(scaler):
