@@ -227,28 +227,28 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _step_from_gradients(self, scaler=None) -> bool:
-        """The step from the gradients present: Hessian estimate, averaging across ranks,
-        unscaling, the finite check, then the update. False when the step is known on the
-        host to be skipped (on the device path the ops skip it on the device)."""
+        """The step from the gradients present: the Hessian estimate (eager, see
+        ``estimators``), the update, then the host's bookkeeping. False when the step is
+        known on the host to be skipped (on the device path the ops skip it on the device)."""
         amp.refuse_scaler_step(self)
         self._backward_record.accumulated = False  # what is in .grad now is this step's
         plan = self._schedule.plan(self._estimator, self)
-        carrying_graph = [p for p in plan.params()
-                          if p.grad.grad_fn is not None or p in plan.graph_params]
-        # The gradients of a create_graph backward hold the whole double-backward graph.
-        for p in self.get_params():
-            if p.grad is not None and p.grad.grad_fn is not None:
-                p.grad = p.grad.detach()
-        grads = [p.grad for p in plan.params()]
-        hessians = list(plan.hessians.values())
-        # DDP cannot have averaged the gradients of a create_graph backward (it fails on one).
-        to_average = grads if self.sync_gradients else [p.grad for p in carrying_graph]
-        # An estimate without a graph differences gradients that DDP has averaged (or, with
-        # sync_gradients, local ones: then it is averaged here as they are).
-        if self._estimator.needs_graph or self.sync_gradients:
-            to_average = to_average + hessians
-        self._averager.average_(to_average)
-        amp.unscale_(scaler, grads + hessians)
+        # Out of _update: dynamo cannot read a gradient's autograd graph (a Hessian step's).
+        carrying_graph = passes.release_graphs(plan, self.get_params())
+        # One call: after a Hessian step's graph break dynamo runs the frames on the broken
+        # call path (this one included) eagerly, and traces each call they make on its own.
+        applied, found_inf = self._update(plan, carrying_graph, scaler)
+        if applied:
+            self._finish_iteration(plan.params(), found_inf)
+        return applied
+
+    def _update(self, plan: Plan, carrying_graph: List[Tensor],
+                scaler) -> Tuple[bool, Optional[Tensor]]:
+        """Averaging across ranks, unscaling, the finite check and the update: (whether it
+        was applied, the device path's skip flag)."""
+        grads, hessians = passes.gradients_for_update(
+            plan, carrying_graph, self._averager, self.sync_gradients,
+            self._estimator.needs_graph, scaler)
         params = plan.params()
         found_inf = self._checks.found_inf(
             lambda: (self._global_norm(params, grads, False),
@@ -257,14 +257,13 @@ class HessianOptimizer(torch.optim.Optimizer):
         if self._path.reads_flags(self._checks.raises(scaler)):
             if found_inf is not None and self._path.read(found_inf):
                 self._skip(plan, scaler)
-                return False
+                return False, None
             found_inf = None
             self._path.skips.record(False)
         elif found_inf is not None:
             self._path.skips.record(found_inf)
         self._apply_update(self._commit(plan), self._next_hessian_power(), found_inf)
-        self._finish_iteration(plan.params(), found_inf)
-        return True
+        return True, found_inf
 
     def _skip(self, plan: Plan, scaler) -> None:
         """Undo an iteration known on the host to hold inf/NaN: the parameters leave the
