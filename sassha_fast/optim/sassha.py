@@ -123,7 +123,7 @@ class SASSHA(HessianOptimizer):
                     raise FloatingPointError(checks.first_pass_origin)
                 checks.first_pass_nonfinite = True
                 if zero_grad:
-                    self.zero_grad(set_to_none=True)
+                    self._drop_gradients()
                 return
         elif checks.checks(scaler):
             found_inf = checks.first_pass_found_inf = (~torch.isfinite(norm)).float()
@@ -137,12 +137,32 @@ class SASSHA(HessianOptimizer):
                     **found_inf_argument(None if found_inf is None else found_inf.to(device)))
                 self._perturbation.update(zip(ps, es))
         if zero_grad:
-            self.zero_grad(set_to_none=True)
+            self._drop_gradients()
+
+    def _drop_gradients(self) -> None:
+        # zero_grad(set_to_none=True), written out: torch.compile does not trace
+        # Optimizer.zero_grad (a graph break in a compiled perturb_weights()).
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
 
     @torch.no_grad()
     def unperturb(self) -> None:
         """Return to w (through ``.data``, as the authors do: the second pass's graph then
         sees the restored weights when the Hessian-vector product runs)."""
+        if self._backward_record.create_graph:
+            self._unperturb_under_graph()
+        else:
+            self._leave_perturbed_point()
+
+    @torch.compiler.disable
+    def _unperturb_under_graph(self) -> None:
+        # Eager even under torch.compile: a compiled in-place write to a graph input bumps
+        # its version counter (AOTAutograd copies the result back), and autograd would then
+        # refuse the Hessian-vector product through the weights the second pass saved.
+        self._leave_perturbed_point()
+
+    def _leave_perturbed_point(self) -> None:
         pending, self._perturbation = list(self._perturbation.items()), {}
         for (device, dtype), items in buckets(pending,
                                               lambda kv: (kv[0].device, kv[0].dtype)).items():
@@ -180,8 +200,9 @@ class SASSHA(HessianOptimizer):
                     bias_correction1=bias_correction1, bias_correction2=bias_correction2,
                     hessian_power=power, eps=group["eps"],
                     **found_inf_argument(bucket.found_inf))
-        # Perturbed parameters that got no gradient in the second pass.
-        self.unperturb()
+        # Perturbed parameters that got no gradient in the second pass (no graph holds them
+        # any more: the step released it).
+        self._leave_perturbed_point()
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None,
