@@ -127,8 +127,8 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     @property
     def backends_in_use(self):
-        """``{device: backend name}`` for every device this optimizer has stepped on; a
-        device whose dtypes use different backends gets one ``"device dtype"`` key each."""
+        """``{device: backend name}`` for every device of its parameters; a device whose
+        dtypes use different backends gets one ``"device dtype"`` key each."""
         return self._dispatch.in_use()
 
     @property
@@ -217,12 +217,14 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     def _next_hessian_power(self) -> Optional[float]:
         """The scheduler's power for this step, or None to use each group's constant."""
-        if self.hessian_power_scheduler is None:
-            self.hessian_power_t = None
+        if self.hessian_power_scheduler is None and self.hessian_power_t is None:
             return None
-        power = self.hessian_power_scheduler.step()
-        check_hessian_power(power)
-        self.hessian_power_t = float(power)
+        return self._step_power_scheduler()
+
+    @torch.compiler.disable  # eager: torch.compile drops attribute writes on an optimizer
+    def _step_power_scheduler(self) -> Optional[float]:  # (pytorch/pytorch#171590)
+        scheduler = self.hessian_power_scheduler
+        self.hessian_power_t = None if scheduler is None else check_hessian_power(scheduler.step())
         return self.hessian_power_t
 
     @torch.no_grad()
@@ -233,10 +235,9 @@ class HessianOptimizer(torch.optim.Optimizer):
         amp.refuse_scaler_step(self)
         self._backward_record.accumulated = False  # what is in .grad now is this step's
         plan = self._schedule.plan(self._estimator, self)
-        # Out of _update: dynamo cannot read a gradient's autograd graph (a Hessian step's).
+        # Not in _update: dynamo cannot read a gradient's autograd graph (a Hessian step's).
         carrying_graph = passes.release_graphs(plan, self.get_params())
-        # One call: after a Hessian step's graph break dynamo runs the frames on the broken
-        # call path (this one included) eagerly, and traces each call they make on its own.
+        # One call: after a Hessian step's break dynamo runs this frame eagerly, tracing its calls.
         applied, found_inf = self._update(plan, carrying_graph, scaler)
         if applied:
             self._finish_iteration(plan.params(), found_inf)
@@ -244,8 +245,7 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     def _update(self, plan: Plan, carrying_graph: List[Tensor],
                 scaler) -> Tuple[bool, Optional[Tensor]]:
-        """Averaging across ranks, unscaling, the finite check and the update: (whether it
-        was applied, the device path's skip flag)."""
+        """Averaging, unscaling, the finite check, the update: (applied, device skip flag)."""
         grads, hessians = passes.gradients_for_update(
             plan, carrying_graph, self._averager, self.sync_gradients,
             self._estimator.needs_graph, scaler)

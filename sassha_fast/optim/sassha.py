@@ -163,7 +163,10 @@ class SASSHA(HessianOptimizer):
         self._leave_perturbed_point()
 
     def _leave_perturbed_point(self) -> None:
-        pending, self._perturbation = list(self._perturbation.items()), {}
+        pending = list(self._perturbation.items())
+        # Emptied in place: torch.compile drops attribute writes on an optimizer
+        # (pytorch/pytorch#171590), so a new dict would not replace this one there.
+        self._perturbation.clear()
         for (device, dtype), items in buckets(pending,
                                               lambda kv: (kv[0].device, kv[0].dtype)).items():
             self.ops(device, dtype).add_scaled([p.data for p, _ in items],
@@ -175,7 +178,10 @@ class SASSHA(HessianOptimizer):
     def _abandon_step(self) -> None:
         self.unperturb()
 
+    # Eager: torch.compile drops attribute writes on an optimizer (pytorch/pytorch#171590),
+    # rho_t's here.
     @torch.no_grad()
+    @torch.compiler.disable
     def update_rho_t(self) -> float:
         """rho for this perturbation: ``rho_scheduler.step()`` (0 without a scheduler)."""
         rho = 0.0 if self.rho_scheduler is None else self.rho_scheduler.step()

@@ -140,6 +140,7 @@ class SkipCounter:
             total, run = self._total, self._run
         self._report(total, run, explain)
 
+    @torch.compiler.disable  # host work (warnings, the caller's frame): never traced
     def _report(self, total: int, run: int, explain: Explain) -> None:
         stopping = self.max_consecutive is not None and run >= self.max_consecutive
         warn = total > self._warned_at and (self._warned_at == 0 or total >= 2 * self._warned_at)
