@@ -15,7 +15,7 @@ import torch._dynamo
 from sassha_fast import MSASSHA, SASSHA
 from sassha_fast.step.skips import SkippedStepWarning
 from backend_params import backend_device_params
-from tiny import LOSS, PAPER_SETTINGS, make_model, whole_batch
+from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, snapshot, whole_batch
 
 OPTIMIZERS = [SASSHA, MSASSHA]
 BACKENDS = backend_device_params(["reference", "foreach", "cpu"])
@@ -46,7 +46,8 @@ class Run:
     def loss(self):
         return LOSS(self.model(self.x), self.y)
 
-    def iteration(self) -> None:
+    def passes(self) -> None:
+        """The backward passes of an iteration (and SASSHA's move to w + e and back)."""
         due = self.opt.hessian_due
         if "perturb_weights" in self.calls:
             self.loss().backward()
@@ -55,6 +56,9 @@ class Run:
             self.calls["unperturb"]()
         else:
             self.loss().backward(create_graph=due)
+
+    def iteration(self) -> None:
+        self.passes()
         self.calls["step"]()
         self.opt.zero_grad()
 
@@ -140,6 +144,35 @@ def test_a_compiled_loop_trains_as_eager_one_graph_per_call(optimizer, backend, 
             settled = counting.compiled
     assert counting.compiled == settled  # no step of the last cycles compiled anything
     compiled.assert_close_to(eager)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_fullgraph_refuses_a_hessian_step_before_it_changes_anything(optimizer):
+    run = Run(optimizer)
+    for _ in range(LAZY):
+        run.iteration()
+    step = torch.compile(run.opt.step, fullgraph=True, backend="aot_eager")
+    assert run.opt.hessian_due
+    run.passes()
+    before = snapshot(run.model, run.opt)
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="_estimate_eagerly"):
+        step()
+    assert_identical(snapshot(run.model, run.opt), before)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_fullgraph_calls_on_the_steps_without_a_hessian_estimate_train_as_eager(optimizer):
+    """fullgraph=True: no graph break at all in any call of those steps, whatever the
+    counters; Hessian iterations run the eager calls."""
+    eager, run = Run(optimizer), Run(optimizer)
+    own = dict(run.calls)
+    whole = {name: torch.compile(call, fullgraph=True, backend="aot_eager")
+             for name, call in own.items()}
+    for _ in range(ITERATIONS):
+        eager.iteration()
+        run.calls = own if run.opt.hessian_due else whole
+        run.iteration()
+    run.assert_close_to(eager)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
