@@ -66,7 +66,7 @@ class HessianEstimator:
 
     @torch.compiler.disable
     def _estimate_eagerly(self, opt, due: List[Tensor]) -> Estimate:
-        """``estimate`` from the unperturbed point, never traced by torch.compile: dynamo
+        """``opt._before_hessian()``, then ``estimate``; never traced by torch.compile: dynamo
         cannot trace the Hessian-vector product (autograd through the gradients' graph) nor
         the Rademacher generators, and breaking wherever it fails would split the step at
         places that differ from estimator to estimator. So a Hessian step breaks the graph

@@ -66,7 +66,6 @@ def closure_pass(closure: Callable[[], Tensor], scaler, create_graph: bool, need
     return loss, rng
 
 
-
 def release_graphs(plan: Plan, params: Iterable[Tensor]) -> List[Tensor]:
     """Detach every gradient in ``params`` from the double-backward graph a create_graph
     pass leaves on it (it holds that whole graph); returns the plan's parameters whose
