@@ -60,10 +60,19 @@ class HessianEstimator:
         groups, due = entries(opt)
         hessians, before = {}, None
         if due:
-            opt._before_hessian()
-            estimate, before = self.estimate(opt, due)
+            estimate, before = self._estimate_eagerly(opt, due)
             hessians = dict(zip(due, estimate))
         return Plan(groups, hessians, before)
+
+    @torch.compiler.disable
+    def _estimate_eagerly(self, opt, due: List[Tensor]) -> Estimate:
+        """``opt._before_hessian()``, then ``estimate``; never traced by torch.compile: dynamo
+        cannot trace the Hessian-vector product (autograd through the gradients' graph) nor
+        the Rademacher generators, and breaking wherever it fails would split the step at
+        places that differ from estimator to estimator. So a Hessian step breaks the graph
+        here only, and the update after it is traced (``HessianOptimizer._update``)."""
+        opt._before_hessian()
+        return self.estimate(opt, due)
 
     def estimate(self, opt, params: List[Tensor]) -> Estimate:
         """The estimate for ``params``, all due, at the point where their gradients are."""

@@ -86,7 +86,8 @@ class HessianOptimizer(torch.optim.Optimizer):
                     if dtensor.is_dtensor(p):
                         dtensor.check_placements(p)
                 self._dispatch.take_dtensors()
-        except (ValueError, TypeError):
+            self._dispatch.prepare(group["params"])
+        except (ValueError, TypeError, RuntimeError):
             self.param_groups.pop()
             raise
         self._backward_record.watch(group["params"])
@@ -126,8 +127,8 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     @property
     def backends_in_use(self):
-        """``{device: backend name}`` for every device this optimizer has stepped on; a
-        device whose dtypes use different backends gets one ``"device dtype"`` key each."""
+        """``{device: backend name}`` for every device of its parameters; a device whose
+        dtypes use different backends gets one ``"device dtype"`` key each."""
         return self._dispatch.in_use()
 
     @property
@@ -216,54 +217,53 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     def _next_hessian_power(self) -> Optional[float]:
         """The scheduler's power for this step, or None to use each group's constant."""
-        if self.hessian_power_scheduler is None:
-            self.hessian_power_t = None
+        if self.hessian_power_scheduler is None and self.hessian_power_t is None:
             return None
-        power = self.hessian_power_scheduler.step()
-        check_hessian_power(power)
-        self.hessian_power_t = float(power)
+        return self._step_power_scheduler()
+
+    @torch.compiler.disable  # eager: torch.compile drops attribute writes on an optimizer
+    def _step_power_scheduler(self) -> Optional[float]:  # (pytorch/pytorch#171590)
+        scheduler = self.hessian_power_scheduler
+        self.hessian_power_t = None if scheduler is None else check_hessian_power(scheduler.step())
         return self.hessian_power_t
 
     @torch.no_grad()
     def _step_from_gradients(self, scaler=None) -> bool:
-        """The step from the gradients present: Hessian estimate, averaging across ranks,
-        unscaling, the finite check, then the update. False when the step is known on the
-        host to be skipped (on the device path the ops skip it on the device)."""
+        """The step from the gradients present: the Hessian estimate (eager, see
+        ``estimators``), the update, then the host's bookkeeping. False when the step is
+        known on the host to be skipped (on the device path the ops skip it on the device)."""
         amp.refuse_scaler_step(self)
         self._backward_record.accumulated = False  # what is in .grad now is this step's
         plan = self._schedule.plan(self._estimator, self)
-        carrying_graph = [p for p in plan.params()
-                          if p.grad.grad_fn is not None or p in plan.graph_params]
-        # The gradients of a create_graph backward hold the whole double-backward graph.
-        for p in self.get_params():
-            if p.grad is not None and p.grad.grad_fn is not None:
-                p.grad = p.grad.detach()
-        grads = [p.grad for p in plan.params()]
-        hessians = list(plan.hessians.values())
-        # DDP cannot have averaged the gradients of a create_graph backward (it fails on one).
-        to_average = grads if self.sync_gradients else [p.grad for p in carrying_graph]
-        # An estimate without a graph differences gradients that DDP has averaged (or, with
-        # sync_gradients, local ones: then it is averaged here as they are).
-        if self._estimator.needs_graph or self.sync_gradients:
-            to_average = to_average + hessians
-        self._averager.average_(to_average)
-        amp.unscale_(scaler, grads + hessians)
+        # Not in _update: dynamo cannot read a gradient's autograd graph (a Hessian step's).
+        carrying_graph = passes.release_graphs(plan, self.get_params())
+        # One call: after a Hessian step's break dynamo runs this frame eagerly, tracing its calls.
+        applied, found_inf = self._update(plan, carrying_graph, scaler)
+        if applied:
+            self._finish_iteration(plan.params(), found_inf)
+        return applied
+
+    def _update(self, plan: Plan, carrying_graph: List[Tensor],
+                scaler) -> Tuple[bool, Optional[Tensor]]:
+        """Averaging, unscaling, the finite check, the update: (applied, device skip flag)."""
+        grads, hessians = passes.gradients_for_update(
+            plan, carrying_graph, self._averager, self.sync_gradients,
+            self._estimator.needs_graph, scaler)
         params = plan.params()
         found_inf = self._checks.found_inf(
             lambda: (self._global_norm(params, grads, False),
                      self._global_norm(list(plan.hessians), hessians, False)),
             self._home_device, scaler, self)
         if self._path.reads_flags(self._checks.raises(scaler)):
-            if found_inf is not None and found_inf.item():
+            if found_inf is not None and self._path.read(found_inf):
                 self._skip(plan, scaler)
-                return False
+                return False, None
             found_inf = None
             self._path.skips.record(False)
         elif found_inf is not None:
             self._path.skips.record(found_inf)
         self._apply_update(self._commit(plan), self._next_hessian_power(), found_inf)
-        self._finish_iteration(plan.params(), found_inf)
-        return True
+        return True, found_inf
 
     def _skip(self, plan: Plan, scaler) -> None:
         """Undo an iteration known on the host to hold inf/NaN: the parameters leave the

@@ -29,6 +29,13 @@ class Dispatch:
             self._ops[(device, dtype)] = ops
         return ops
 
+    def prepare(self, params: List[Tensor]) -> None:
+        """Resolve the ops of the parameters' devices and dtypes now (raising for a backend
+        that cannot run them): a step under torch.compile then finds them resolved, where
+        resolving (it imports modules) would break the graph."""
+        for p in params:
+            self.ops(p.device, p.dtype)
+
     def take_dtensors(self) -> None:
         self.takes_dtensors = True
         self._ops.clear()

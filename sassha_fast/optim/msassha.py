@@ -15,6 +15,15 @@ from .validation import shared_options
 NORM_EPS = 1e-12
 
 
+class _Point:
+    """Whether the parameters are at the perturbed point w - nf * m. An object the optimizer
+    holds, not an attribute of it: torch.compile drops attribute writes on an optimizer
+    (pytorch/pytorch#171590), and a compiled step writes this."""
+
+    def __init__(self, perturbed: bool):
+        self.perturbed = perturbed
+
+
 class MSASSHA(HessianOptimizer):
     """M-SASSHA. Parameters live at the perturbed point w - nf * m during training; every
     step leaves it, updates, and moves to the next one. Evaluate at the clean point with::
@@ -49,7 +58,7 @@ class MSASSHA(HessianOptimizer):
         defaults = dict(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas,
                         weight_decay=weight_decay, rho=rho, eps=eps,
                         hessian_power=hessian_power, norm_factor=0.0)
-        self._at_perturbed_point = True  # nf = 0 at the start: both points coincide
+        self._point = _Point(True)  # nf = 0 at the start: both points coincide
         super().__init__(params, defaults, bias_correction=MsasshaCorrection,
                          **shared_options(locals()))
 
@@ -58,12 +67,12 @@ class MSASSHA(HessianOptimizer):
 
     @torch.no_grad()
     def _move(self, to_perturbed: bool) -> None:
-        if self._at_perturbed_point == to_perturbed:
+        if self._point.perturbed == to_perturbed:
             return
         for group in self.param_groups:
             alpha = -group["norm_factor"] if to_perturbed else group["norm_factor"]
             self._add_momentum(self._momentum_params(group), alpha)
-        self._at_perturbed_point = to_perturbed
+        self._point.perturbed = to_perturbed
 
     def _add_momentum(self, params: List[Tensor], alpha) -> None:
         for (device, dtype), ps in buckets(params, lambda p: (p.device, p.dtype)).items():
@@ -80,12 +89,12 @@ class MSASSHA(HessianOptimizer):
 
     @property
     def at_perturbed_point(self) -> bool:
-        return self._at_perturbed_point
+        return self._point.perturbed
 
     @contextlib.contextmanager
     def evaluation(self):
         """Parameters at the clean point inside the block, back where they were after it."""
-        was_perturbed = self._at_perturbed_point
+        was_perturbed = self._point.perturbed
         self._move(to_perturbed=False)
         try:
             yield self
@@ -95,7 +104,7 @@ class MSASSHA(HessianOptimizer):
     def _apply_update(self, plan: Plan, hessian_power: Optional[float],
                       found_inf: Optional[Tensor]) -> None:
         self._place_norm_factors()
-        leaving = [group["norm_factor"] if self._at_perturbed_point else 0.0
+        leaving = [group["norm_factor"] if self._point.perturbed else 0.0
                    for group in self.param_groups]
         squares = []
         updated = []  # per group: (parameters, skip flag) of each op call
@@ -136,7 +145,7 @@ class MSASSHA(HessianOptimizer):
                 self._add_momentum(params, -new if skipped is None else skipped * norm_factor - new)
             self._add_momentum(stale_in_group, norm_factor - new)
             self._path.store_norm_factor(group, new)
-        self._at_perturbed_point = True
+        self._point.perturbed = True
 
     def _place_norm_factors(self) -> None:
         """Each group's norm factor as the optimizer's path keeps it (see
@@ -162,11 +171,11 @@ class MSASSHA(HessianOptimizer):
         return loss.detach() if isinstance(loss, Tensor) else loss
 
     def _extra_state(self) -> dict:
-        return {**super()._extra_state(), "at_perturbed_point": self._at_perturbed_point}
+        return {**super()._extra_state(), "at_perturbed_point": self._point.perturbed}
 
     def _load_extra_state(self, extra: dict) -> None:
         super()._load_extra_state(extra)
-        self._at_perturbed_point = extra.get("at_perturbed_point", True)
+        self._point.perturbed = extra.get("at_perturbed_point", True)
         self._place_norm_factors()
 
     def _authors_extra_state(self) -> dict:

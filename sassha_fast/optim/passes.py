@@ -1,6 +1,7 @@
-"""The forward and backward passes that ``step(closure)`` runs for the caller."""
+"""The forward and backward passes that ``step(closure)`` runs for the caller, and the
+gradients they leave made ready for the update."""
 import warnings
-from typing import Callable, Iterable, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -8,6 +9,7 @@ from torch import Tensor
 from ..hessian import finite_difference
 from ..step import amp, errors
 from ..step.backward_record import BackwardRecord
+from ..step.plan import Plan
 
 _CREATE_GRAPH_WARNING = r"Using backward\(\) with create_graph=True"
 
@@ -62,3 +64,32 @@ def closure_pass(closure: Callable[[], Tensor], scaler, create_graph: bool, need
                          + errors.framework_advice())
     backward(amp.scale_loss(scaler, loss), create_graph)
     return loss, rng
+
+
+def release_graphs(plan: Plan, params: Iterable[Tensor]) -> List[Tensor]:
+    """Detach every gradient in ``params`` from the double-backward graph a create_graph
+    pass leaves on it (it holds that whole graph); returns the plan's parameters whose
+    gradients carried one (DDP cannot have averaged those: it fails on such a pass)."""
+    carrying_graph = [p for p in plan.params()
+                      if p.grad.grad_fn is not None or p in plan.graph_params]
+    for p in params:
+        if p.grad is not None and p.grad.grad_fn is not None:
+            p.grad = p.grad.detach()
+    return carrying_graph
+
+
+def gradients_for_update(plan: Plan, carrying_graph: List[Tensor], averager,
+                         sync_gradients: bool, needs_graph: bool, scaler
+                         ) -> Tuple[List[Tensor], List[Tensor]]:
+    """The plan's gradients and Hessian estimates as the update takes them: averaged across
+    ranks where DDP could not average them, unscaled."""
+    grads = [p.grad for p in plan.params()]
+    hessians = list(plan.hessians.values())
+    to_average = grads if sync_gradients else [p.grad for p in carrying_graph]
+    # An estimate without a graph differences gradients that DDP has averaged (or, with
+    # sync_gradients, local ones: then it is averaged here as they are).
+    if needs_graph or sync_gradients:
+        to_average = to_average + hessians
+    averager.average_(to_average)
+    amp.unscale_(scaler, grads + hessians)
+    return grads, hessians

@@ -116,14 +116,14 @@ class SASSHA(HessianOptimizer):
         checks = self._checks
         found_inf = None
         if checks.checks(scaler) and self._path.reads_flags(checks.raises(scaler)):
-            if not torch.isfinite(norm):
+            if not self._path.read(torch.isfinite(norm)):
                 checks.first_pass_origin = nonfinite_message(
                     self.param_groups, [(p, "first pass's gradient", p.grad) for p in params])
                 if checks.raises(scaler):
                     raise FloatingPointError(checks.first_pass_origin)
                 checks.first_pass_nonfinite = True
                 if zero_grad:
-                    self.zero_grad(set_to_none=True)
+                    self._drop_gradients()
                 return
         elif checks.checks(scaler):
             found_inf = checks.first_pass_found_inf = (~torch.isfinite(norm)).float()
@@ -137,13 +137,36 @@ class SASSHA(HessianOptimizer):
                     **found_inf_argument(None if found_inf is None else found_inf.to(device)))
                 self._perturbation.update(zip(ps, es))
         if zero_grad:
-            self.zero_grad(set_to_none=True)
+            self._drop_gradients()
+
+    def _drop_gradients(self) -> None:
+        # zero_grad(set_to_none=True), written out: torch.compile does not trace
+        # Optimizer.zero_grad (a graph break in a compiled perturb_weights()).
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
 
     @torch.no_grad()
     def unperturb(self) -> None:
         """Return to w (through ``.data``, as the authors do: the second pass's graph then
         sees the restored weights when the Hessian-vector product runs)."""
-        pending, self._perturbation = list(self._perturbation.items()), {}
+        if self._backward_record.create_graph:
+            self._unperturb_under_graph()
+        else:
+            self._leave_perturbed_point()
+
+    @torch.compiler.disable
+    def _unperturb_under_graph(self) -> None:
+        # Eager even under torch.compile: a compiled in-place write to a graph input bumps
+        # its version counter (AOTAutograd copies the result back), and autograd would then
+        # refuse the Hessian-vector product through the weights the second pass saved.
+        self._leave_perturbed_point()
+
+    def _leave_perturbed_point(self) -> None:
+        pending = list(self._perturbation.items())
+        # Emptied in place: torch.compile drops attribute writes on an optimizer
+        # (pytorch/pytorch#171590), so a new dict would not replace this one there.
+        self._perturbation.clear()
         for (device, dtype), items in buckets(pending,
                                               lambda kv: (kv[0].device, kv[0].dtype)).items():
             self.ops(device, dtype).add_scaled([p.data for p, _ in items],
@@ -155,7 +178,10 @@ class SASSHA(HessianOptimizer):
     def _abandon_step(self) -> None:
         self.unperturb()
 
+    # Eager: torch.compile drops attribute writes on an optimizer (pytorch/pytorch#171590),
+    # rho_t's here.
     @torch.no_grad()
+    @torch.compiler.disable
     def update_rho_t(self) -> float:
         """rho for this perturbation: ``rho_scheduler.step()`` (0 without a scheduler)."""
         rho = 0.0 if self.rho_scheduler is None else self.rho_scheduler.step()
@@ -180,8 +206,9 @@ class SASSHA(HessianOptimizer):
                     bias_correction1=bias_correction1, bias_correction2=bias_correction2,
                     hessian_power=power, eps=group["eps"],
                     **found_inf_argument(bucket.found_inf))
-        # Perturbed parameters that got no gradient in the second pass.
-        self.unperturb()
+        # Perturbed parameters that got no gradient in the second pass (no graph holds them
+        # any more: the step released it).
+        self._leave_perturbed_point()
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None,

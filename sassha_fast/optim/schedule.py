@@ -31,7 +31,9 @@ class LazySchedule:
         return state.get("hessian_step", 0)
 
     def due(self, state: Optional[dict]) -> bool:
-        return self.counter(state) % self.lazy_hessian == 0
+        # `not`, which torch.compile must evaluate to a bool: once it traces the counter as
+        # a symbol, a symbolic "due" would key the update's op buckets, which it cannot.
+        return not self.counter(state) % self.lazy_hessian
 
     @staticmethod
     def init_state(state: dict) -> None:

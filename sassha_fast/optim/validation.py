@@ -56,9 +56,10 @@ def check_hyperparameters(*, lr, betas, weight_decay, rho, eps, hessian_power,
     check_hessian_power(hessian_power)
 
 
-def check_hessian_power(hessian_power) -> None:
+def check_hessian_power(hessian_power) -> float:
     if not (is_real(hessian_power) and 0.0 <= hessian_power <= 1.0):
         raise ValueError(f"Invalid hessian_power value: {hessian_power} (expected 0 <= p <= 1)")
+    return float(hessian_power)
 
 
 def check_positive_int(name: str, value) -> None:

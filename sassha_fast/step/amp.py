@@ -50,10 +50,11 @@ def record_found_inf(scaler, optimizer, found_inf: Tensor) -> None:
     if not enabled(scaler):
         return
     scale = _scale(scaler)
-    state = scaler._per_optimizer_states[id(optimizer)]
-    state["found_inf_per_device"] = {scale.device: found_inf.to(scale.device,
-                                                                dtype=torch.float32)}
-    state["stage"] = OptState.STEPPED
+    # The whole record, set rather than filled in: under torch.compile the entry that the
+    # defaultdict creates for a missing key is dropped (scaler.update() then finds none).
+    scaler._per_optimizer_states[id(optimizer)] = {
+        "stage": OptState.STEPPED,
+        "found_inf_per_device": {scale.device: found_inf.to(scale.device, dtype=torch.float32)}}
 
 
 def _scale(scaler) -> Tensor:

@@ -17,12 +17,13 @@ stepped in the same iterations since), so the update ops are bucketed by tensor 
 never by a device value; when only some of the sharing parameters take part in a step, those
 get a copy first.
 """
+import warnings
 from typing import Callable, Dict, Hashable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .skips import SkipCounter
+from .skips import SkipCounter, caller_stacklevel
 
 Counters = Tuple[Tensor, Tensor]
 # What a Hessian step stores as the second bias correction, from the new step count; None
@@ -37,6 +38,23 @@ class HostPath:
 
     def __init__(self, skip_check_interval: int, max_consecutive_skips: Optional[int]):
         self.skips = SkipCounter(skip_check_interval, max_consecutive_skips)
+        self._told_untraceable = False
+
+    def read(self, value: Tensor) -> Union[bool, float]:
+        """``value`` on the host. Under torch.compile each read breaks the graph; the first
+        one says so, and what to build instead."""
+        if torch.compiler.is_compiling() and not self._told_untraceable:
+            self._tell_untraceable()
+        return value.item()
+
+    @torch.compiler.disable  # run, not traced: a warning in the compiled code's place
+    def _tell_untraceable(self) -> None:
+        self._told_untraceable = True
+        warnings.warn("this optimizer keeps its skip decisions, counters and norms on the "
+                      "host (capturable=False, the default for parameters that are not on a "
+                      "CUDA device): torch.compile cannot trace its steps whole, each host "
+                      "read breaks the graph. Build it with capturable=True for steps "
+                      "without a graph break.", UserWarning, stacklevel=caller_stacklevel())
 
     def new_counters(self, device: torch.device, fresh: dict) -> Tuple[int, float]:
         """(step, bias_correction2) of a state created now."""
@@ -80,10 +98,9 @@ class HostPath:
         """M-SASSHA's norm factor as this path keeps it: a float."""
         return float(value) if isinstance(value, Tensor) else value
 
-    @staticmethod
-    def momentum_norm(norm: Tensor, home: torch.device) -> float:
+    def momentum_norm(self, norm: Tensor, home: torch.device) -> float:
         """The momentum norm read on the host (float64 arithmetic from here)."""
-        return norm.item()
+        return self.read(norm)
 
     @staticmethod
     def store_norm_factor(group: dict, value: float) -> None:
@@ -129,6 +146,12 @@ class DevicePath:
         """Only when a set flag must raise (``NonfiniteCheck.raises``) is it read on the
         host, which raising needs."""
         return raises
+
+    @staticmethod
+    def read(value: Tensor) -> Union[bool, float]:
+        """A flag read on the host, for ``nonfinite="raise"`` only (a graph break under
+        torch.compile)."""
+        return value.item()
 
     @staticmethod
     def key(state: dict) -> Hashable:

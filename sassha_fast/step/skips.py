@@ -35,7 +35,7 @@ class SkippedStepWarning(UserWarning):
     """Steps were skipped because gradients or Hessian estimates held inf or NaN."""
 
 
-def _caller_stacklevel() -> int:
+def caller_stacklevel() -> int:
     """The ``stacklevel`` that points a warning at the user's call: the first frame outside
     this package and torch (whose decorators wrap ``step``)."""
     inside = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -140,6 +140,7 @@ class SkipCounter:
             total, run = self._total, self._run
         self._report(total, run, explain)
 
+    @torch.compiler.disable  # host work (warnings, the caller's frame): never traced
     def _report(self, total: int, run: int, explain: Explain) -> None:
         stopping = self.max_consecutive is not None and run >= self.max_consecutive
         warn = total > self._warned_at and (self._warned_at == 0 or total >= 2 * self._warned_at)
@@ -149,7 +150,7 @@ class SkipCounter:
                 f"{total} optimizer step(s) skipped so far: gradients or Hessian estimates held "
                 "inf or NaN (optimizer.skipped_steps counts them; nonfinite='raise' names the "
                 "first offending tensor)." + cause + " Warned again when the count doubles.",
-                SkippedStepWarning, stacklevel=_caller_stacklevel())
+                SkippedStepWarning, stacklevel=caller_stacklevel())
             self._warned_at = total
         if stopping:
             raise FloatingPointError(

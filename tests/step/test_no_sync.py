@@ -17,7 +17,9 @@ optimizer itself; there CPU tensors are host memory and reading them is no wait.
 host-memory copy of device values that the optimizer makes on the CPU (the skip counts,
 ``skipped_steps.HostCopy``) goes into a ``bytearray`` read through a ``memoryview``, not a
 tensor method; the negative control restoring the old synchronous read proves the guard
-sees the counts' read."""
+sees the counts' read.
+
+The compiled step's proof (test_no_sync_compiled.py) runs the same loop through this guard."""
 import contextlib
 import copy
 import inspect
@@ -59,6 +61,17 @@ def _from_triton() -> bool:
     return sys._getframe(2).f_globals.get("__name__", "").startswith("triton")
 
 
+def _while_compiling() -> bool:
+    """torch.compile's own work while it compiles a frame (the text of its guards prints the
+    tensors a dict is keyed by): once per compilation, not part of a step."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "torch._dynamo.convert_frame":
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _to_host(source, destination_device) -> bool:
     return destination_device is not None and destination_device.type == "cpu" \
         and source.device.type != "cpu"
@@ -74,7 +87,8 @@ def guard(device_type: str = "cpu"):
 
     def reading(name, original):
         def method(*args, **kwargs):
-            if not _from_triton() and any(on_device(a) for a in args):
+            if not _from_triton() and any(on_device(a) for a in args) \
+                    and not _while_compiling():
                 raise HostSync(f"{name} read a {device_type} tensor on the host")
             return original(*args, **kwargs)
         return method
@@ -83,7 +97,7 @@ def guard(device_type: str = "cpu"):
         def method(self, *args, **kwargs):
             to_kwargs = {k: v for k, v in kwargs.items() if k != "copy"}  # not parsed there
             device, _, _, _ = torch._C._nn._parse_to(*args, **to_kwargs)
-            if _to_host(self, device) and not _from_triton():
+            if _to_host(self, device) and not _from_triton() and not _while_compiling():
                 raise HostSync(f"Tensor.to copied a {self.device.type} tensor to the host")
             return original(self, *args, **kwargs)
         return method
@@ -91,7 +105,8 @@ def guard(device_type: str = "cpu"):
     def copy_(original):
         def method(self, source, non_blocking=False):
             if isinstance(source, torch.Tensor) and _to_host(source, self.device) and not (
-                    non_blocking and self.is_pinned()) and not _from_triton():
+                    non_blocking and self.is_pinned()) and not _from_triton() \
+                    and not _while_compiling():
                 raise HostSync(f"copy_ from a {source.device.type} tensor into a CPU tensor "
                                "waits for it")
             return original(self, source, non_blocking)
@@ -143,9 +158,14 @@ def no_host_wait(device_type: str, sync_debug: bool):
             torch.cuda.set_sync_debug_mode("default")
 
 
-def iteration(optimizer, model, x, y, scaler, closure: bool):
+def iteration(optimizer, model, x, y, scaler, closure: bool, calls=None):
     """One iteration, the closure or the authors' method-level loop; on the device path with
-    host reads forbidden inside the optimizer's calls."""
+    host reads forbidden inside the optimizer's calls. ``calls``: the optimizer's methods of
+    the loop by name (compiled ones), else its own."""
+    calls = calls or {name: getattr(optimizer, name)
+                      for name in ("perturb_weights", "unperturb", "step")
+                      if hasattr(optimizer, name)}
+
     def host_reads_raise():
         return no_host_wait(x.device.type, sync_debug=bool(optimizer.state)) \
             if optimizer.device_path else contextlib.nullcontext()
@@ -158,18 +178,19 @@ def iteration(optimizer, model, x, y, scaler, closure: bool):
     if isinstance(optimizer, SASSHA):
         scale(LOSS(model(x), y)).backward()
         with host_reads_raise():
-            optimizer.perturb_weights(zero_grad=True, scaler=scaler)
+            calls["perturb_weights"](zero_grad=True, scaler=scaler)
     scale(LOSS(model(x), y)).backward(create_graph=optimizer.hessian_due)
     if isinstance(optimizer, SASSHA):
-        optimizer.unperturb()
+        with host_reads_raise():
+            calls["unperturb"]()
     with host_reads_raise():
-        optimizer.step(scaler=scaler)
+        calls["step"](scaler=scaler)
     optimizer.zero_grad()
     return None
 
 
 def run(optimizer_class, backend, capturable, closure, use_scaler, dtype=torch.float32,
-        device="cpu"):
+        device="cpu", compile_with=None):
     model = make_model(device).to(dtype)
     x, y = (t.to(device) for t in whole_batch(dtype))
     opt = optimizer_class(model.parameters(), lazy_hessian=2, backend=backend,
@@ -177,8 +198,11 @@ def run(optimizer_class, backend, capturable, closure, use_scaler, dtype=torch.f
                           **PAPER_SETTINGS[optimizer_class])
     scaler = torch.amp.GradScaler(torch.device(device).type, init_scale=2.0 ** 12) \
         if use_scaler else None
+    calls = None if compile_with is None else {
+        name: torch.compile(getattr(opt, name), backend=compile_with)
+        for name in ("perturb_weights", "unperturb", "step") if hasattr(opt, name)}
     for _ in range(STEPS):
-        iteration(opt, model, x, y, scaler, closure)
+        iteration(opt, model, x, y, scaler, closure, calls)
         if scaler is not None:
             scaler.update()
     return model, opt
