@@ -11,7 +11,8 @@
 #      SASSHA's step against AdamW(fused=True) at three sizes (step suite), and the
 #      training-iteration table (train suite)
 #   e. every test that captures and replays a CUDA graph (pytest -k "$GRAPH_TESTS"), the
-#      whole step(closure) iteration included
+#      whole step(closure) iteration and the compiled step with mode="reduce-overhead"
+#      (tests/optim/test_compiled_step.py) included
 # Everything goes to bench/results/<gpu name>/ (gpu_check.md: device, driver, torch, date,
 # the outcome of each part; one log per part; the bench suites' own folders).
 # Without a GPU it says so and exits 0, having run nothing.

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch._dynamo
 
-from sassha_fast import MSASSHA, SASSHA
+from sassha_fast import MSASSHA, SASSHA, available_backends
 from sassha_fast.step.skips import SkippedStepWarning
 from backend_params import backend_device_params
 from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, snapshot, whole_batch
 
 OPTIMIZERS = [SASSHA, MSASSHA]
-BACKENDS = backend_device_params(["reference", "foreach", "cpu"])
+BACKENDS = backend_device_params(["reference", "foreach", "cpu", "triton", "cuda"])
 LAZY = 3  # Hessian steps are iterations 0, 3, 6, 9
 ITERATIONS = 12
 AFTER_TWO_CYCLES = 2 * LAZY + 1  # every kind of step compiled by then
@@ -38,8 +38,8 @@ class Run:
         names = ("perturb_weights", "unperturb", "step") if optimizer is SASSHA else ("step",)
         self.calls = {name: getattr(self.opt, name) for name in names}
 
-    def compile(self, backend) -> "Run":
-        self.calls = {name: torch.compile(call, backend=backend)
+    def compile(self, backend="inductor", **options) -> "Run":
+        self.calls = {name: torch.compile(call, backend=backend, **options)
                       for name, call in self.calls.items()}
         return self
 
@@ -312,6 +312,24 @@ def test_inductor_compiles_a_step_that_trains_as_eager():
     eager = Run(MSASSHA)
     compiled = Run(MSASSHA).compile("inductor")
     for _ in range(LAZY + 2):
+        eager.iteration()
+        compiled.iteration()
+    compiled.assert_close_to(eager)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA device: mode='reduce-overhead' records CUDA graphs")
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("backend", ["cuda", "triton", "foreach"])
+def test_a_compiled_loop_in_cuda_graphs_trains_as_eager(optimizer, backend):
+    """mode="reduce-overhead": inductor records the compiled calls in CUDA graphs and
+    replays them, Hessian steps (their estimate eager) included."""
+    availability = available_backends()[backend]
+    if not availability.available:
+        pytest.skip(f"backend {backend!r} unavailable here: {availability.reason}")
+    eager = Run(optimizer, backend, "cuda")
+    compiled = Run(optimizer, backend, "cuda").compile(mode="reduce-overhead")
+    for _ in range(ITERATIONS):
         eager.iteration()
         compiled.iteration()
     compiled.assert_close_to(eager)
