@@ -114,14 +114,16 @@ def release_memory() -> None:
 
 
 def step_jobs(prof: Profile, args, device, dtype, names: List[str]) -> List[Job]:
-    cases = step.cases(names, args.authors)
-
-    def run(param_set: ParamSet) -> List[dict]:
+    def run(param_set: ParamSet, cases: List[step.Case]) -> List[dict]:
         tensors = step.materialize(param_set, device, dtype)
         return step.run_set(param_set, tensors, cases, device, prof.step_budget)
-    return [Job("step", f"{param_set.name}: {len(cases)} methods in turns",
-                lambda param_set=param_set: run(param_set))
-            for param_set in _selected(prof, args.sets, prof.step_sets)]
+    jobs = []
+    for i, param_set in enumerate(_selected(prof, args.sets, prof.step_sets)):
+        # The compiled rows on the first set only: their compilation takes minutes.
+        cases = step.cases(names, args.authors, prof.step_compiler if i == 0 else None)
+        jobs.append(Job("step", f"{param_set.name}: {len(cases)} methods in turns",
+                        lambda param_set=param_set, cases=cases: run(param_set, cases)))
+    return jobs
 
 
 def ops_jobs(prof: Profile, args, device, dtype, names: List[str]) -> List[Job]:

@@ -36,6 +36,9 @@ class Profile(NamedTuple):
     train_warmup: int   # untimed iterations
     train_windows: int  # timed windows of lazy_hessian iterations each
     lazy_hessian: int
+    # torch.compile backend of the step suite's compiled rows (on the first step set only:
+    # inductor takes 0.5-2 min per backend to compile a 161-tensor step on a 2-core CPU)
+    step_compiler: str = "inductor"
 
 
 def sweep_set(total: int) -> ParamSet:
@@ -94,7 +97,8 @@ def profile(name: str, device: torch.device, memory_cap_gib: float) -> Profile:
         return Profile(name, sweep, sweep[-1:], once, once,
                        (_resnet(8, 2), _gpt(1, 32, 2, 64, 16, 2),
                         _gpt(1, 32, 2, 64, 16, 2, attention="sdpa")),
-                       train_warmup=1, train_windows=1, lazy_hessian=2)
+                       train_warmup=1, train_windows=1, lazy_hessian=2,
+                       step_compiler="eager")
     if name == "quick":
         named = tuple(named_sets(gpt2_layers=12 if gpu else 4))
         sweep = tuple(sweep_set(n) for n in ((10**6, 4 * 10**6, 16 * 10**6, 64 * 10**6,

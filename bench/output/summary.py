@@ -8,7 +8,8 @@ the same method, beside its time over the baseline (fused AdamW);
 issue 11: per training model with finite-difference rows, SASSHA-fd's time and peak memory
           over SAM-AdamW's (targets <= 1.1x, <= 1.15x) and M-SASSHA-fd's time over AdamW's
           (target <= 1.15x);
-issue 28: on the eager SDPA GPT, M-SASSHA-fd's time over AdamW's (target <= 1.25x at batch 4,
+issue 28: each backend's compiled SASSHA step over its eager one (step suite, first set);
+          on the eager SDPA GPT, M-SASSHA-fd's time over AdamW's (target <= 1.25x at batch 4,
           <= 1.15x at batch 16; at other batches not checked) and SASSHA-fd's over
           SAM-AdamW's (target <= 1.05x)."""
 import re
@@ -207,9 +208,25 @@ def issue28(rows: List[dict]) -> List[str]:
     return lines
 
 
+def compiled_step(rows: List[dict]) -> List[str]:
+    """Issue 28: each backend's compiled SASSHA step over its eager one, same set, same run."""
+    parts, workload = [], None
+    for row in rows:
+        if row["suite"] == "step" and row["method"] == "sassha-compiled":
+            eager = find(rows, suite="step", workload=row["workload"], method="sassha",
+                         backend=row["backend"])
+            if eager is not None:
+                workload = _describe(row)
+                parts.append(f"{row['backend']} {row['median_ms'] / eager['median_ms']:.2f}x")
+    if not parts:
+        return []
+    return [f"issue 28: compiled / eager SASSHA step (capturable=True) on {workload}: "
+            + ", ".join(parts)]
+
+
 def summarize(rows: List[dict], backend_report: dict, device_type: str) -> List[str]:
     lines = []
     if any(r["suite"] == "step" for r in rows):
-        lines += issue2(rows) + issue3(rows, backend_report)
+        lines += issue2(rows) + issue3(rows, backend_report) + compiled_step(rows)
     return (lines + issues4_5(rows, device_type) + versus_authors(rows)
             + finite_difference(rows) + issue28(rows))

@@ -9,6 +9,8 @@ a set timed in turns (bench/harness/timing.py):
   update also leaves x + e) on a non-Hessian step, through the package's frontend, with
   ``nonfinite="ignore"`` (as AdamW, no inf/NaN check);
   plus, per backend, the extra work of a Hessian step (the ``hessian_ema`` op alone);
+  SASSHA compiled, per backend (``capturable=True``, ``torch.compile`` of
+  ``perturb_weights()`` and of ``step()``; compiled before the timing), beside the eager row;
   given the authors' code (bench/baselines/authors.py): their SASSHA in their loop
   (``perturb_weights()`` with g1, ``unperturb()`` and ``step()`` with g2), their M-SASSHA's
   ``step()``, and M-SASSHA per backend beside it, all on a non-Hessian step.
@@ -71,30 +73,37 @@ def _adamw(impl: dict) -> Callable[[Tensors, torch.device], Iteration]:
     return build
 
 
-def _two_pass(optimizer, perturb: Callable[[], None], t: Tensors) -> Iteration:
+def _two_pass(step: Callable[[], object], perturb: Callable[[], None], t: Tensors) -> Iteration:
     """g1 present -> perturb -> g2 present -> step (what SAM and SASSHA share)."""
     def iteration():
         set_grads(t.params, t.g1)
         perturb()
         set_grads(t.params, t.g2)
-        optimizer.step()
+        step()
     return iteration
 
 
 def _sam(base: type, base_kwargs: dict) -> Callable[[Tensors, torch.device], Iteration]:
     def build(t: Tensors, device: torch.device) -> Iteration:
         sam = SAM(t.params, base, rho=SAM_RHO, **base_kwargs)
-        return _two_pass(sam, sam.perturb, t)
+        return _two_pass(sam.step, sam.perturb, t)
     return build
 
 
 def seed_sassha_state(opt: SASSHA, beta2: float = BETAS[1]) -> None:
-    """State as after a first Hessian step (D > 0), with the next Hessian never due."""
+    """State as after a first Hessian step (D > 0), with the next Hessian never due. On the
+    device path the counters are two float64 tensors that every parameter shares, as after
+    a step that created them all (one op call per bucket, not per parameter)."""
+    step, correction = 1, (1 - beta2) ** 0.5
+    if opt.device_path:
+        device = next(iter(opt.get_params())).device
+        step, correction = (torch.tensor(float(v), dtype=torch.float64, device=device)
+                            for v in (step, correction))
     for p in opt.get_params():
         opt.state[p].update(
-            step=1, hessian_step=1, exp_avg=torch.zeros_like(p, dtype=torch.float32),
+            step=step, hessian_step=1, exp_avg=torch.zeros_like(p, dtype=torch.float32),
             exp_hessian_diag=torch.rand_like(p, dtype=torch.float32).add_(0.1),
-            bias_correction2=(1 - beta2) ** 0.5)
+            bias_correction2=correction)
 
 
 def _sassha(backend: str) -> Callable[[Tensors, torch.device], Iteration]:
@@ -104,7 +113,20 @@ def _sassha(backend: str) -> Callable[[Tensors, torch.device], Iteration]:
         opt = SASSHA(t.params, **SASSHA_STEP,
                      **PAPER_SETTINGS["SASSHA"], backend=backend, nonfinite="ignore")
         seed_sassha_state(opt)
-        return _two_pass(opt, opt.perturb_weights, t)
+        return _two_pass(opt.step, opt.perturb_weights, t)
+    return build
+
+
+def _compiled_sassha(backend: str, compiler: str) -> Callable[[Tensors, torch.device], Iteration]:
+    def build(t: Tensors, device: torch.device) -> Iteration:
+        opt = SASSHA(t.params, **SASSHA_STEP, **PAPER_SETTINGS["SASSHA"], backend=backend,
+                     nonfinite="ignore", capturable=True)
+        seed_sassha_state(opt)
+        iteration = _two_pass(torch.compile(opt.step, backend=compiler),
+                              torch.compile(opt.perturb_weights, backend=compiler), t)
+        for _ in range(2):  # compiles, then checks that nothing compiles again
+            iteration()
+        return iteration
     return build
 
 
@@ -160,7 +182,9 @@ def _hessian_ema(backend: str) -> Callable[[Tensors, torch.device], Iteration]:
     return build
 
 
-def cases(backends: List[str], authors: Optional[AuthorsCode] = None) -> List[Case]:
+def cases(backends: List[str], authors: Optional[AuthorsCode] = None,
+          compiler: Optional[str] = None) -> List[Case]:
+    """The methods of one set; with ``compiler``, SASSHA's compiled rows too."""
     out = [Case("adamw-forloop", "torch", "adamw", _adamw(dict(foreach=False))),
            Case("adamw-foreach", "torch", "adamw", _adamw(dict(foreach=True))),
            Case("adamw-fused", "torch", "adamw", _adamw(dict(fused=True))),
@@ -169,6 +193,9 @@ def cases(backends: List[str], authors: Optional[AuthorsCode] = None) -> List[Ca
     out += [Case("sassha", name, "sassha", _sassha(name)) for name in backends]
     out += [Case("sassha-hessian-ema", name, "hessian_ema", _hessian_ema(name))
             for name in backends]
+    if compiler is not None:
+        out += [Case("sassha-compiled", name, "sassha", _compiled_sassha(name, compiler))
+                for name in backends]
     if authors is not None:
         out.append(Case("sassha", AUTHORS, "sassha", _authors_sassha(authors)))
         out += [Case("msassha", name, "msassha", _msassha(name)) for name in backends]

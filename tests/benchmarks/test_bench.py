@@ -199,6 +199,11 @@ def test_smoke_run_writes_csv_json_markdown_and_png(tmp_path):
     assert expected <= {m for m, _ in methods}
     assert {("sassha", b) for b in backends} <= methods
     assert {("sassha-hessian-ema", b) for b in backends} <= methods
+    # compiled rows on the first set only
+    assert {(r["backend"], r["workload"]) for r in step if r["method"] == "sassha-compiled"} \
+        == {(b, step[0]["workload"]) for b in backends}
+    payload_summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert any(line.startswith("issue 28: compiled / eager SASSHA step") for line in payload_summary)
     ops = [r for r in rows if r["suite"] == "ops"]
     assert {r["method"] for r in ops if r["backend"] != "torch copy_"} == set(OP_NAMES)
     assert all(r["copy_fraction"] for r in ops if r["backend"] != "torch copy_")
@@ -209,7 +214,7 @@ def test_smoke_run_writes_csv_json_markdown_and_png(tmp_path):
     for row in payload["results"]:
         model = {"step": {"adamw-forloop": "adamw", "adamw-foreach": "adamw",
                           "adamw-fused": "adamw", "sam-adamw": "sam_adamw",
-                          "sam-sgd": "sam_sgd", "sassha": "sassha",
+                          "sam-sgd": "sam_sgd", "sassha": "sassha", "sassha-compiled": "sassha",
                           "sassha-hessian-ema": "hessian_ema"}.get(row["method"]),
                  "ops": "copy" if row["backend"] == "torch copy_" else row["method"]}[row["suite"]]
         if model != "copy":
