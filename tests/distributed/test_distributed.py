@@ -12,7 +12,8 @@ from sassha_fast import MSASSHA, SASSHA
 from sassha_fast.distributed.averaging import Averager
 from gloo_ranks import rank_results
 from scaled_tolerance import assert_scaled_close, scaled_close
-from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, whole_batch
+from tiny import (LOSS, PAPER_SETTINGS, assert_identical, make_model, whole_batch,
+                  with_finite_difference_draws)
 
 STEPS = 4
 LAZY = 2  # steps 1 and 3 estimate the Hessian, 2 and 4 do not
@@ -107,6 +108,8 @@ def train(name: str, x, y, distributed: bool, seed: int = 0, estimator=None):
     opt = optimizer(model.parameters(), lazy_hessian=LAZY, lr=0.05, seed=seed,
                     sync_gradients=sync_gradients and distributed,
                     **fd, **PAPER_SETTINGS[optimizer])
+    if estimator == "autograd" and name in FINITE_DIFFERENCE:
+        with_finite_difference_draws(opt)  # other draws: the seed=1 control
     runner = DistributedDataParallel(model) if wrap and distributed else model
     if not distributed:
         loop = closure_loop
