@@ -176,8 +176,9 @@ def ranks():
 # Bounds on max |distributed - single process| / max |single process|, per tensor. The
 # averaged halves' gradients differ from the whole batch's by round-off (measured worst on
 # the development machine: 4.4e-7); the finite difference divides that round-off by its
-# step (measured worst at FD_EPS: parameters 5.0e-4, exp_avg 8.5e-5, D 5.2e-5), while the
-# double backward's numbers are 1.4e-2, 3.9e-3 and 8.2e-3 away (M-SASSHA; SASSHA further).
+# step (measured worst at FD_EPS: parameters 4.9e-4, exp_avg 9.8e-5, D 7.0e-5), while the
+# double backward's numbers with the same z are 2.0e-2, 6.9e-3 and 6.4e-3 away (M-SASSHA;
+# SASSHA further).
 # All from `python scripts/distributed_agreement.py` (bench/results/cpu/).
 RELATIVE = 1e-5
 FD_RELATIVE = {"params": 2e-3, "exp_avg": 5e-4, "exp_hessian_diag": 5e-4}
