@@ -13,9 +13,10 @@ size and in one process:
   iteration and the median of the others;
 * on the same weights and gradients, timed in turns (``bench.harness.timing``): one
   forward-backward pass, AdamW's fused step, M-SASSHA's step without a Hessian estimate,
-  and the parts of a finite-difference Hessian step that are not a pass: the Rademacher
-  draw (``RademacherSource.draw``, the authors' recipe, serial on a CPU) and the
-  difference of the gradients with its resolution floor;
+  and the parts of a finite-difference Hessian step that are not a pass: its Rademacher
+  draw (``PackedSigns``, 64 signs per generator word), the authors' draw beside it
+  (``authors_signs``, serial on a CPU, which the double backward keeps) and the difference
+  of the gradients with its resolution floor;
 * the two steps again from an emptied cache (``cold_steps``), as they run in an iteration.
 
 It prints the measured ratios beside the pass model's, and M-SASSHA-fd's time over AdamW's
@@ -111,7 +112,7 @@ def part_times(spec: dict, budget: Budget) -> Dict[str, float]:
         for p, g in zip(msassha_params, grads):
             p.grad = g.clone()
     msassha.step()
-    source = RademacherSource(0)
+    fd_draws, authors_draws = msassha._estimator.probe_source(0), RademacherSource(0)
     span = torch.tensor(1e-4)
     uppers = [g.clone() for g in grads]
 
@@ -122,7 +123,9 @@ def part_times(spec: dict, budget: Budget) -> Dict[str, float]:
         fd.floor_at_resolution_(estimate, grads, span)
 
     parts = dict(gradient_pass=gradient_pass, adamw_step=adamw.step, msassha_step=msassha.step,
-                 draw=lambda: source.draw(params), difference_and_floor=difference_and_floor)
+                 draw=lambda: fd_draws.draw(params),
+                 draw_authors=lambda: authors_draws.draw(params),
+                 difference_and_floor=difference_and_floor)
     timings = measure_all(list(parts.values()), DEVICE, budget)
     result = {name: 1e3 * t.median_s for name, t in zip(parts, timings)}
     result.update(cold_steps({"adamw_step_cold": adamw.step, "msassha_step_cold": msassha.step},
@@ -175,7 +178,8 @@ def report(batch: int, iters: Dict[str, Dict[str, float]], parts: Dict[str, floa
         f"against AdamW's (cold cache) {step_gap:+.2f} + the Hessian iteration's rest / k "
         f"{hessian_rest:.2f} (of it: draw {parts['draw'] / k:.2f}, difference and floor "
         f"{parts['difference_and_floor'] / k:.2f}) + unexplained "
-        f"{excess - extra_pass - step_gap - hessian_rest:+.2f}", ""])
+        f"{excess - extra_pass - step_gap - hessian_rest:+.2f}; the authors' draw would add "
+        f"{(parts['draw_authors'] - parts['draw']) / k:+.2f}", ""])
 
 
 def main(argv: Optional[List[str]] = None) -> None:

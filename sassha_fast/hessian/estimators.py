@@ -9,8 +9,9 @@ One interface, ``HessianEstimator``, three implementations:
 * ``Summed``: the estimates ``set_hessian()`` adds up over micro-batches, each a
   ``DoubleBackward`` one; a step with none takes a fresh ``DoubleBackward`` estimate.
 
-The optimizer holds one, made by ``make``, and asks it for the step's ``Plan`` (``plan``),
-for what ``hessian_probes()``, ``set_hessian()`` and ``zero_hessian()`` do, and whether the
+The optimizer holds one, made by ``make``, and asks it for the source of its Rademacher
+vectors once (``probe_source``), for the step's ``Plan`` (``plan``), for what
+``hessian_probes()``, ``set_hessian()`` and ``zero_hessian()`` do, and whether the
 gradient pass must keep its graph (``needs_graph``); it never asks which estimator it holds.
 The lazy schedule (which parameters are due) stays the optimizer's.
 """
@@ -24,7 +25,7 @@ from ..distributed.dtensor import any_dtensor
 from ..step.plan import Entry, Plan
 from ..step import errors
 from . import finite_difference
-from .hutchinson import hutchinson
+from .hutchinson import PackedSigns, RademacherSource, hutchinson
 
 # An estimate for the due parameters, and the Rademacher generator states before its draws
 # (None while a CUDA graph is captured); a skipped step rewinds the generator to them.
@@ -53,6 +54,11 @@ class HessianEstimator:
     # create_graph=True). Such gradients are not reduced by DDP (it fails on them), so the
     # step averages their estimate itself; a closure that calls backward() cannot keep it.
     needs_graph = True
+
+    def probe_source(self, seed: int) -> RademacherSource:
+        """Where the optimizer's Rademacher vectors come from: the authors' draws, so that
+        a seeded double-backward run reproduces theirs."""
+        return RademacherSource(seed)
 
     def plan(self, opt) -> Plan:
         """The plan of the step now being taken, with an estimate for the due parameters.
@@ -140,6 +146,11 @@ class FiniteDifference(HessianEstimator):
     def __init__(self, settings: finite_difference.FiniteDifferenceSettings):
         self.settings = settings
         self.probed: Optional[Probed] = None
+
+    def probe_source(self, seed: int) -> RademacherSource:
+        """Packed draws: no authors' run to match, and on a CPU the authors' serial draw
+        cost more than the difference itself (docs/estimators.md)."""
+        return RademacherSource(seed, PackedSigns())
 
     def probes(self, opt, rng_state: Optional[finite_difference.RNGState]):
         self.probed = None

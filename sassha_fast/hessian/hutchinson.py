@@ -1,5 +1,11 @@
-"""Hutchinson estimate of the Hessian diagonal: h = mean over draws of z * (H z)."""
-from typing import Dict, List
+"""Hutchinson estimate of the Hessian diagonal: h = mean over draws of z * (H z).
+
+The Rademacher vectors z come from a ``RademacherSource`` drawn with one of two recipes
+(docs/algorithm.md section 4): ``authors_signs``, the authors' draw, which the double
+backward keeps so that seeded runs reproduce theirs, and ``PackedSigns``, 64 signs per
+generator word, which the finite difference uses (it has no authors' run to match)."""
+import math
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor
@@ -7,15 +13,58 @@ from torch import Tensor
 from ..distributed.dtensor import draw_like, is_dtensor
 from ..step import errors
 
+# (shape, generator, device, dtype) -> a tensor of +-1 in ``dtype``.
+SignRecipe = Callable[[torch.Size, torch.Generator, torch.device, torch.dtype], Tensor]
+
+
+def authors_signs(shape: torch.Size, generator: torch.Generator, device: torch.device,
+                  dtype: torch.dtype) -> Tensor:
+    """The authors' draw, ``randint(0, 2) * 2.0 - 1.0``: one generator call per sign (on a
+    CPU a serial Mersenne Twister)."""
+    z = torch.randint(0, 2, shape, generator=generator, device=device) * 2.0 - 1.0
+    return z if z.dtype == dtype else z.to(dtype)
+
+
+class PackedSigns:
+    """Signs from the bits of 64-bit words of the generator: 32 times fewer generator
+    outputs than ``authors_signs`` (a word is two 32-bit Mersenne Twister outputs on a CPU,
+    where they are drawn serially), each byte turned into its 8 signs by a parallel lookup
+    in a 256 x 8 table of +-1. Bit j of byte b (in memory order) gives sign 8 b + j, +1
+    where it is set; the last word's spare bits are dropped."""
+
+    def __init__(self):
+        self._tables: Dict[Tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def _table(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        # Kept: rebuilding it costs a few small ops per parameter and draw.
+        if (device, dtype) not in self._tables:
+            byte = torch.arange(256, device=device).unsqueeze(1)
+            bits = (byte >> torch.arange(8, device=device)) & 1
+            self._tables[(device, dtype)] = (bits * 2 - 1).to(dtype)
+        return self._tables[(device, dtype)]
+
+    def __call__(self, shape: torch.Size, generator: torch.Generator, device: torch.device,
+                 dtype: torch.dtype) -> Tensor:
+        numel = math.prod(shape)
+        words = torch.empty(-(-numel // 64), dtype=torch.int64, device=device)
+        # From the int64 minimum with no upper end: all 64 bits random (random_() alone
+        # draws below 2**63, a sign bit always 0).
+        words.random_(torch.iinfo(torch.int64).min, None, generator=generator)
+        signs = self._table(device, dtype).index_select(0, words.view(torch.uint8).int())
+        return signs.view(-1)[:numel].view(shape)
+
 
 class RademacherSource:
-    """Seeded generators, one per device, so that every rank draws the same z.
+    """Seeded generators, one per device, so that every rank draws the same z; ``signs``
+    turns a generator's output into a tensor of signs (the authors' recipe unless told).
 
-    Draws follow the authors' recipe (``randint(0, 2) * 2.0 - 1.0``, one tensor per
-    parameter in parameter order) so that a seeded run reproduces theirs."""
+    One tensor per parameter, in parameter order, so that with ``authors_signs`` a seeded
+    run reproduces the authors'. The saved states are the generators' whatever the recipe,
+    so a checkpoint loads into an optimizer with either estimator."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, signs: SignRecipe = authors_signs):
         self.seed = seed
+        self.signs = signs
         self._generators: Dict[torch.device, torch.Generator] = {}
 
     def generator(self, device: torch.device) -> torch.Generator:
@@ -24,8 +73,7 @@ class RademacherSource:
         return self._generators[device]
 
     def _draw(self, shape: torch.Size, device: torch.device, dtype: torch.dtype) -> Tensor:
-        z = torch.randint(0, 2, shape, generator=self.generator(device), device=device) * 2.0 - 1.0
-        return z if z.dtype == dtype else z.to(dtype)
+        return self.signs(shape, self.generator(device), device, dtype)
 
     def generators(self) -> List[torch.Generator]:
         """The generators created so far (a CUDA graph that draws from one must register it)."""

@@ -12,7 +12,6 @@ from ..backends.reference import compute_dtype
 from ..distributed import dtensor
 from ..distributed.averaging import Averager
 from ..hessian import estimators, finite_difference
-from ..hessian.hutchinson import RademacherSource
 from ..step import amp, diagnostics
 from ..step.authors_format import STATE_TENSOR_KEYS, generator_states_for
 from ..step.backward_record import BackwardRecord
@@ -68,7 +67,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         self.seed = seed
         self.hessian_power_scheduler = hessian_power_scheduler
         self.hessian_power_t: Optional[float] = None
-        self._rademacher = RademacherSource(seed)
+        self._rademacher = self._estimator.probe_source(seed)
         self._dispatch = Dispatch(backend)
         self._backward_record = BackwardRecord()
         super().__init__(params, defaults)

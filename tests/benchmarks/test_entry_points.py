@@ -23,6 +23,7 @@ SMOKE_RUNS = {
     "bench.studies.hvp_accuracy": (["--smoke"], r"vit1_patch4 +central +floor16", False),
     "bench.studies.fd_stability": (["--smoke"], r"vit-b64 +msassha +fd ", False),
     "bench.studies.fd_cost": (["--smoke", "--batches", "2"], r"msassha-fd over adamw: ", False),
+    "bench.studies.draw_cost": (["--smoke"], r"\| 10,000 \| [\d.]+ \| [\d.]+ \|", False),
     "bench.studies.zero_curvature": (["--smoke"], r"- curvature_floor=0\.01: 0 of 2 seeds", False),
     "bench.lm_suite": (["--profile", "smoke", "--methods", "adamw,msassha-fd", "--lrs", "1e-3"],
                        r"\| msassha-fd \| 0\.001 \| \d", False),

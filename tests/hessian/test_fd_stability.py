@@ -188,7 +188,7 @@ def test_the_floor_reads_nothing_on_the_host(optimizer):
 # holds for the mean over the seeds, and each seed must stay within PER_SEED of the double
 # backward's (a stalled or diverging run is many times it).
 MEAN_BOUND = 0.15
-PER_SEED = 2.0  # measured at most 1.49 (gpt-sdpa, M-SASSHA)
+PER_SEED = 2.0  # measured at most 1.69 (vit, M-SASSHA; 1.49 with the authors' draws)
 STABILITY = [(model, optimizer) for model in ("gpt", "gpt-sdpa", "cnn", "vit")
              for optimizer in ("sassha", "msassha")]
 
@@ -208,10 +208,11 @@ def test_finite_difference_trains_as_the_double_backward_does(model, optimizer):
     assert worst <= PER_SEED, summary
 
 
-@pytest.mark.parametrize("optimizer,seed", [("sassha", 0), ("msassha", 0)])
+@pytest.mark.parametrize("optimizer,seed", [("sassha", 0), ("msassha", 2)])
 def test_the_raw_difference_fails_that_check(optimizer, seed):
-    """The negative control: without the floor the quick GPT diverges (seed 0: SASSHA's
-    loss reaches 7e7, M-SASSHA's NaN with 24 steps skipped)."""
+    """The negative control: without the floor the quick GPT diverges (SASSHA, seed 0: the
+    loss reaches 1e10, then NaN, 24 steps skipped; M-SASSHA, seed 2: NaN, 24 steps skipped;
+    with the packed draws the raw difference diverged on 7 and 5 of the 8 seeds)."""
     raw = run("gpt", optimizer, "fd-raw", seed)
     assert not raw.trained
     assert run("gpt", optimizer, "fd", seed).trained

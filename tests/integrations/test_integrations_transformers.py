@@ -108,7 +108,10 @@ def test_the_trainer_trains_and_matches_the_hand_written_loop(optimizer, estimat
     trainer.train()
     logged = losses(trainer)
     assert len(logged) == 2 * EXAMPLES // (MICRO * ACCUMULATE)
-    assert logged[-1] < 0.9 * logged[0]
+    # It trains: the last loss over the first, finite difference at seeds 0-2 with either
+    # Rademacher stream, measured 0.84-0.85 (M-SASSHA) and 0.88-0.91 (SASSHA; the draws
+    # move it by a few hundredths, so 0.9 failed on one seed); a stalled run gives 1.
+    assert logged[-1] < 0.95 * logged[0]
     # Same process, same operations in the same order: bit for bit (8 steps, clipped).
     assert_identical(model.state_dict(), hand_loop(optimizer, estimator).state_dict())
 
