@@ -17,7 +17,8 @@ from sassha_fast import _C, available_backends
 from sassha_fast.backends import cuda as cuda_backend
 from sassha_fast.backends import reference
 from sassha_fast.functional import resolve
-from tensor_lists import STATE_TOLERANCE, STORED_TOLERANCE, assert_lists_close, clone
+from tensor_lists import (STATE_TOLERANCE, STORED_TOLERANCE, PythonDispatched,
+                          assert_lists_close, clone)
 
 UNAVAILABLE = cuda_backend.unavailable_reason()
 needs_gpu = pytest.mark.skipif(UNAVAILABLE is not None,
@@ -273,20 +274,6 @@ def test_found_inf_is_read_on_the_device(layout, dtype, value):
     for name in inputs:
         assert_lists_close(inputs[name], expected[name], **STORED_TOLERANCE[dtype])
     torch.testing.assert_close(got.cpu(), want.cpu(), rtol=1e-5, atol=1e-6)
-
-
-class PythonDispatched(torch.Tensor):
-    """A tensor subclass dispatched to Python, as DTensor and FakeTensor are."""
-    seen = []
-
-    @staticmethod
-    def __new__(cls, data):
-        return torch.Tensor._make_wrapper_subclass(cls, data.shape, dtype=data.dtype,
-                                                   device=data.device)
-
-    @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        cls.seen.append(func)
 
 
 @needs_cuda_part

@@ -19,7 +19,7 @@ import torch
 from sassha_fast.backends import reference
 from sassha_fast.backends import triton as backend
 
-from tensor_lists import STATE_TOLERANCE, STORED_TOLERANCE, assert_lists_close
+from tensor_lists import STATE_TOLERANCE, STORED_TOLERANCE, PythonDispatched, assert_lists_close
 
 REASON = backend.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None,
@@ -525,20 +525,6 @@ def test_empty_lists_give_zeros_on_the_kernels_device():
 def test_supports_dtype():
     assert all(backend.supports_dtype(d) for d in DTYPES)
     assert not backend.supports_dtype(torch.float64)
-
-
-class PythonDispatched(torch.Tensor):
-    """A tensor subclass dispatched to Python, as DTensor and FakeTensor are."""
-    seen = []
-
-    @staticmethod
-    def __new__(cls, data):
-        return torch.Tensor._make_wrapper_subclass(cls, data.shape, dtype=data.dtype,
-                                                   device=data.device)
-
-    @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        cls.seen.append(func)
 
 
 def test_a_subclass_dispatched_to_python_gets_the_op_not_the_kernel():

@@ -27,3 +27,18 @@ def assert_lists_close(actual, expected, **tolerance):
     for a, e in zip(actual, expected):
         assert a.dtype == e.dtype and a.shape == e.shape
         torch.testing.assert_close(a.cpu(), e.cpu(), **tolerance)
+
+
+class PythonDispatched(torch.Tensor):
+    """A tensor subclass dispatched to Python, as DTensor and FakeTensor are: it records
+    the ops it receives (``seen``) and runs none."""
+    seen = []
+
+    @staticmethod
+    def __new__(cls, data):
+        return torch.Tensor._make_wrapper_subclass(cls, data.shape, dtype=data.dtype,
+                                                   device=data.device)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        cls.seen.append(func)
