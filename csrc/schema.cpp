@@ -7,6 +7,10 @@
 // them what an op mutates. The per-step scalars (scale, norm_factor, lr, both bias
 // corrections, alpha) are tensors with one element, so that a value on the device reaches its
 // kernel without a host read; a number is passed as a one-element CPU tensor.
+//
+// wrote_nonfinite (the updates of parameters and state): a one-element tensor on the
+// parameters' device that the op sets to 1 when a value it stores is inf or NaN in its
+// tensor's dtype, found in the pass that writes it; the op never clears it.
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
@@ -22,13 +26,13 @@ TORCH_LIBRARY(sassha_fast, m) {
   m.def("sassha_update(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
         "Tensor[] exp_hessians, Tensor[]? perturbations, Tensor lr, float weight_decay, "
         "float beta1, Tensor bias_correction1, Tensor bias_correction2, float hessian_power, "
-        "float eps, Tensor? found_inf) -> ()");
+        "float eps, Tensor? found_inf, Tensor(c!)? wrote_nonfinite=None) -> ()");
   m.def("hessian_ema(Tensor(a!)[] exp_hessians, Tensor[] hessians, float beta2, "
-        "Tensor? found_inf) -> ()");
+        "Tensor? found_inf, Tensor(b!)? wrote_nonfinite=None) -> ()");
   m.def("msassha_update(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
         "Tensor[] exp_hessians, Tensor norm_factor, Tensor lr, float weight_decay, "
         "float beta1, Tensor bias_correction1, Tensor bias_correction2, float hessian_power, "
-        "float eps, Tensor? found_inf) -> Tensor");
+        "float eps, Tensor? found_inf, Tensor(c!)? wrote_nonfinite=None) -> Tensor");
   m.def("add_scaled(Tensor(a!)[] params, Tensor[] tensors, Tensor alpha) -> ()");
 }
 

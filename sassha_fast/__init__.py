@@ -8,7 +8,8 @@ from .optim.language_model import LanguageModelSASSHA
 from .optim.msassha import MSASSHA
 from .optim.sassha import SASSHA
 from .step.batchnorm import frozen_batchnorm_stats
-from .step.skips import SkippedStepWarning
+from .step.skips import NonfiniteUpdateWarning, SkippedStepWarning
 
 __all__ = ["SASSHA", "MSASSHA", "LanguageModelSASSHA", "available_backends", "build_info",
-           "capture_rng_state", "frozen_batchnorm_stats", "SkippedStepWarning", "CheckpointError"]
+           "capture_rng_state", "frozen_batchnorm_stats", "SkippedStepWarning",
+           "NonfiniteUpdateWarning", "CheckpointError"]

@@ -76,32 +76,37 @@ def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tens
                   exp_hessians: List[Tensor], perturbations: Optional[List[Tensor]] = None, *,
                   lr: Scalar, weight_decay: float, beta1: float, bias_correction1: Scalar,
                   bias_correction2: Scalar, hessian_power: float, eps: float,
-                  found_inf: Optional[Tensor] = None, backend: str = "auto") -> None:
+                  found_inf: Optional[Tensor] = None, wrote_nonfinite: Optional[Tensor] = None,
+                  backend: str = "auto") -> None:
     """SASSHA's update (leaving the perturbed point first when ``perturbations`` is given)."""
     _ops(backend, params).sassha_update(
         params, grads, exp_avgs, exp_hessians, perturbations, lr=lr, weight_decay=weight_decay,
         beta1=beta1, bias_correction1=bias_correction1, bias_correction2=bias_correction2,
-        hessian_power=hessian_power, eps=eps, found_inf=found_inf)
+        hessian_power=hessian_power, eps=eps, found_inf=found_inf,
+        wrote_nonfinite=wrote_nonfinite)
 
 
 def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float, *,
-                found_inf: Optional[Tensor] = None, backend: str = "auto") -> None:
+                found_inf: Optional[Tensor] = None, wrote_nonfinite: Optional[Tensor] = None,
+                backend: str = "auto") -> None:
     """D = beta2 * D + (1 - beta2) * |h|."""
-    _ops(backend, exp_hessians).hessian_ema(exp_hessians, hessians, beta2, found_inf=found_inf)
+    _ops(backend, exp_hessians).hessian_ema(exp_hessians, hessians, beta2, found_inf=found_inf,
+                                            wrote_nonfinite=wrote_nonfinite)
 
 
 def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                    exp_hessians: List[Tensor], *, norm_factor: Scalar, lr: Scalar,
                    weight_decay: float, beta1: float, bias_correction1: Scalar,
                    bias_correction2: Scalar, hessian_power: float, eps: float,
-                   found_inf: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
+                   found_inf: Optional[Tensor] = None, wrote_nonfinite: Optional[Tensor] = None,
+                   backend: str = "auto") -> Tensor:
     """M-SASSHA's update from the perturbed point; returns the new momenta's sum of
     squares (a 0-d tensor) for the next norm factor."""
     return _ops(backend, params).msassha_update(
         params, grads, exp_avgs, exp_hessians, norm_factor=norm_factor, lr=lr,
         weight_decay=weight_decay, beta1=beta1, bias_correction1=bias_correction1,
         bias_correction2=bias_correction2, hessian_power=hessian_power, eps=eps,
-        found_inf=found_inf)
+        found_inf=found_inf, wrote_nonfinite=wrote_nonfinite)
 
 
 def add_scaled(params: List[Tensor], tensors: List[Tensor], alpha: Scalar, *,

@@ -16,7 +16,8 @@ types of its lists, ``OPTIONS`` its compile-time switches.
 Values are computed in fp32; every store rounds once to the destination's dtype. Per-step
 scalars are float arguments or pointers to 0-d fp32 tensors (``SCALAR_PTRS``), and
 ``found_inf`` a pointer (``SKIPPABLE``): both are read on the device, so that nothing waits
-for the host.
+for the host. The updates set ``wrote_nonfinite`` (a pointer, when ``FLAGGED``) to 1 when a
+value they store is inf or NaN in its dtype, found as they store it.
 """
 import triton
 import triton.language as tl
@@ -137,6 +138,22 @@ def _skipped(found_inf, SKIPPABLE: tl.constexpr):
         return False
 
 
+# The largest finite fp32 magnitude: |x| <= FP32_MAX fails for inf and NaN (the fp32 state).
+FP32_MAX = tl.constexpr(3.4028234663852886e38)
+
+
+@_helper
+def _flag_nonfinite(wrote_nonfinite, x, largest, mask, FLAGGED: tl.constexpr):
+    """Sets the flag when a value of x is inf or NaN once stored: above ``largest``, the
+    largest fp32 value that stays finite in the destination's dtype (``launch.largest_finite``),
+    or NaN. Every program that finds one writes the same 1: no ordering is needed."""
+    if FLAGGED:
+        bad = (tl.abs(x) <= largest) == 0
+        if mask is not None:
+            bad = bad & mask
+        tl.store(wrote_nonfinite, 1.0, mask=tl.max(bad.to(tl.int32), axis=0) > 0)
+
+
 @_helper
 def pow_by_exp2(d, hessian_power):
     """d ** hessian_power for d >= 0 as exp2(hessian_power * log2(d)), with 0 ** 0 = 1 and
@@ -254,19 +271,23 @@ def perturb_kernel(table, n_tensors, search_steps, scale, found_inf,
 @_helper
 def _sassha_update(table, n_tensors, t, offs, mask, c, DTYPES: tl.constexpr,
                    OPTIONS: tl.constexpr, ALIGNED: tl.constexpr):
-    """OPTIONS: (POWER, UNPERTURB). Skipped (c[7]): p only leaves the perturbed point."""
+    """c: (step coefficients, wrote_nonfinite, p_largest); OPTIONS: (POWER, UNPERTURB,
+    FLAGGED). Skipped (c[0][7]): p only leaves the perturbed point."""
+    step = c[0]
     p_ptr = _base(table, n_tensors, t, P, DTYPES[0], ALIGNED)
     x = _load(p_ptr, offs, mask)
     if OPTIONS[1]:
         x = x - _load(_base(table, n_tensors, t, E, DTYPES[2], ALIGNED), offs, mask)
-    if c[7]:
+    if step[7]:
         if OPTIONS[1]:
             _store(p_ptr, offs, x, mask, DTYPES[0])
     else:
         m_ptr = _base(table, n_tensors, t, M, tl.float32, ALIGNED)
         g = _load(_base(table, n_tensors, t, G, DTYPES[1], ALIGNED), offs, mask)
         d = _load(_base(table, n_tensors, t, D, tl.float32, ALIGNED), offs, mask)
-        x, m = _adaptive_step(x, g, _load(m_ptr, offs, mask), d, c, OPTIONS[0])
+        x, m = _adaptive_step(x, g, _load(m_ptr, offs, mask), d, step, OPTIONS[0])
+        _flag_nonfinite(c[1], x, c[2], mask, OPTIONS[2])
+        _flag_nonfinite(c[1], m, FP32_MAX, mask, OPTIONS[2])
         tl.store(m_ptr + offs, m, mask=mask)
         _store(p_ptr, offs, x, mask, DTYPES[0])
     return 0.0
@@ -275,17 +296,19 @@ def _sassha_update(table, n_tensors, t, offs, mask, c, DTYPES: tl.constexpr,
 @triton.jit
 def sassha_update_kernel(table, n_tensors, search_steps, lr, bias_correction1,
                          bias_correction2, weight_decay, beta1, one_minus_beta1, hessian_power,
-                         eps, found_inf, SCALAR_PTRS: tl.constexpr, SKIPPABLE: tl.constexpr,
-                         POWER: tl.constexpr, UNPERTURB: tl.constexpr, P_DTYPE: tl.constexpr,
-                         G_DTYPE: tl.constexpr, E_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+                         eps, found_inf, wrote_nonfinite, p_largest, SCALAR_PTRS: tl.constexpr,
+                         SKIPPABLE: tl.constexpr, FLAGGED: tl.constexpr, POWER: tl.constexpr,
+                         UNPERTURB: tl.constexpr, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
+                         E_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
     """Optionally p -= e, then the SASSHA step on p and m (fp32 m and D). SCALAR_PTRS: which
     of (lr, bias_correction1, bias_correction2) are pointers."""
-    coeffs = _step_coeffs(_scalar(lr, SCALAR_PTRS[0]), weight_decay, beta1, one_minus_beta1,
-                          _scalar(bias_correction1, SCALAR_PTRS[1]),
-                          _scalar(bias_correction2, SCALAR_PTRS[2]), hessian_power, eps,
-                          _skipped(found_inf, SKIPPABLE))
-    _each_block(_sassha_update, table, n_tensors, search_steps, tl.program_id(0), coeffs,
-                (P_DTYPE, G_DTYPE, E_DTYPE), (POWER, UNPERTURB), BLOCK)
+    step = _step_coeffs(_scalar(lr, SCALAR_PTRS[0]), weight_decay, beta1, one_minus_beta1,
+                        _scalar(bias_correction1, SCALAR_PTRS[1]),
+                        _scalar(bias_correction2, SCALAR_PTRS[2]), hessian_power, eps,
+                        _skipped(found_inf, SKIPPABLE))
+    _each_block(_sassha_update, table, n_tensors, search_steps, tl.program_id(0),
+                (step, wrote_nonfinite, p_largest), (P_DTYPE, G_DTYPE, E_DTYPE),
+                (POWER, UNPERTURB, FLAGGED), BLOCK)
 
 
 # -- Hessian EMA -----------------------------------------------------------------------
@@ -293,21 +316,25 @@ def sassha_update_kernel(table, n_tensors, search_steps, lr, bias_correction1,
 @_helper
 def _hessian_ema(table, n_tensors, t, offs, mask, c, DTYPES: tl.constexpr,
                  OPTIONS: tl.constexpr, ALIGNED: tl.constexpr):
-    """D (fp32, list 0) = beta2 * D + (1 - beta2) * |h| (list 1); skipped (c[2]): D kept."""
+    """D (fp32, list 0) = beta2 * D + (1 - beta2) * |h| (list 1); skipped (c[2]): D kept.
+    c[3]: wrote_nonfinite; OPTIONS: (FLAGGED,)."""
     if not c[2]:
         d_ptr = _base(table, n_tensors, t, 0, tl.float32, ALIGNED)
         h = _load(_base(table, n_tensors, t, 1, DTYPES[0], ALIGNED), offs, mask)
-        tl.store(d_ptr + offs, _load(d_ptr, offs, mask) * c[0] + c[1] * tl.abs(h), mask=mask)
+        d = _load(d_ptr, offs, mask) * c[0] + c[1] * tl.abs(h)
+        _flag_nonfinite(c[3], d, FP32_MAX, mask, OPTIONS[0])
+        tl.store(d_ptr + offs, d, mask=mask)
     return 0.0
 
 
 @triton.jit
 def hessian_ema_kernel(table, n_tensors, search_steps, beta2, one_minus_beta2, found_inf,
-                       SKIPPABLE: tl.constexpr, H_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+                       wrote_nonfinite, SKIPPABLE: tl.constexpr, FLAGGED: tl.constexpr,
+                       H_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
     """D = beta2 * D + (1 - beta2) * |h|."""
-    coeffs = (beta2, one_minus_beta2, _skipped(found_inf, SKIPPABLE))
+    coeffs = (beta2, one_minus_beta2, _skipped(found_inf, SKIPPABLE), wrote_nonfinite)
     _each_block(_hessian_ema, table, n_tensors, search_steps, tl.program_id(0), coeffs,
-                (H_DTYPE,), (0,), BLOCK)
+                (H_DTYPE,), (FLAGGED,), BLOCK)
 
 
 # -- M-SASSHA update -------------------------------------------------------------------
@@ -315,8 +342,9 @@ def hessian_ema_kernel(table, n_tensors, search_steps, beta2, one_minus_beta2, f
 @_helper
 def _msassha_update(table, n_tensors, t, offs, mask, c, DTYPES: tl.constexpr,
                     OPTIONS: tl.constexpr, ALIGNED: tl.constexpr):
-    """c: (norm_factor, step coefficients). Returns the block's sum of m^2 as stored; skipped:
-    p and m untouched, the sum over the unchanged m."""
+    """c: (norm_factor, step coefficients, wrote_nonfinite, p_largest); OPTIONS: (POWER,
+    FLAGGED). Returns the block's sum of m^2 as stored; skipped: p and m untouched, the sum
+    over the unchanged m."""
     step = c[1]
     m_ptr = _base(table, n_tensors, t, M, tl.float32, ALIGNED)
     m = _load(m_ptr, offs, mask)
@@ -326,6 +354,8 @@ def _msassha_update(table, n_tensors, t, offs, mask, c, DTYPES: tl.constexpr,
         g = _load(_base(table, n_tensors, t, G, DTYPES[1], ALIGNED), offs, mask)
         d = _load(_base(table, n_tensors, t, D, tl.float32, ALIGNED), offs, mask)
         x, m = _adaptive_step(x, g, m, d, step, OPTIONS[0])
+        _flag_nonfinite(c[2], x, c[3], mask, OPTIONS[1])
+        _flag_nonfinite(c[2], m, FP32_MAX, mask, OPTIONS[1])
         tl.store(m_ptr + offs, m, mask=mask)
         _store(p_ptr, offs, x, mask, DTYPES[0])
     return tl.sum(m * m)
@@ -334,10 +364,10 @@ def _msassha_update(table, n_tensors, t, offs, mask, c, DTYPES: tl.constexpr,
 @triton.jit
 def msassha_update_kernel(table, n_tensors, search_steps, n_blocks, partials, norm_factor, lr,
                           bias_correction1, bias_correction2, weight_decay, beta1,
-                          one_minus_beta1, hessian_power, eps, found_inf,
-                          SCALAR_PTRS: tl.constexpr, SKIPPABLE: tl.constexpr,
-                          POWER: tl.constexpr, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
-                          BLOCK: tl.constexpr):
+                          one_minus_beta1, hessian_power, eps, found_inf, wrote_nonfinite,
+                          p_largest, SCALAR_PTRS: tl.constexpr, SKIPPABLE: tl.constexpr,
+                          FLAGGED: tl.constexpr, POWER: tl.constexpr, P_DTYPE: tl.constexpr,
+                          G_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
     """p += nf * m_old, then the SASSHA step; partials[program] = its blocks' sum of m_new^2.
     SCALAR_PTRS: which of (norm_factor, lr, bias_correction1, bias_correction2) are
     pointers."""
@@ -345,11 +375,11 @@ def msassha_update_kernel(table, n_tensors, search_steps, n_blocks, partials, no
                         _scalar(bias_correction1, SCALAR_PTRS[2]),
                         _scalar(bias_correction2, SCALAR_PTRS[3]), hessian_power, eps,
                         _skipped(found_inf, SKIPPABLE))
-    coeffs = (_scalar(norm_factor, SCALAR_PTRS[0]), step)
+    coeffs = (_scalar(norm_factor, SCALAR_PTRS[0]), step, wrote_nonfinite, p_largest)
     total = 0.0
     for b in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
         total += _each_block(_msassha_update, table, n_tensors, search_steps, b, coeffs,
-                             (P_DTYPE, G_DTYPE), (POWER,), BLOCK)
+                             (P_DTYPE, G_DTYPE), (POWER, FLAGGED), BLOCK)
     tl.store(partials + tl.program_id(0), total)
 
 

@@ -1,6 +1,7 @@
 """Host side of a launch: check the operands, find their table, launch one kernel over all
 of them with keyword arguments, and (for reductions) finish the sum on the device."""
 import contextlib
+import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -136,16 +137,31 @@ def scalar(op: str, name: str, value: Tensor,
     return value.to(torch.float32).reshape(()), True
 
 
-def found_inf_arg(op: str, found_inf: Optional[Tensor],
-                  device: torch.device) -> Tuple[Optional[Tensor], bool]:
-    """found_inf as a kernel argument (a pointer, or None: never skipped) and SKIPPABLE."""
-    if found_inf is None:
+def flag_arg(op: str, name: str, flag: Optional[Tensor],
+             device: torch.device) -> Tuple[Optional[Tensor], bool]:
+    """A flag (``found_inf``, read: SKIPPABLE; ``wrote_nonfinite``, written: FLAGGED) as a
+    kernel argument: a pointer, or None when not given, and whether it was."""
+    if flag is None:
         return None, False
-    if (not isinstance(found_inf, Tensor) or found_inf.numel() != 1
-            or found_inf.dtype != torch.float32 or found_inf.device != device):
-        raise ValueError(f"{op}: found_inf must be None or a one-element float32 tensor on "
-                         f"{device}, got {found_inf!r}")
-    return found_inf, True
+    if (not isinstance(flag, Tensor) or flag.numel() != 1
+            or flag.dtype != torch.float32 or flag.device != device):
+        raise ValueError(f"{op}: {name} must be None or a one-element float32 tensor on "
+                         f"{device}, got {flag!r}")
+    return flag, True
+
+
+def largest_finite(tensors: Sequence[Tensor]) -> float:
+    """The largest fp32 value that stays finite when stored in the tensors' dtype: what the
+    kernels' ``_flag_nonfinite`` compares stored values with. Rounding to nearest even takes
+    the midpoint between the dtype's largest value and the next power of its step to inf
+    (the largest value's last bit is odd), so the bound is the fp32 value just below it."""
+    dtype = tensors[0].dtype if tensors else torch.float32
+    info = torch.finfo(dtype)
+    if dtype == torch.float32:
+        return info.max
+    step = info.eps * 2.0 ** math.floor(math.log2(info.max))  # spacing at the largest value
+    midpoint = torch.tensor(info.max + step / 2, dtype=torch.float32)
+    return float(torch.nextafter(midpoint, torch.zeros(())))
 
 
 class Prepared:

@@ -40,9 +40,22 @@ struct Scalars {
   double alpha = 0.0;
 };
 
-// Runs an op over elements [begin, end) of one span; returns its share of the op's sum of
-// squares (0 for ops that reduce nothing).
-using RangeKernel = double (*)(const Scalars&, const Span&, int64_t begin, int64_t end);
+// What a kernel reports of the elements it ran over: its share of the op's sum of squares
+// (0 for ops that reduce nothing), and whether it stored a value that is not finite in its
+// tensor's dtype (an update writing inf or NaN: the ops' wrote_nonfinite flag).
+struct Partial {
+  double squares = 0.0;
+  bool nonfinite = false;
+
+  Partial& operator+=(const Partial& other) {
+    squares += other.squares;
+    nonfinite = nonfinite || other.nonfinite;
+    return *this;
+  }
+};
+
+// Runs an op over elements [begin, end) of one span.
+using RangeKernel = Partial (*)(const Scalars&, const Span&, int64_t begin, int64_t end);
 
 // Operand order in Span::data, per op:
 //   global_norm    tensors, weights (when Scalars::weighted)

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <optional>
 
 #include "kernels.h"
@@ -43,13 +44,29 @@ bool skipped(const char* op, const std::optional<at::Tensor>& found_inf) {
   return found_inf && value_of(op, "found_inf", *found_inf) != 0.0;
 }
 
+// An update that stored inf or NaN sets its wrote_nonfinite flag (a one-element fp32 tensor
+// the caller zeroes); the op never clears it.
+void report_nonfinite(const char* op, const std::optional<at::Tensor>& wrote_nonfinite,
+                      bool nonfinite) {
+  if (!wrote_nonfinite) return;
+  const at::Tensor& flag = *wrote_nonfinite;
+  TORCH_CHECK(flag.device().is_cpu() && flag.numel() == 1 && flag.scalar_type() == at::kFloat,
+              op, ": wrote_nonfinite must be None or a one-element fp32 tensor on cpu, got a ",
+              flag.scalar_type(), " tensor of ", flag.numel(), " elements on ", flag.device());
+  if (nonfinite) flag.fill_(1);
+}
+
 const OpKernels& kernels_for(const TensorBatch& batch) {
   return batch.fp64() ? active_kernels().fp64 : active_kernels().fp32;
 }
 
 // A sum of squares as the 0-d tensor an op returns: float64 for float64 lists, else fp32.
+// A sum beyond fp32's range is inf there, as the reference's fp32 sum is (scalar_tensor would
+// refuse to convert it).
 at::Tensor result_scalar(double value, const TensorBatch& batch) {
-  return at::scalar_tensor(value, batch.fp64() ? at::kDouble : at::kFloat);
+  if (batch.fp64()) return at::scalar_tensor(value, at::kDouble);
+  const bool beyond = std::isfinite(value) && std::fabs(value) > std::numeric_limits<float>::max();
+  return at::scalar_tensor(beyond ? std::copysign(INFINITY, value) : value, at::kFloat);
 }
 
 at::Tensor global_norm(TensorList tensors, const OptionalList& weights) {
@@ -60,7 +77,8 @@ at::Tensor global_norm(TensorList tensors, const OptionalList& weights) {
     batch.add("weights", *weights, Kind::kValues, Access::kRead);
     s.weighted = true;
   }
-  return result_scalar(std::sqrt(run(kernels_for(batch).global_norm, s, batch.spans())), batch);
+  return result_scalar(std::sqrt(run(kernels_for(batch).global_norm, s, batch.spans()).squares),
+                       batch);
 }
 
 void perturb(TensorList params, TensorList grads, const at::Tensor& scale,
@@ -107,15 +125,16 @@ void add_step_operands(TensorBatch& batch, TensorList params, TensorList grads,
 }
 
 // An op that updates its first list in place from itself and a second, read-only list.
-void update_from(const char* op, const char* name, TensorList updated, Kind kind,
-                 const char* source_name, TensorList source, bool skip,
-                 RangeKernel OpKernels::*kernel, const Scalars& s) {
+Partial update_from(const char* op, const char* name, TensorList updated, Kind kind,
+                    const char* source_name, TensorList source, bool skip,
+                    RangeKernel OpKernels::*kernel, const Scalars& s) {
   TensorBatch batch(op, updated.size());
   batch.add(name, updated, kind, Access::kWrite);
   batch.add(source_name, source, Kind::kValues, Access::kRead);
-  if (skip) return;
-  run(kernels_for(batch).*kernel, s, batch.spans());
+  if (skip) return {};
+  const Partial result = run(kernels_for(batch).*kernel, s, batch.spans());
   batch.finish();
+  return result;
 }
 
 void run_add_scaled(TensorList params, TensorList tensors, double alpha) {
@@ -129,7 +148,8 @@ void sassha_update(TensorList params, TensorList grads, TensorList exp_avgs,
                    TensorList exp_hessians, const OptionalList& perturbations,
                    const at::Tensor& lr, double weight_decay, double beta1,
                    const at::Tensor& bias_correction1, const at::Tensor& bias_correction2,
-                   double hessian_power, double eps, const std::optional<at::Tensor>& found_inf) {
+                   double hessian_power, double eps, const std::optional<at::Tensor>& found_inf,
+                   const std::optional<at::Tensor>& wrote_nonfinite) {
   mark_written(params);
   mark_written(exp_avgs);
   TensorBatch batch("sassha_update", params.size());
@@ -138,23 +158,28 @@ void sassha_update(TensorList params, TensorList grads, TensorList exp_avgs,
   if (skipped("sassha_update", found_inf)) {
     // m and D stay; p only leaves the perturbed point (p - e, as the step would start).
     if (perturbations) run_add_scaled(params, *perturbations, -1.0);
+    report_nonfinite("sassha_update", wrote_nonfinite, false);
     return;
   }
   Scalars s = step_scalars("sassha_update", lr, weight_decay, beta1, bias_correction1,
                            bias_correction2, hessian_power, eps);
   s.leave_perturbation = perturbations.has_value();
-  run(kernels_for(batch).sassha_update, s, batch.spans());
+  const Partial result = run(kernels_for(batch).sassha_update, s, batch.spans());
   batch.finish();
+  report_nonfinite("sassha_update", wrote_nonfinite, result.nonfinite);
 }
 
 void hessian_ema(TensorList exp_hessians, TensorList hessians, double beta2,
-                 const std::optional<at::Tensor>& found_inf) {
+                 const std::optional<at::Tensor>& found_inf,
+                 const std::optional<at::Tensor>& wrote_nonfinite) {
   mark_written(exp_hessians);
   Scalars s;
   s.beta2 = beta2;
   s.one_minus_beta2 = 1.0 - beta2;
-  update_from("hessian_ema", "exp_hessians", exp_hessians, Kind::kState, "hessians", hessians,
-              skipped("hessian_ema", found_inf), &OpKernels::hessian_ema, s);
+  const Partial result =
+      update_from("hessian_ema", "exp_hessians", exp_hessians, Kind::kState, "hessians",
+                  hessians, skipped("hessian_ema", found_inf), &OpKernels::hessian_ema, s);
+  report_nonfinite("hessian_ema", wrote_nonfinite, result.nonfinite);
 }
 
 at::Tensor msassha_update(TensorList params, TensorList grads,
@@ -162,7 +187,8 @@ at::Tensor msassha_update(TensorList params, TensorList grads,
                           const at::Tensor& norm_factor, const at::Tensor& lr,
                           double weight_decay, double beta1, const at::Tensor& bias_correction1,
                           const at::Tensor& bias_correction2, double hessian_power, double eps,
-                          const std::optional<at::Tensor>& found_inf) {
+                          const std::optional<at::Tensor>& found_inf,
+                          const std::optional<at::Tensor>& wrote_nonfinite) {
   mark_written(params);
   mark_written(exp_avgs);
   TensorBatch batch("msassha_update", params.size());
@@ -171,15 +197,17 @@ at::Tensor msassha_update(TensorList params, TensorList grads,
     // p, m and D stay; the sum of squares is that of the unchanged m.
     TensorBatch momenta("msassha_update", exp_avgs.size());
     momenta.add("exp_avgs", exp_avgs, Kind::kState, Access::kRead);
-    return result_scalar(run(kernels_for(momenta).global_norm, Scalars{}, momenta.spans()),
-                         batch);
+    report_nonfinite("msassha_update", wrote_nonfinite, false);
+    return result_scalar(
+        run(kernels_for(momenta).global_norm, Scalars{}, momenta.spans()).squares, batch);
   }
   Scalars s = step_scalars("msassha_update", lr, weight_decay, beta1, bias_correction1,
                            bias_correction2, hessian_power, eps);
   s.norm_factor = value_of("msassha_update", "norm_factor", norm_factor);
-  const double squares = run(kernels_for(batch).msassha_update, s, batch.spans());
+  const Partial result = run(kernels_for(batch).msassha_update, s, batch.spans());
   batch.finish();
-  return result_scalar(squares, batch);
+  report_nonfinite("msassha_update", wrote_nonfinite, result.nonfinite);
+  return result_scalar(result.squares, batch);
 }
 
 void add_scaled(TensorList params, TensorList tensors, const at::Tensor& alpha) {

@@ -49,9 +49,9 @@ bool laid_out_like(const at::Tensor& a, const at::Tensor& layout) {
   return true;
 }
 
-double run_range(RangeKernel kernel, const Scalars& scalars, const std::vector<Span>& spans,
-                 const std::vector<int64_t>& offsets, int64_t begin, int64_t end) {
-  double sum = 0.0;
+Partial run_range(RangeKernel kernel, const Scalars& scalars, const std::vector<Span>& spans,
+                  const std::vector<int64_t>& offsets, int64_t begin, int64_t end) {
+  Partial sum;
   // The last span starting at or before begin (empty spans share their successor's offset).
   size_t s = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
   for (int64_t pos = begin; pos < end; ++s) {
@@ -113,16 +113,16 @@ void TensorBatch::finish() {
   staged_.clear();
 }
 
-double run(RangeKernel kernel, const Scalars& scalars, const std::vector<Span>& spans) {
+Partial run(RangeKernel kernel, const Scalars& scalars, const std::vector<Span>& spans) {
   std::vector<int64_t> offsets(spans.size() + 1, 0);
   for (size_t s = 0; s < spans.size(); ++s) offsets[s + 1] = offsets[s] + spans[s].numel;
   const int64_t total = offsets.back();
-  if (total == 0) return 0.0;
+  if (total == 0) return {};
   const int64_t chunk = chunk_elements(total);
   const int64_t chunks = (total + chunk - 1) / chunk;
   // One sum per chunk, added in chunk order: a reduction gives the same bits whatever the
   // thread count and whichever thread ran which chunk.
-  std::vector<double> sums(chunks, 0.0);
+  std::vector<Partial> sums(chunks);
   int64_t threads = 1;
 #ifdef _OPENMP
   if (!omp_in_parallel()) threads = std::min<int64_t>(at::get_num_threads(), chunks);
@@ -132,8 +132,8 @@ double run(RangeKernel kernel, const Scalars& scalars, const std::vector<Span>& 
   for (int64_t c = 0; c < chunks; ++c)
     sums[c] = run_range(kernel, scalars, spans, offsets, c * chunk,
                         std::min(total, (c + 1) * chunk));
-  double sum = 0.0;
-  for (double s : sums) sum += s;
+  Partial sum;
+  for (const Partial& s : sums) sum += s;
   return sum;
 }
 

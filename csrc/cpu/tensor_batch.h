@@ -48,8 +48,8 @@ class TensorBatch {
 // Runs kernel over every element of every span. The spans are one index space, cut into
 // chunks that cross tensor boundaries (so one huge tensor and thousands of small ones both
 // use every thread) and that threads take dynamically; small totals run on the calling
-// thread. Returns the sum of the kernel's results, added in a fixed order.
-double run(RangeKernel kernel, const Scalars& scalars, const std::vector<Span>& spans);
+// thread. Returns the kernel's results combined, the sums added in a fixed order.
+Partial run(RangeKernel kernel, const Scalars& scalars, const std::vector<Span>& spans);
 
 }  // namespace cpu
 }  // namespace sassha

@@ -88,6 +88,29 @@ struct Perturb {
   }
 };
 
+// The magnitude from which an fp32 value stored as P is not finite there (rounded to
+// nearest even: fp16 from 65520, bf16 from 0x7f7f8000); NaN fails every bound.
+template <typename P>
+__device__ __forceinline__ float stored_limit() {
+  if constexpr (std::is_same_v<P, at::Half>) {
+    return 65520.f;
+  } else if constexpr (std::is_same_v<P, at::BFloat16>) {
+    return 3.3961776e38f;
+  } else {
+    return INFINITY;
+  }
+}
+
+// Sets the op's wrote_nonfinite flag when one of the W values it stores as T is not finite
+// there. Every thread that finds one writes the same 1: no ordering is needed.
+template <typename T, int W>
+__device__ __forceinline__ void flag_nonfinite(float* wrote_nonfinite, const float (&v)[W]) {
+  bool nonfinite = false;
+#pragma unroll
+  for (int k = 0; k < W; ++k) nonfinite |= !(fabsf(v[k]) < stored_limit<T>());
+  if (nonfinite && wrote_nonfinite != nullptr) *wrote_nonfinite = 1.f;
+}
+
 struct StepCoeffs {
   float decay, beta1, one_minus_beta1, step_size, bias_correction2, hessian_power, eps;
   bool skip;  // found_inf is set: the step leaves p, m and D as they are
@@ -132,6 +155,7 @@ struct SasshaUpdate {
   static constexpr bool kReduces = false;
   StepHyper hyper;
   const float* found_inf;
+  float* wrote_nonfinite;
 
   __device__ StepCoeffs coeffs() const { return step_coeffs(hyper, found_inf); }
 
@@ -154,6 +178,8 @@ struct SasshaUpdate {
     load<float>(ptrs[2], i, m);
     load<float>(ptrs[3], i, d);
     adaptive_step(c, x, g, m, d);
+    flag_nonfinite<float>(wrote_nonfinite, m);
+    flag_nonfinite<P>(wrote_nonfinite, x);
     store<float>(ptrs[2], i, m);
     store<P>(ptrs[0], i, x);
   }
@@ -167,6 +193,7 @@ struct HessianEma {
   float beta2;
   float one_minus_beta2;
   const float* found_inf;
+  float* wrote_nonfinite;
 
   __device__ bool coeffs() const { return skipped(found_inf); }
 
@@ -178,6 +205,7 @@ struct HessianEma {
     load<H>(ptrs[1], i, h);
 #pragma unroll
     for (int k = 0; k < W; ++k) d[k] = beta2 * d[k] + one_minus_beta2 * fabsf(h[k]);
+    flag_nonfinite<float>(wrote_nonfinite, d);
     store<float>(ptrs[0], i, d);
   }
 };
@@ -192,6 +220,7 @@ struct MsasshaUpdate {
   StepHyper hyper;
   DeviceScalar norm_factor;
   const float* found_inf;
+  float* wrote_nonfinite;
 
   struct Coeffs {
     StepCoeffs step;
@@ -217,6 +246,8 @@ struct MsasshaUpdate {
 #pragma unroll
     for (int k = 0; k < W; ++k) x[k] += c.norm_factor * m[k];
     adaptive_step(c.step, x, g, m, d);
+    flag_nonfinite<float>(wrote_nonfinite, m);
+    flag_nonfinite<P>(wrote_nonfinite, x);
 #pragma unroll
     for (int k = 0; k < W; ++k) sum += m[k] * m[k];
     store<float>(ptrs[2], i, m);
@@ -273,39 +304,40 @@ void perturb(const TensorList& params, const TensorList& grads, DeviceScalar sca
 
 void sassha_update(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
                    const TensorList& exp_hessians, const TensorList* perturbations,
-                   const StepHyper& hyper, const float* found_inf) {
+                   const StepHyper& hyper, const float* found_inf, float* wrote_nonfinite) {
   if (params.empty()) return;
   dispatch_float(params[0].scalar_type(), [&](auto p_tag) {
     using P = decltype(p_tag);
     if (perturbations == nullptr) {
       launch_multi_tensor<4>({&params, &grads, &exp_avgs, &exp_hessians},
-                             SasshaUpdate<P, false>{hyper, found_inf});
+                             SasshaUpdate<P, false>{hyper, found_inf, wrote_nonfinite});
     } else {
       launch_multi_tensor<5>({&params, &grads, &exp_avgs, &exp_hessians, perturbations},
-                             SasshaUpdate<P, true>{hyper, found_inf});
+                             SasshaUpdate<P, true>{hyper, found_inf, wrote_nonfinite});
     }
   });
 }
 
 void hessian_ema(const TensorList& exp_hessians, const TensorList& hessians, float beta2,
-                 float one_minus_beta2, const float* found_inf) {
+                 float one_minus_beta2, const float* found_inf, float* wrote_nonfinite) {
   if (exp_hessians.empty()) return;
   dispatch_float(hessians[0].scalar_type(), [&](auto h_tag) {
     using H = decltype(h_tag);
     launch_multi_tensor<2>({&exp_hessians, &hessians},
-                           HessianEma<H>{beta2, one_minus_beta2, found_inf});
+                           HessianEma<H>{beta2, one_minus_beta2, found_inf, wrote_nonfinite});
   });
 }
 
 at::Tensor msassha_update(const TensorList& params, const TensorList& grads,
                           const TensorList& exp_avgs, const TensorList& exp_hessians,
                           DeviceScalar norm_factor, const StepHyper& hyper,
-                          const float* found_inf) {
+                          const float* found_inf, float* wrote_nonfinite) {
   at::Tensor sum_of_squares;
   dispatch_float(params.at(0).scalar_type(), [&](auto p_tag) {
     using P = decltype(p_tag);
     sum_of_squares = launch_multi_tensor_sum<4>({&params, &grads, &exp_avgs, &exp_hessians},
-                                                MsasshaUpdate<P>{hyper, norm_factor, found_inf},
+                                                MsasshaUpdate<P>{hyper, norm_factor, found_inf,
+                                                                 wrote_nonfinite},
                                                 false);
   });
   return sum_of_squares;

@@ -5,6 +5,8 @@
 // and gradients of one dtype (fp32, bf16 or fp16), state in fp32. Work is queued on the
 // current stream and nothing synchronises with the host. found_inf: nullptr, or a
 // one-element fp32 device tensor whose nonzero value means "this iteration is skipped".
+// wrote_nonfinite: nullptr, or a one-element fp32 device tensor that the updates set to 1
+// when a value they store is inf or NaN in its tensor's dtype.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -35,13 +37,13 @@ void perturb(const TensorList& params, const TensorList& grads, DeviceScalar sca
              bool adaptive, const float* found_inf);
 void sassha_update(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
                    const TensorList& exp_hessians, const TensorList* perturbations,
-                   const StepHyper& hyper, const float* found_inf);
+                   const StepHyper& hyper, const float* found_inf, float* wrote_nonfinite);
 void hessian_ema(const TensorList& exp_hessians, const TensorList& hessians, float beta2,
-                 float one_minus_beta2, const float* found_inf);
+                 float one_minus_beta2, const float* found_inf, float* wrote_nonfinite);
 at::Tensor msassha_update(const TensorList& params, const TensorList& grads,
                           const TensorList& exp_avgs, const TensorList& exp_hessians,
                           DeviceScalar norm_factor, const StepHyper& hyper,
-                          const float* found_inf);
+                          const float* found_inf, float* wrote_nonfinite);
 void add_scaled(const TensorList& params, const TensorList& tensors, DeviceScalar alpha);
 
 }  // namespace cuda

@@ -170,6 +170,19 @@ const float* found_inf_pointer(const char* op, const std::optional<at::Tensor>& 
   return t.data_ptr<float>();
 }
 
+// wrote_nonfinite as the updates write it: nullptr (not asked for) or the address of a
+// one-element fp32 tensor on the tensors' device.
+float* wrote_nonfinite_pointer(const char* op, const std::optional<at::Tensor>& wrote_nonfinite,
+                               const TensorList& like) {
+  if (!wrote_nonfinite || like.empty()) return nullptr;
+  const at::Tensor& t = *wrote_nonfinite;
+  TORCH_CHECK(t.numel() == 1 && t.scalar_type() == at::kFloat && t.device() == like[0].device(),
+              op, ": wrote_nonfinite must be None or a one-element fp32 tensor on ",
+              like[0].device(), ", got a ", t.scalar_type(), " tensor of ", t.numel(),
+              " elements on ", t.device());
+  return t.data_ptr<float>();
+}
+
 StepHyper step_hyper(const char* op, const TensorList& params, const at::Tensor& lr,
                      double weight_decay, double beta1, const at::Tensor& bias_correction1,
                      const at::Tensor& bias_correction2, double hessian_power, double eps,
@@ -234,7 +247,8 @@ void sassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_avgs_ar
                       const at::Tensor& lr, double weight_decay, double beta1,
                       const at::Tensor& bias_correction1, const at::Tensor& bias_correction2,
                       double hessian_power, double eps,
-                      const std::optional<at::Tensor>& found_inf) {
+                      const std::optional<at::Tensor>& found_inf,
+                      const std::optional<at::Tensor>& wrote_nonfinite) {
   constexpr const char* op = "sassha_update";
   const TensorList params = params_arg.vec(), grads = grads_arg.vec(),
                    exp_avgs = exp_avgs_arg.vec(), exp_hessians = exp_hessians_arg.vec(),
@@ -260,11 +274,13 @@ void sassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_avgs_ar
                       perturbations_in_layout ? &*perturbations_in_layout : nullptr,
                       step_hyper(op, params, lr, weight_decay, beta1, bias_correction1,
                                  bias_correction2, hessian_power, eps, keep),
-                      found_inf_pointer(op, found_inf, params));
+                      found_inf_pointer(op, found_inf, params),
+                      wrote_nonfinite_pointer(op, wrote_nonfinite, params));
 }
 
 void hessian_ema_op(ListArg exp_hessians_arg, ListArg hessians_arg, double beta2,
-                    const std::optional<at::Tensor>& found_inf) {
+                    const std::optional<at::Tensor>& found_inf,
+                    const std::optional<at::Tensor>& wrote_nonfinite) {
   constexpr const char* op = "hessian_ema";
   const TensorList exp_hessians = exp_hessians_arg.vec(), hessians = hessians_arg.vec();
   mark_written(exp_hessians_arg);
@@ -275,7 +291,8 @@ void hessian_ema_op(ListArg exp_hessians_arg, ListArg hessians_arg, double beta2
   float_dtype(op, {"hessians", hessians_in_layout});
   cuda::hessian_ema(exp_hessians, hessians_in_layout, static_cast<float>(beta2),
                     static_cast<float>(1.0 - beta2),
-                    found_inf_pointer(op, found_inf, exp_hessians));
+                    found_inf_pointer(op, found_inf, exp_hessians),
+                    wrote_nonfinite_pointer(op, wrote_nonfinite, exp_hessians));
 }
 
 at::Tensor msassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_avgs_arg,
@@ -283,7 +300,8 @@ at::Tensor msassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_
                              const at::Tensor& lr, double weight_decay, double beta1,
                              const at::Tensor& bias_correction1,
                              const at::Tensor& bias_correction2, double hessian_power,
-                             double eps, const std::optional<at::Tensor>& found_inf) {
+                             double eps, const std::optional<at::Tensor>& found_inf,
+                             const std::optional<at::Tensor>& wrote_nonfinite) {
   constexpr const char* op = "msassha_update";
   const TensorList params = params_arg.vec(), grads = grads_arg.vec(),
                    exp_avgs = exp_avgs_arg.vec(), exp_hessians = exp_hessians_arg.vec();
@@ -302,7 +320,8 @@ at::Tensor msassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_
       device_scalar(op, "norm_factor", norm_factor, params, keep),
       step_hyper(op, params, lr, weight_decay, beta1, bias_correction1, bias_correction2,
                  hessian_power, eps, keep),
-      found_inf_pointer(op, found_inf, params));
+      found_inf_pointer(op, found_inf, params),
+      wrote_nonfinite_pointer(op, wrote_nonfinite, params));
 }
 
 void add_scaled_op(ListArg params_arg, ListArg tensors_arg, const at::Tensor& alpha) {

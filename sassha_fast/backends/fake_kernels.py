@@ -60,25 +60,29 @@ def perturb(params, grads, scale, adaptive, found_inf):
 
 
 def sassha_update(params, grads, exp_avgs, exp_hessians, perturbations, lr, weight_decay,
-                  beta1, bias_correction1, bias_correction2, hessian_power, eps, found_inf):
+                  beta1, bias_correction1, bias_correction2, hessian_power, eps, found_inf,
+                  wrote_nonfinite=None):
     _check("sassha_update", params=params, grads=grads, exp_avgs=exp_avgs,
            exp_hessians=exp_hessians, perturbations=perturbations)
     _check_scalars("sassha_update", params, lr=lr, bias_correction1=bias_correction1,
-                   bias_correction2=bias_correction2, found_inf=found_inf)
+                   bias_correction2=bias_correction2, found_inf=found_inf,
+                   wrote_nonfinite=wrote_nonfinite)
 
 
-def hessian_ema(exp_hessians, hessians, beta2, found_inf):
+def hessian_ema(exp_hessians, hessians, beta2, found_inf, wrote_nonfinite=None):
     _check("hessian_ema", exp_hessians=exp_hessians, hessians=hessians)
-    _check_scalars("hessian_ema", exp_hessians, found_inf=found_inf)
+    _check_scalars("hessian_ema", exp_hessians, found_inf=found_inf,
+                   wrote_nonfinite=wrote_nonfinite)
 
 
 def msassha_update(params, grads, exp_avgs, exp_hessians, norm_factor, lr, weight_decay, beta1,
-                   bias_correction1, bias_correction2, hessian_power, eps, found_inf):
+                   bias_correction1, bias_correction2, hessian_power, eps, found_inf,
+                   wrote_nonfinite=None):
     _check("msassha_update", params=params, grads=grads, exp_avgs=exp_avgs,
            exp_hessians=exp_hessians)
     _check_scalars("msassha_update", params, norm_factor=norm_factor, lr=lr,
                    bias_correction1=bias_correction1, bias_correction2=bias_correction2,
-                   found_inf=found_inf)
+                   found_inf=found_inf, wrote_nonfinite=wrote_nonfinite)
     if not params:  # the kernel that ran is the one of the scalars' device
         return norm_factor.new_empty((), dtype=torch.float32)
     return _sum_of_squares(params[0])

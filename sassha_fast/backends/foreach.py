@@ -4,14 +4,16 @@ Runs wherever PyTorch does, with every dtype of the contract in ``reference.py``
 included). float32 and float64 parameters are updated in place; low-precision ones go
 through float32 copies that are rounded back once. With ``found_inf`` the step is computed
 into copies and committed with one ``torch.where`` per tensor, so the skip flag is only
-read on the device.
+read on the device. ``wrote_nonfinite`` costs a read of the written tensors after the
+update (no torch op reports non-finite values as it writes them).
 """
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .reference import Scalar, compute_dtype, supports_dtype  # noqa: F401 (backend API)
+from .reference import Scalar, compute_dtype, flag_nonfinite_
+from .reference import supports_dtype  # noqa: F401 (backend API)
 from .tensor_checks import check_plain_tensors
 
 
@@ -119,7 +121,8 @@ def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tens
                   exp_hessians: List[Tensor], perturbations: Optional[List[Tensor]], *,
                   lr: Scalar, weight_decay: float, beta1: float, bias_correction1: Scalar,
                   bias_correction2: Scalar, hessian_power: float, eps: float,
-                  found_inf: Optional[Tensor] = None) -> None:
+                  found_inf: Optional[Tensor] = None,
+                  wrote_nonfinite: Optional[Tensor] = None) -> None:
     if not params:
         return
     check_plain_tensors("sassha_update", params=params, grads=grads, exp_avgs=exp_avgs,
@@ -134,17 +137,19 @@ def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tens
         _adaptive_step(xs, grads, ms, exp_hessians, *hyper)
         _commit(exp_avgs, exp_avgs, ms, skip)
         _commit(params, left, xs, skip)
-        return
-    xs, copied = _wide(params)
-    if perturbations is not None:
-        torch._foreach_sub_(xs, _wide(perturbations)[0])
-    _adaptive_step(xs, grads, exp_avgs, exp_hessians, *hyper)
-    if copied:
-        torch._foreach_copy_(params, xs)
+    else:
+        xs, copied = _wide(params)
+        if perturbations is not None:
+            torch._foreach_sub_(xs, _wide(perturbations)[0])
+        _adaptive_step(xs, grads, exp_avgs, exp_hessians, *hyper)
+        if copied:
+            torch._foreach_copy_(params, xs)
+    flag_nonfinite_(wrote_nonfinite, skip, params + exp_avgs)
 
 
 def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float, *,
-                found_inf: Optional[Tensor] = None) -> None:
+                found_inf: Optional[Tensor] = None,
+                wrote_nonfinite: Optional[Tensor] = None) -> None:
     if not exp_hessians:
         return
     check_plain_tensors("hessian_ema", exp_hessians=exp_hessians, hessians=hessians)
@@ -154,13 +159,15 @@ def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float
     torch._foreach_add_(ds, torch._foreach_abs(_wide(hessians)[0]), alpha=1 - beta2)
     if skip is not None:
         _commit(exp_hessians, exp_hessians, ds, skip)
+    flag_nonfinite_(wrote_nonfinite, skip, exp_hessians)
 
 
 def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                    exp_hessians: List[Tensor], *, norm_factor: Scalar, lr: Scalar,
                    weight_decay: float, beta1: float, bias_correction1: Scalar,
                    bias_correction2: Scalar, hessian_power: float, eps: float,
-                   found_inf: Optional[Tensor] = None) -> Tensor:
+                   found_inf: Optional[Tensor] = None,
+                   wrote_nonfinite: Optional[Tensor] = None) -> Tensor:
     if not params:
         return torch.zeros((), dtype=torch.float32)
     check_plain_tensors("msassha_update", params=params, grads=grads, exp_avgs=exp_avgs,
@@ -178,6 +185,7 @@ def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Ten
         _commit(params, params, xs, skip)
     elif copied:
         torch._foreach_copy_(params, xs)
+    flag_nonfinite_(wrote_nonfinite, skip, params + exp_avgs)
     return _sum_of_squares(exp_avgs)
 
 

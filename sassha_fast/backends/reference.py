@@ -20,6 +20,11 @@ The op contract every backend follows:
   ``found_inf``: None (the step runs) or a 0-d float32 tensor on the parameters' device,
   read on the device; nonzero (NaN included) means this iteration is skipped, and then
   each op writes only what its docstring says.
+* wrote_nonfinite. ``sassha_update``, ``hessian_ema`` and ``msassha_update`` take
+  ``wrote_nonfinite``: None, or a 0-d float32 tensor on the parameters' device that the op
+  sets to 1 when a value it stores (a parameter in its own dtype, a moment, D) is inf or
+  NaN; never cleared by the op, never set by a skipped one. The fused kernels find it in
+  the pass that writes the values.
 * Empty lists. ``global_norm([])`` and ``msassha_update`` of empty lists return a zero 0-d
   tensor (float32).
 * Tensor types. A backend given a tensor it cannot run on (a tensor subclass such as
@@ -56,6 +61,28 @@ def _unless_skipped(skip: Optional[Tensor], old: Tensor, new: Tensor) -> Tensor:
     return new if skip is None else torch.where(skip, old, new)
 
 
+def flag_nonfinite_(wrote_nonfinite: Optional[Tensor], skip: Optional[Tensor],
+                    written: List[Tensor]) -> None:
+    """Set ``wrote_nonfinite`` when a tensor the op wrote holds inf or NaN (not when the op
+    was skipped), read on the device: the largest magnitude of each is inf or NaN then."""
+    if wrote_nonfinite is None:
+        return
+    device = written[0].device if written else wrote_nonfinite.device
+    if (wrote_nonfinite.numel() != 1 or wrote_nonfinite.dtype != torch.float32
+            or wrote_nonfinite.device != device):
+        raise ValueError(f"wrote_nonfinite must be None or a one-element float32 tensor on "
+                         f"{device}, got a {wrote_nonfinite.dtype} tensor of "
+                         f"{wrote_nonfinite.numel()} elements on {wrote_nonfinite.device}")
+    written = [t for t in written if t.numel()]  # an empty tensor has no largest value
+    if not written:
+        return
+    found = ~torch.stack([torch.isfinite(n) for n in
+                          torch._foreach_norm(written, float("inf"))]).all()
+    if skip is not None:
+        found = found & ~skip
+    wrote_nonfinite.copy_(torch.where(found, torch.ones_like(wrote_nonfinite), wrote_nonfinite))
+
+
 def global_norm(tensors: List[Tensor], weights: Optional[List[Tensor]] = None) -> Tensor:
     """sqrt(sum_i ||w_i * t_i||^2) with w_i = |weights_i| (or 1), as a 0-d tensor of the
     compute dtype (float64 for float64 tensors, else float32)."""
@@ -90,13 +117,15 @@ def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tens
                   exp_hessians: List[Tensor], perturbations: Optional[List[Tensor]], *,
                   lr: Scalar, weight_decay: float, beta1: float, bias_correction1: Scalar,
                   bias_correction2: Scalar, hessian_power: float, eps: float,
-                  found_inf: Optional[Tensor] = None) -> None:
+                  found_inf: Optional[Tensor] = None,
+                  wrote_nonfinite: Optional[Tensor] = None) -> None:
     """Optionally leave the perturbed point (p -= e), then the SASSHA step:
     p *= 1 - lr*wd; m = b1*m + (1-b1)*g; p -= (lr/bc1) * m / (D^hp / bc2 + eps).
     ``bias_correction2`` already carries its power (the frozen second correction of
     docs/algorithm.md).
     Skipped (``found_inf`` nonzero): m and D are untouched and p only leaves the perturbed
-    point (p = p - e, rounded as usual) when ``perturbations`` is given."""
+    point (p = p - e, rounded as usual) when ``perturbations`` is given.
+    ``wrote_nonfinite``: see the module's docstring."""
     skip = _skipped(found_inf)
     step_size = lr / bias_correction1
     for i, (p, g, m, d) in enumerate(zip(params, grads, exp_avgs, exp_hessians)):
@@ -110,22 +139,26 @@ def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tens
         x = x - step_size * (m_new / denom)
         m.copy_(_unless_skipped(skip, m, m_new))
         p.copy_(_unless_skipped(skip, unperturbed, x))
+    flag_nonfinite_(wrote_nonfinite, skip, list(params) + list(exp_avgs))
 
 
 def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float, *,
-                found_inf: Optional[Tensor] = None) -> None:
+                found_inf: Optional[Tensor] = None,
+                wrote_nonfinite: Optional[Tensor] = None) -> None:
     """D = b2*D + (1-b2)*|h| (h: the Hutchinson estimate, any supported dtype).
     Skipped (``found_inf`` nonzero): D is untouched."""
     skip = _skipped(found_inf)
     for d, h in zip(exp_hessians, hessians):
         d.copy_(_unless_skipped(skip, d, torch.add(d * beta2, _wide(h).abs(), alpha=1 - beta2)))
+    flag_nonfinite_(wrote_nonfinite, skip, list(exp_hessians))
 
 
 def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                    exp_hessians: List[Tensor], *, norm_factor: Scalar, lr: Scalar,
                    weight_decay: float, beta1: float, bias_correction1: Scalar,
                    bias_correction2: Scalar, hessian_power: float, eps: float,
-                   found_inf: Optional[Tensor] = None) -> Tensor:
+                   found_inf: Optional[Tensor] = None,
+                   wrote_nonfinite: Optional[Tensor] = None) -> Tensor:
     """Leave the momentum-perturbed point (p += nf*m_old), then the same step as
     ``sassha_update`` (``bias_correction2`` already carries its power). Returns
     sum_i ||m_i||^2 of the momenta as stored (for the next perturbation's norm) as a 0-d
@@ -144,6 +177,7 @@ def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Ten
         m.copy_(_unless_skipped(skip, m, m_new))
         p.copy_(_unless_skipped(skip, p, x))
         sq = sq + m.pow(2).sum()
+    flag_nonfinite_(wrote_nonfinite, skip, list(params) + list(exp_avgs))
     return sq
 
 

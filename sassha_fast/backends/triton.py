@@ -71,29 +71,33 @@ def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tens
                   exp_hessians: List[Tensor], perturbations: Optional[List[Tensor]], *,
                   lr: Scalar, weight_decay: float, beta1: float, bias_correction1: Scalar,
                   bias_correction2: Scalar, hessian_power: float, eps: float,
-                  found_inf: Optional[Tensor] = None) -> None:
+                  found_inf: Optional[Tensor] = None,
+                  wrote_nonfinite: Optional[Tensor] = None) -> None:
     torch.ops.sassha_fast.triton_sassha_update.default(
         params, grads, exp_avgs, exp_hessians, perturbations, scalar_tensor(lr), weight_decay,
         beta1, scalar_tensor(bias_correction1), scalar_tensor(bias_correction2), hessian_power,
-        eps, found_inf)
+        eps, found_inf, wrote_nonfinite)
 
 
 def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float, *,
-                found_inf: Optional[Tensor] = None) -> None:
-    torch.ops.sassha_fast.triton_hessian_ema.default(exp_hessians, hessians, beta2, found_inf)
+                found_inf: Optional[Tensor] = None,
+                wrote_nonfinite: Optional[Tensor] = None) -> None:
+    torch.ops.sassha_fast.triton_hessian_ema.default(exp_hessians, hessians, beta2, found_inf,
+                                                     wrote_nonfinite)
 
 
 def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                    exp_hessians: List[Tensor], *, norm_factor: Scalar, lr: Scalar,
                    weight_decay: float, beta1: float, bias_correction1: Scalar,
                    bias_correction2: Scalar, hessian_power: float, eps: float,
-                   found_inf: Optional[Tensor] = None) -> Tensor:
+                   found_inf: Optional[Tensor] = None,
+                   wrote_nonfinite: Optional[Tensor] = None) -> Tensor:
     if not params:
         return zero()
     return torch.ops.sassha_fast.triton_msassha_update.default(
         params, grads, exp_avgs, exp_hessians, scalar_tensor(norm_factor), scalar_tensor(lr),
         weight_decay, beta1, scalar_tensor(bias_correction1), scalar_tensor(bias_correction2),
-        hessian_power, eps, found_inf)
+        hessian_power, eps, found_inf, wrote_nonfinite)
 
 
 def add_scaled(params: List[Tensor], tensors: List[Tensor], alpha: Scalar) -> None:

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from sassha_fast.triton_kernels import kernels
-from sassha_fast.triton_kernels.launch import (Operand, Prepared, found_inf_arg, scalar,
-                                               tl_dtype)
+from sassha_fast.triton_kernels.launch import (Operand, Prepared, flag_arg, largest_finite,
+                                               scalar, tl_dtype)
 
 from . import fake_kernels
 
@@ -79,7 +79,7 @@ def perturb(params: List[Tensor], grads: List[Tensor], scale: Tensor, adaptive: 
     with Prepared("perturb", [Operand("params", params, written=True),
                               Operand("grads", grads, written=True)]) as run:
         scale_arg, scale_is_ptr = scalar("perturb", "scale", scale, run.device)
-        found_inf_ptr, skippable = found_inf_arg("perturb", found_inf, run.device)
+        found_inf_ptr, skippable = flag_arg("perturb", "found_inf", found_inf, run.device)
         run.elementwise(kernels.perturb_kernel, scale=scale_arg, found_inf=found_inf_ptr,
                         SCALE_IS_PTR=scale_is_ptr, SKIPPABLE=skippable,
                         ADAPTIVE=bool(adaptive), P_DTYPE=tl_dtype(params),
@@ -87,16 +87,16 @@ def perturb(params: List[Tensor], grads: List[Tensor], scale: Tensor, adaptive: 
 
 
 @torch.library.custom_op(
-    "sassha_fast::triton_sassha_update", mutates_args=("params", "exp_avgs"),
+    "sassha_fast::triton_sassha_update", mutates_args=("params", "exp_avgs", "wrote_nonfinite"),
     schema="(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
     "Tensor[] exp_hessians, Tensor[]? perturbations, Tensor lr, float weight_decay, "
     "float beta1, Tensor bias_correction1, Tensor bias_correction2, float hessian_power, "
-    "float eps, Tensor? found_inf) -> ()")
+    "float eps, Tensor? found_inf, Tensor(c!)? wrote_nonfinite=None) -> ()")
 def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                   exp_hessians: List[Tensor], perturbations: Optional[List[Tensor]],
                   lr: Tensor, weight_decay: float, beta1: float, bias_correction1: Tensor,
                   bias_correction2: Tensor, hessian_power: float, eps: float,
-                  found_inf: Optional[Tensor]) -> None:
+                  found_inf: Optional[Tensor], wrote_nonfinite: Optional[Tensor] = None) -> None:
     if not params:
         return
     operands = [Operand("params", params, written=True), Operand("grads", grads),
@@ -108,40 +108,49 @@ def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tens
         step, pointers = _step_scalars("sassha_update", run.device, lr, bias_correction1,
                                        bias_correction2, weight_decay, beta1, hessian_power,
                                        eps)
-        found_inf_ptr, skippable = found_inf_arg("sassha_update", found_inf, run.device)
+        found_inf_ptr, skippable = flag_arg("sassha_update", "found_inf", found_inf, run.device)
+        flag_ptr, flagged = flag_arg("sassha_update", "wrote_nonfinite", wrote_nonfinite,
+                                     run.device)
         run.elementwise(kernels.sassha_update_kernel, **step, found_inf=found_inf_ptr,
-                        SCALAR_PTRS=pointers, SKIPPABLE=skippable,
+                        wrote_nonfinite=flag_ptr, p_largest=largest_finite(params),
+                        SCALAR_PTRS=pointers, SKIPPABLE=skippable, FLAGGED=flagged,
                         POWER=_power_mode(hessian_power), UNPERTURB=perturbations is not None,
                         P_DTYPE=tl_dtype(params), G_DTYPE=tl_dtype(grads),
                         E_DTYPE=tl_dtype(perturbations or params))
 
 
-@torch.library.custom_op("sassha_fast::triton_hessian_ema", mutates_args=("exp_hessians",),
+@torch.library.custom_op("sassha_fast::triton_hessian_ema",
+                         mutates_args=("exp_hessians", "wrote_nonfinite"),
                          schema="(Tensor(a!)[] exp_hessians, Tensor[] hessians, float beta2, "
-                         "Tensor? found_inf) -> ()")
+                         "Tensor? found_inf, Tensor(b!)? wrote_nonfinite=None) -> ()")
 def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float,
-                found_inf: Optional[Tensor]) -> None:
+                found_inf: Optional[Tensor], wrote_nonfinite: Optional[Tensor] = None) -> None:
     if not exp_hessians:
         return
     with Prepared("hessian_ema", [Operand("exp_hessians", exp_hessians, written=True, fp32=True),
                                   Operand("hessians", hessians)]) as run:
-        found_inf_ptr, skippable = found_inf_arg("hessian_ema", found_inf, run.device)
+        found_inf_ptr, skippable = flag_arg("hessian_ema", "found_inf", found_inf, run.device)
+        flag_ptr, flagged = flag_arg("hessian_ema", "wrote_nonfinite", wrote_nonfinite,
+                                     run.device)
         run.elementwise(kernels.hessian_ema_kernel, beta2=float(beta2),
                         one_minus_beta2=1 - float(beta2), found_inf=found_inf_ptr,
-                        SKIPPABLE=skippable, H_DTYPE=tl_dtype(hessians))
+                        wrote_nonfinite=flag_ptr, SKIPPABLE=skippable, FLAGGED=flagged,
+                        H_DTYPE=tl_dtype(hessians))
 
 
 @torch.library.custom_op(
-    "sassha_fast::triton_msassha_update", mutates_args=("params", "exp_avgs"),
+    "sassha_fast::triton_msassha_update",
+    mutates_args=("params", "exp_avgs", "wrote_nonfinite"),
     schema="(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
     "Tensor[] exp_hessians, Tensor norm_factor, Tensor lr, float weight_decay, "
     "float beta1, Tensor bias_correction1, Tensor bias_correction2, float hessian_power, "
-    "float eps, Tensor? found_inf) -> Tensor")
+    "float eps, Tensor? found_inf, Tensor(c!)? wrote_nonfinite=None) -> Tensor")
 def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                    exp_hessians: List[Tensor], norm_factor: Tensor, lr: Tensor,
                    weight_decay: float, beta1: float, bias_correction1: Tensor,
                    bias_correction2: Tensor, hessian_power: float, eps: float,
-                   found_inf: Optional[Tensor]) -> Tensor:
+                   found_inf: Optional[Tensor], wrote_nonfinite: Optional[Tensor] = None
+                   ) -> Tensor:
     if not params:  # what the fake kernel answers, as the C++ op does
         return norm_factor.new_zeros((), dtype=torch.float32)
     with Prepared("msassha_update",
@@ -152,10 +161,15 @@ def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Ten
         step, pointers = _step_scalars("msassha_update", run.device, lr, bias_correction1,
                                        bias_correction2, weight_decay, beta1, hessian_power,
                                        eps)
-        found_inf_ptr, skippable = found_inf_arg("msassha_update", found_inf, run.device)
+        found_inf_ptr, skippable = flag_arg("msassha_update", "found_inf", found_inf,
+                                            run.device)
+        flag_ptr, flagged = flag_arg("msassha_update", "wrote_nonfinite", wrote_nonfinite,
+                                     run.device)
         return run.reduction(kernels.msassha_update_kernel, sqrt=False, norm_factor=factor,
-                             **step, found_inf=found_inf_ptr,
+                             **step, found_inf=found_inf_ptr, wrote_nonfinite=flag_ptr,
+                             p_largest=largest_finite(params),
                              SCALAR_PTRS=(factor_is_ptr,) + pointers, SKIPPABLE=skippable,
+                             FLAGGED=flagged,
                              POWER=_power_mode(hessian_power), P_DTYPE=tl_dtype(params),
                              G_DTYPE=tl_dtype(grads))
 

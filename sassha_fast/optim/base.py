@@ -17,7 +17,7 @@ from ..step.authors_format import STATE_TENSOR_KEYS, generator_states_for
 from ..step.backward_record import BackwardRecord
 from ..step.capture import capturing
 from ..step.counters import path_for
-from ..step.nonfinite import ON_ANOTHER_RANK, NonfiniteCheck, nonfinite_message
+from ..step.nonfinite import NonfiniteCheck, UpdateFlags, nonfinite_state_message
 from ..step.plan import Entry, Plan
 from . import checkpointing, passes
 from .buckets import Bucket, update_buckets
@@ -27,7 +27,7 @@ from .validation import check_dense, check_group, check_hessian_power, check_opt
 
 
 class HessianOptimizer(torch.optim.Optimizer):
-    """Base class; subclasses define ``_apply_update(plan, hessian_power, found_inf)``."""
+    """Base class; subclasses define ``_apply_update(plan, hessian_power, found_inf, written)``."""
 
     # GradScaler.step(opt) then hands the optimizer its scale instead of unscaling .grad
     # blindly; the step refuses it and says what to call (see amp.refuse_scaler_step).
@@ -144,10 +144,15 @@ class HessianOptimizer(torch.optim.Optimizer):
         path, reading it waits for the device)."""
         return self._path.skips.count
 
+    @property
+    def nonfinite_updates(self) -> int:
+        """Applied updates that wrote inf or NaN (``NonfiniteUpdateWarning``; read as above)."""
+        return self._path.skips.written_count
+
     def check_skipped_steps(self) -> None:
         """Read the skip counts now and warn (``SkippedStepWarning``) or raise as ``step()``
         does every ``skip_check_interval`` steps on the device path."""
-        self._path.skips.check(self._skip_cause)
+        self._path.skips.check(self._skip_cause, self._locate_nonfinite)
 
     def _state_of(self, p: Tensor, fresh: dict) -> dict:
         """The parameter's state, created when missing (``fresh``: the counters the states
@@ -175,37 +180,32 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     def hessian_probes(self, rng_state: Optional["finite_difference.RNGState"] = None):
         """With ``hessian_estimator="finite_difference"``, the gradient evaluations the
-        Hessian estimate needs, for a loop of one's own::
+        Hessian estimate needs, for a loop of one's own (docs/estimators.md)::
 
             for _ in opt.hessian_probes(rng_state):
                 loss_fn(model(x), y).backward()
 
         Call it once the gradients of the point to estimate at are in ``.grad`` (SASSHA:
-        the perturbed pass, before ``unperturb()``; M-SASSHA: its one pass). Each
-        iteration moves the parameters to w + eps*z (central: then w - eps*z), freezes
-        BatchNorm statistics and replays ``rng_state`` (``sassha_fast.capture_rng_state()``
-        taken before that pass's forward, so dropout draws the same masks); the body runs
-        the same loss on the same batch (same loss scale) and calls ``backward()``. After
-        the loop the parameters and ``.grad`` are as before and ``step()`` uses the
-        estimate. On steps where the Hessian is not due it yields nothing."""
+        the perturbed pass, before ``unperturb()``; M-SASSHA: its one pass). Each iteration
+        moves the weights to w + eps*z (central: then w - eps*z), freezes BatchNorm
+        statistics and replays ``rng_state`` (``sassha_fast.capture_rng_state()`` taken
+        before that pass's forward); the body runs the same loss on the same batch and
+        calls ``backward()``. Afterwards weights and ``.grad`` are as before. On steps where
+        the Hessian is not due it yields nothing."""
         yield from self._estimator.probes(self, rng_state)
 
     def zero_hessian(self) -> None:
-        """Drop the estimates ``set_hessian()`` summed since the last step (none is kept across
-        steps: a step always starts a fresh sum)."""
+        """Drop the estimates ``set_hessian()`` summed since the last step."""
         self._estimator.zero()
 
     @torch.no_grad()
     def set_hessian(self) -> None:
-        """Add this backward pass's Hessian estimate, for the parameters whose lazy interval
-        is over, to the one the next ``step()`` uses. Call it after each micro-batch's
+        """Add this backward pass's Hessian estimate (parameters whose lazy interval is over)
+        to the one the next ``step()`` uses, after each micro-batch's
         ``backward(create_graph=True)``: the estimates are summed (scale the micro-batch
-        losses as for the gradients), each with fresh Rademacher vectors, and the
-        gradients are detached so that the next micro-batch's graph is the only one the
-        next call goes through. A held perturbation stays until ``unperturb()``, so the
-        Hessian is taken where the backward pass ran. ``step()`` estimates the Hessian
-        itself when no call came before it; the Hessian counters advance when the step is
-        applied, so a failed or skipped step leaves no trace."""
+        losses as for the gradients), each with fresh Rademacher vectors, and the gradients
+        detached. ``step()`` estimates the Hessian itself when no call came before it; a
+        failed or skipped step leaves no trace (docs/production.md)."""
         self._estimator.add(self)
 
     def _before_hessian(self) -> None:
@@ -245,14 +245,14 @@ class HessianOptimizer(torch.optim.Optimizer):
     def _update(self, plan: Plan, carrying_graph: List[Tensor],
                 scaler) -> Tuple[bool, Optional[Tensor]]:
         """Averaging, unscaling, the finite check, the update: (applied, device skip flag)."""
-        grads, hessians = passes.gradients_for_update(
+        grads, hessians, unscaled_found_inf = passes.gradients_for_update(
             plan, carrying_graph, self._averager, self.sync_gradients,
             self._estimator.needs_graph, scaler)
         params = plan.params()
         found_inf = self._checks.found_inf(
             lambda: (self._global_norm(params, grads, False),
                      self._global_norm(list(plan.hessians), hessians, False)),
-            self._home_device, scaler, self)
+            unscaled_found_inf, self._home_device, scaler, self)
         if self._path.reads_flags(self._checks.raises(scaler)):
             if found_inf is not None and self._path.read(found_inf):
                 self._skip(plan, scaler)
@@ -261,7 +261,10 @@ class HessianOptimizer(torch.optim.Optimizer):
             self._path.skips.record(False)
         elif found_inf is not None:
             self._path.skips.record(found_inf)
-        self._apply_update(self._commit(plan), self._next_hessian_power(), found_inf)
+        written = self._checks.update_flags()
+        self._apply_update(self._commit(plan), self._next_hessian_power(), found_inf, written)
+        self._checks.after_update(written, self._home_device, self._path,
+                                  self._checks.raises(scaler), self._locate_nonfinite)
         return True, found_inf
 
     def _skip(self, plan: Plan, scaler) -> None:
@@ -270,19 +273,18 @@ class HessianOptimizer(torch.optim.Optimizer):
         if plan.rademacher_before is not None:
             self._rademacher.load_state_dict(plan.rademacher_before)
         self._abandon_step()
-        found = nonfinite_message(self.param_groups, [
-            (p, "gradient", p.grad) for p in plan.params()] + [
-            (p, "Hessian estimate", h) for p, h in plan.hessians.items()])
-        if found != ON_ANOTHER_RANK or self._checks.origin is None:  # else the first pass's
-            self._checks.origin = found
+        self._checks.name_origin(self.param_groups, plan.params(), plan.hessians)
         if self._checks.raises(scaler):
             raise FloatingPointError(self._checks.origin)
         self._path.skips.record(True)
-        self._path.skips.tick(self._skip_cause)
+        self._path.skips.tick(self._skip_cause, self._locate_nonfinite)
 
     def _skip_cause(self, stopping: bool) -> str:  # the device path reads only to stop a run
         return diagnostics.skip_cause(self, self._checks.origin,
                                       read_state=stopping or not self.device_path)
+
+    def _locate_nonfinite(self) -> str:  # reads the state: to report a non-finite update
+        return nonfinite_state_message(self.param_groups, self.state)
 
     def _commit(self, plan: Plan) -> Plan:
         """The plan with each parameter's state (created when missing)."""
@@ -305,18 +307,20 @@ class HessianOptimizer(torch.optim.Optimizer):
             return
         for p in params:
             self._schedule.applied(self.state[p])
-        self._path.skips.tick(self._skip_cause)
+        self._path.skips.tick(self._skip_cause, self._locate_nonfinite)
 
     def _apply_update(self, plan: Plan, hessian_power: Optional[float],
-                      found_inf: Optional[Tensor]) -> None:
-        """The update; ``found_inf`` (device path) is the skip flag the ops read."""
+                      found_inf: Optional[Tensor], written: UpdateFlags) -> None:
+        """The update; ``found_inf`` (device path) is the skip flag the ops read, ``written``
+        gives each device's ``wrote_nonfinite`` flag."""
         raise NotImplementedError
 
     def _update_buckets(self, plan: Plan, entries: List[Entry], beta2: float, power: float,
-                        found_inf: Optional[Tensor], extra=lambda p: None) -> Iterator[Bucket]:
+                        found_inf: Optional[Tensor], written: UpdateFlags,
+                        extra=lambda p: None) -> Iterator[Bucket]:
         return update_buckets(plan, entries, self._path, self._dispatch.ops,
                               self._bias_correction.stored(beta2, power), beta2,
-                              self.curvature_floor, found_inf, extra)
+                              self.curvature_floor, found_inf, written, extra)
 
     def diagnostics(self) -> dict:
         """What to look at when training misbehaves, computed now from the state (no cost

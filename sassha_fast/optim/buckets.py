@@ -23,6 +23,7 @@ class Bucket(NamedTuple):
     bias_correction2: Union[float, Tensor, None]  # as stored (None: no bias correction)
     extra: object
     found_inf: Optional[Tensor]
+    wrote_nonfinite: Optional[Tensor]  # the flag the update op sets when it stores inf/NaN
     path: object  # the optimizer's host or device path (step.counters)
 
     def scalar(self, value):
@@ -31,6 +32,10 @@ class Bucket(NamedTuple):
 
     def bias_correction1(self, beta1: float):
         return self.path.bias_correction1(self.step, beta1)
+
+    def flags(self) -> dict:
+        """The update op's ``found_inf`` and ``wrote_nonfinite`` keywords, those it has."""
+        return flag_arguments(self.found_inf, self.wrote_nonfinite)
 
 
 def buckets(items: Iterable, key: Callable) -> "OrderedDict":
@@ -61,9 +66,10 @@ def kernel_scalar(value, device: torch.device, dtype: torch.dtype):
     return value.to(device=device, dtype=compute_dtype(dtype))
 
 
-def found_inf_argument(flag: Optional[Tensor]) -> dict:
-    """The ops' ``found_inf`` keyword, passed only when there is a flag."""
-    return {} if flag is None else {"found_inf": flag}
+def flag_arguments(found_inf: Optional[Tensor], wrote_nonfinite: Optional[Tensor] = None) -> dict:
+    """The ops' ``found_inf`` and ``wrote_nonfinite`` keywords, passed only when given."""
+    flags = {"found_inf": found_inf, "wrote_nonfinite": wrote_nonfinite}
+    return {name: flag for name, flag in flags.items() if flag is not None}
 
 
 def sqrt_of_sum(squares: List[Tensor]) -> Tensor:
@@ -74,12 +80,13 @@ def sqrt_of_sum(squares: List[Tensor]) -> Tensor:
 
 def update_buckets(plan: Plan, entries: List[Entry], path, ops_of: Callable,
                    stored: Optional[Callable], beta2: float, curvature_floor: float,
-                   found_inf: Optional[Tensor], extra: Callable = lambda p: None
+                   found_inf: Optional[Tensor], written: Callable, extra: Callable = lambda p: None
                    ) -> Iterator[Bucket]:
     """A group's entries split into op calls after their step counters advanced on ``path``
     (and, on Hessian steps, ``stored(step)`` was kept as the second bias correction), each
     with its fresh Hessian estimates already folded into D, ready for the update op.
-    ``ops_of(device, dtype)``: the optimizer's ops; ``extra(param)``: a further key."""
+    ``ops_of(device, dtype)``: the optimizer's ops; ``written(device)``: the update ops'
+    ``wrote_nonfinite`` flag there; ``extra(param)``: a further key."""
     flags = path.advance([(e.state, e.hessian_now) for e in entries], found_inf, stored)
 
     def key(entry):
@@ -91,12 +98,12 @@ def update_buckets(plan: Plan, entries: List[Entry], path, ops_of: Callable,
         ops = ops_of(device, dtype)
         params = [e.param for e in bucket]
         exp_hessians = [e.state["exp_hessian_diag"] for e in bucket]
-        flag = flags.get(counters)
+        flag, wrote_nonfinite = flags.get(counters), written(device)
         if hessian_now:
             # D = b2*D + (1-b2)*|h|, then the opt-in floor; neither moves D when skipped.
             ops.hessian_ema(exp_hessians, [plan.hessians[p] for p in params], beta2,
-                            **found_inf_argument(flag))
+                            **flag_arguments(flag, wrote_nonfinite))
             floor_hessian_(exp_hessians, curvature_floor, flag)
         yield Bucket(ops, params, [e.state["exp_avg"] for e in bucket], exp_hessians,
                      bucket[0].state["step"], bucket[0].state.get("bias_correction2"),
-                     extra_value, flag, path)
+                     extra_value, flag, wrote_nonfinite, path)

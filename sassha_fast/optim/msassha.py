@@ -6,10 +6,11 @@ from typing import Callable, List, Optional
 import torch
 from torch import Tensor
 
+from ..step.nonfinite import UpdateFlags
 from ..step.plan import Plan
 from .base import HessianOptimizer
 from .bias_correction import MsasshaCorrection
-from .buckets import buckets, found_inf_argument, group_scalars, kernel_scalar, sqrt_of_sum
+from .buckets import buckets, group_scalars, kernel_scalar, sqrt_of_sum
 from .validation import shared_options
 
 NORM_EPS = 1e-12
@@ -102,7 +103,7 @@ class MSASSHA(HessianOptimizer):
             self._move(to_perturbed=was_perturbed)
 
     def _apply_update(self, plan: Plan, hessian_power: Optional[float],
-                      found_inf: Optional[Tensor]) -> None:
+                      found_inf: Optional[Tensor], written: UpdateFlags) -> None:
         self._place_norm_factors()
         leaving = [group["norm_factor"] if self._point.perturbed else 0.0
                    for group in self.param_groups]
@@ -112,7 +113,7 @@ class MSASSHA(HessianOptimizer):
         for (group, entries), norm_factor in zip(plan.groups, leaving):
             beta1, beta2, power = group_scalars(group, hessian_power)
             calls = []
-            for bucket in self._update_buckets(plan, entries, beta2, power, found_inf):
+            for bucket in self._update_buckets(plan, entries, beta2, power, found_inf, written):
                 bias_correction1, bias_correction2 = self._bias_correction.for_update(
                     bucket, beta1, power)
                 squares.append(bucket.ops.msassha_update(
@@ -120,8 +121,7 @@ class MSASSHA(HessianOptimizer):
                     bucket.exp_hessians, norm_factor=bucket.scalar(norm_factor),
                     lr=group["lr"], weight_decay=group["weight_decay"], beta1=beta1,
                     bias_correction1=bias_correction1, bias_correction2=bias_correction2,
-                    hessian_power=power, eps=group["eps"],
-                    **found_inf_argument(bucket.found_inf)))
+                    hessian_power=power, eps=group["eps"], **bucket.flags()))
                 calls.append((bucket.params, bucket.found_inf))
             updated.append(calls)
             stepped = {id(e.param) for e in entries}

@@ -80,9 +80,10 @@ def release_graphs(plan: Plan, params: Iterable[Tensor]) -> List[Tensor]:
 
 def gradients_for_update(plan: Plan, carrying_graph: List[Tensor], averager,
                          sync_gradients: bool, needs_graph: bool, scaler
-                         ) -> Tuple[List[Tensor], List[Tensor]]:
+                         ) -> Tuple[List[Tensor], List[Tensor], Optional[Tensor]]:
     """The plan's gradients and Hessian estimates as the update takes them: averaged across
-    ranks where DDP could not average them, unscaled."""
+    ranks where DDP could not average them, unscaled; and, with a GradScaler, whether the
+    unscaling pass found inf/NaN in them (a 0-d flag, None without a scaler)."""
     grads = [p.grad for p in plan.params()]
     hessians = list(plan.hessians.values())
     to_average = grads if sync_gradients else [p.grad for p in carrying_graph]
@@ -91,5 +92,4 @@ def gradients_for_update(plan: Plan, carrying_graph: List[Tensor], averager,
     if needs_graph or sync_gradients:
         to_average = to_average + hessians
     averager.average_(to_average)
-    amp.unscale_(scaler, grads + hessians)
-    return grads, hessians
+    return grads, hessians, amp.unscale_(scaler, grads + hessians)

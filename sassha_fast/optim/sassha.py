@@ -7,11 +7,11 @@ from torch import Tensor
 
 from ..step import amp
 from ..step.batchnorm import frozen_batchnorm_stats
-from ..step.nonfinite import nonfinite_message
+from ..step.nonfinite import UpdateFlags, nonfinite_message
 from ..step.plan import Plan
 from .base import HessianOptimizer
 from .bias_correction import SasshaCorrection
-from .buckets import buckets, found_inf_argument, group_scalars, kernel_scalar
+from .buckets import buckets, flag_arguments, group_scalars, kernel_scalar
 from .validation import is_real, shared_options, warn_on_unknown_keywords
 
 
@@ -134,7 +134,7 @@ class SASSHA(HessianOptimizer):
                 es = [p.grad if zero_grad else p.grad.clone() for p in ps]
                 self.ops(device, dtype).perturb(
                     ps, es, kernel_scalar(scale, device, dtype), self.adaptive,
-                    **found_inf_argument(None if found_inf is None else found_inf.to(device)))
+                    **flag_arguments(None if found_inf is None else found_inf.to(device)))
                 self._perturbation.update(zip(ps, es))
         if zero_grad:
             self._drop_gradients()
@@ -191,10 +191,10 @@ class SASSHA(HessianOptimizer):
         return rho
 
     def _apply_update(self, plan: Plan, hessian_power: Optional[float],
-                      found_inf: Optional[Tensor]) -> None:
+                      found_inf: Optional[Tensor], written: UpdateFlags) -> None:
         for group, entries in plan.groups:
             beta1, beta2, power = group_scalars(group, hessian_power)
-            for bucket in self._update_buckets(plan, entries, beta2, power, found_inf,
+            for bucket in self._update_buckets(plan, entries, beta2, power, found_inf, written,
                                                extra=lambda p: p in self._perturbation):
                 bias_correction1, bias_correction2 = self._bias_correction.for_update(
                     bucket, beta1, power)
@@ -204,8 +204,7 @@ class SASSHA(HessianOptimizer):
                     [self._perturbation.pop(p) for p in bucket.params] if bucket.extra else None,
                     lr=group["lr"], weight_decay=group["weight_decay"], beta1=beta1,
                     bias_correction1=bias_correction1, bias_correction2=bias_correction2,
-                    hessian_power=power, eps=group["eps"],
-                    **found_inf_argument(bucket.found_inf))
+                    hessian_power=power, eps=group["eps"], **bucket.flags())
         # Perturbed parameters that got no gradient in the second pass (no graph holds them
         # any more: the step released it).
         self._leave_perturbed_point()

@@ -12,7 +12,7 @@ GradScaler has no public way to report an overflow found outside ``.grad``, so
 ``record_found_inf`` writes the per-optimizer record that ``scaler.update()`` reads. That
 record is private to PyTorch; the tests pin its behaviour on the supported torch.
 """
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -31,17 +31,25 @@ def scale_loss(scaler, loss: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def unscale_(scaler, tensors: List[Tensor]) -> None:
-    """Divide the tensors by the scaler's current scale (no host synchronisation)."""
+def unscale_(scaler, tensors: List[Tensor]) -> Optional[Tensor]:
+    """Divide the tensors by the scaler's current scale, in the pass that also finds whether
+    they hold inf or NaN (GradScaler's own kernel, which sets its flag as it reads them):
+    that flag, a 0-d float32 tensor on the first tensor's device (None without a scaler).
+    No host synchronisation."""
     if not enabled(scaler) or not tensors:
-        return
+        return None
     # The reciprocal in fp64, as GradScaler.unscale_ does, so both agree bit for bit.
     inv_scale = _scale(scaler).double().reciprocal().float()
-    by_device: Dict[torch.device, List[Tensor]] = {}
+    by_kind: Dict[Tuple[torch.device, torch.dtype], List[Tensor]] = {}
     for t in tensors:
-        by_device.setdefault(t.device, []).append(t)
-    for device, group in by_device.items():
-        torch._foreach_mul_(group, inv_scale.to(device))
+        by_kind.setdefault((t.device, t.dtype), []).append(t)
+    home = tensors[0].device
+    found = []
+    for (device, _), group in by_kind.items():
+        found_here = torch.zeros(1, dtype=torch.float32, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(group, found_here, inv_scale.to(device))
+        found.append(found_here.to(home))
+    return (found[0] if len(found) == 1 else torch.stack(found).amax()).reshape(())
 
 
 def record_found_inf(scaler, optimizer, found_inf: Tensor) -> None:

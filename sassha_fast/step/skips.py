@@ -1,4 +1,5 @@
-"""Counting the steps skipped for inf/NaN values, and saying so.
+"""Counting the steps skipped for inf/NaN values, and the updates that wrote inf/NaN, and
+saying so.
 
 A warning (``SkippedStepWarning``) on the first skipped step and again each time the count
 has doubled since the last warning; a ``FloatingPointError`` once ``max_consecutive`` steps in
@@ -14,6 +15,11 @@ on a CUDA device, where it is queued behind the step's kernels into pinned memor
 never waits for the device there. ``check()`` and ``count`` (the user asking) read the
 counts at once, which waits for the device; nothing is copied, read or reported while a
 CUDA graph is being captured.
+
+The updates that stored inf or NaN (the update ops' ``wrote_nonfinite`` flag: nothing before
+the update could see it coming, an overflowing step or a non-finite learning rate) are
+counted the same way, on the host or on the device, and each new one is reported by a
+``NonfiniteUpdateWarning`` naming the tensor (``Locate``, called then; it reads the state).
 """
 import os
 import sys
@@ -29,10 +35,23 @@ Count = Union[int, Tensor]
 # What the optimizer can say about the skips when a report is made: called with whether the
 # run is being stopped, it returns a text to append (it may read the device only then).
 Explain = Optional[Callable[[bool], str]]
+# Where the parameters or state hold inf or NaN, as a text (reads them: called to report only).
+Locate = Optional[Callable[[], str]]
 
 
 class SkippedStepWarning(UserWarning):
     """Steps were skipped because gradients or Hessian estimates held inf or NaN."""
+
+
+class NonfiniteUpdateWarning(UserWarning):
+    """An update wrote inf or NaN into a parameter or the optimizer state."""
+
+
+UPDATE_WROTE_NONFINITE = (
+    "The gradients and Hessian estimates were finite: the values came from the update "
+    "itself (a step that overflowed the parameter's dtype, a learning rate that is not "
+    "finite, or optimizer state that was not) and are in the parameters now; load the last "
+    "good checkpoint (load_state_dict refuses state that is not finite)")
 
 
 def caller_stacklevel() -> int:
@@ -89,6 +108,8 @@ class SkipCounter:
         self.max_consecutive = max_consecutive
         self._total: Count = 0
         self._run: Count = 0  # consecutive skipped steps up to the last one
+        self._written: Count = 0  # updates that stored inf or NaN
+        self._written_reported = 0
         self._steps_since_check = 0
         self._warned_at = 0  # the count at the last warning
         self._copy = HostCopy()
@@ -98,50 +119,80 @@ class SkipCounter:
         """One more attempted step, skipped or not (a bool, or a 0-d device flag)."""
         if isinstance(skipped, Tensor):
             flag = skipped.to(torch.int64)
-            if not isinstance(self._total, Tensor):
-                self._total = torch.tensor(self._total, dtype=torch.int64, device=flag.device)
-                self._run = torch.tensor(self._run, dtype=torch.int64, device=flag.device)
+            self._on_device(flag.device)
             self._total.add_(flag)
             self._run.mul_(flag).add_(flag)  # reset by an applied step
         else:
-            if isinstance(self._total, Tensor):  # back from the device path
-                self._total, self._run = int(self._total), int(self._run)
+            self._on_host()
             self._total += int(skipped)
             self._run = self._run + 1 if skipped else 0
 
-    def tick(self, explain: Explain = None) -> None:
+    def record_written(self, wrote_nonfinite: Union[bool, Tensor]) -> None:
+        """Whether an applied update stored inf or NaN (a bool, or a 0-d device flag)."""
+        if isinstance(wrote_nonfinite, Tensor):
+            self._on_device(wrote_nonfinite.device)
+            self._written.add_(wrote_nonfinite.to(torch.int64))
+        else:
+            self._on_host()
+            self._written += int(wrote_nonfinite)
+
+    def _on_device(self, device: torch.device) -> None:
+        if not isinstance(self._total, Tensor):
+            self._total, self._run, self._written = (
+                torch.tensor(value, dtype=torch.int64, device=device)
+                for value in (self._total, self._run, self._written))
+
+    def _on_host(self) -> None:
+        if isinstance(self._total, Tensor):  # back from the device path
+            self._total, self._run, self._written = (
+                int(value) for value in (self._total, self._run, self._written))
+
+    def tick(self, explain: Explain = None, locate: Locate = None) -> None:
         """After each step: report now on the host path; on the device path start a copy
         of the counts every ``check_interval`` steps and report it once it has landed."""
         self._steps_since_check += 1
         if not isinstance(self._total, Tensor):
-            self.check(explain)
+            self.check(explain, locate)
             return
         if capturing():  # a copy or an event query would be captured or refused
             return
         if not self._copying and self._steps_since_check >= self.check_interval:
             self._steps_since_check = 0
-            self._copy.start(torch.stack([self._total, self._run]))
+            self._copy.start(torch.stack([self._total, self._run, self._written]))
             self._copying = True
         if self._copying and self._copy.landed():
             self._copying = False
-            self._report(*self._copy.values(), explain)
+            self._report(*self._copy.values(), explain, locate)
 
     @property
     def count(self) -> int:
         return int(self._total)
 
-    def check(self, explain: Explain = None) -> None:
+    @property
+    def written_count(self) -> int:
+        return int(self._written)
+
+    def check(self, explain: Explain = None, locate: Locate = None) -> None:
         """Read the counts now (on the device path: waits for the device) and report."""
         self._steps_since_check = 0
         self._copying = False  # older than what is read now
         if isinstance(self._total, Tensor):
-            total, run = torch.stack([self._total, self._run]).tolist()
+            total, run, written = torch.stack([self._total, self._run, self._written]).tolist()
         else:
-            total, run = self._total, self._run
-        self._report(total, run, explain)
+            total, run, written = self._total, self._run, self._written
+        self._report(total, run, written, explain, locate)
 
     @torch.compiler.disable  # host work (warnings, the caller's frame): never traced
-    def _report(self, total: int, run: int, explain: Explain) -> None:
+    def _report(self, total: int, run: int, written: int, explain: Explain,
+                locate: Locate) -> None:
+        if written > self._written_reported:
+            where = locate() if locate is not None else ""
+            warnings.warn(
+                f"{written - self._written_reported} optimizer update(s) wrote inf or NaN "
+                f"({written} so far): {where}. {UPDATE_WROTE_NONFINITE}. "
+                "nonfinite='raise' stops at the step that writes them.",
+                NonfiniteUpdateWarning, stacklevel=caller_stacklevel())
+            self._written_reported = written
         stopping = self.max_consecutive is not None and run >= self.max_consecutive
         warn = total > self._warned_at and (self._warned_at == 0 or total >= 2 * self._warned_at)
         cause = explain(stopping) if explain is not None and (warn or stopping) else ""
@@ -160,11 +211,12 @@ class SkipCounter:
                 "max_consecutive_skips=None lets the run go on")
 
     def state_dict(self) -> dict:
-        return {"skipped_steps": self.count}
+        return {"skipped_steps": self.count, "nonfinite_updates": self.written_count}
 
     def load_state_dict(self, saved: dict) -> None:
-        """The count goes on from the checkpoint's; warnings resume from there."""
+        """The counts go on from the checkpoint's; warnings resume from there."""
         self._total = self._warned_at = int(saved.get("skipped_steps", 0))
+        self._written = self._written_reported = int(saved.get("nonfinite_updates", 0))
         self._run = 0
         self._steps_since_check = 0
         self._copying = False

@@ -8,11 +8,10 @@ from typing import List
 import pytest
 import torch
 
-from sassha_fast.backends import load_module, reference
+from sassha_fast.backends import reference
 from sassha_fast.backends.reference import compute_dtype
-from sassha_fast.functional import resolve
 
-from backend_params import backend_device_params
+from backend_params import backend_device_params, ops_for
 from tensor_lists import STORED_TOLERANCE, assert_lists_close, clone, state_tolerance
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -26,16 +25,6 @@ SHAPE_SETS = {
 }
 
 pytestmark = pytest.mark.parametrize("backend,device", backend_device_params())
-
-
-def ops_for(backend, device, dtype):
-    """The backend's ops for parameters of ``dtype``; a backend that does not run that
-    dtype must refuse it by name (then the test is skipped, saying so)."""
-    if not load_module(backend).supports_dtype(dtype):
-        with pytest.raises(RuntimeError, match=f"{backend!r} does not run with {dtype}"):
-            resolve(backend, device, dtype)
-        pytest.skip(f"backend {backend!r} does not run {dtype} parameters (and refuses them)")
-    return resolve(backend, device, dtype)
 
 
 def tensors(shapes, dtype, device, positive=False, scale=1.0) -> List[torch.Tensor]:
@@ -251,3 +240,17 @@ def assert_same_results(got, expected, exact, dtype):
                 assert_lists_equal(a, b)
             elif a:  # parameters, perturbations or state: each rounded to its own dtype
                 assert_lists_close(a, b, **STORED_TOLERANCE[a[0].dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_sum_of_squares_beyond_fp32_is_inf_not_an_error(backend, device, dtype):
+    """Finite values whose norm overflows fp32 (a gradient of 3e38s): inf, as the
+    reference's fp32 sum gives, so that the inf/NaN check skips the step."""
+    ops = ops_for(backend, device, dtype)
+    huge = [torch.full((9,), 3e38, dtype=dtype, device=device)]
+    assert ops.global_norm(huge).item() == reference.global_norm(huge).item() == float("inf")
+    state = [torch.full((9,), 3e38, device=device), torch.ones(9, device=device)]
+    squares = ops.msassha_update(clone(huge), huge, clone(state[:1]), state[1:],
+                                 norm_factor=0.0, **dict(HYPER, beta1=1.0, hessian_power=1.0,
+                                                         bias_correction2=1.0))
+    assert squares.item() == float("inf")

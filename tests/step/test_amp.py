@@ -195,3 +195,39 @@ def test_a_scaler_that_scaled_nothing_is_reported():
     LOSS(model(x), y).backward()
     with pytest.raises(RuntimeError, match="has not scaled a loss yet"):
         opt.perturb_weights(scaler=scaler())
+
+
+class _OpNames(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("use_scaler", [True, False], ids=["scaler", "no-scaler"])
+def test_with_a_scaler_the_unscaling_pass_is_the_check(optimizer, use_scaler):
+    """The update's inf/NaN check reads the gradients only in the pass that unscales them
+    (GradScaler's kernel sets the flag): no norm of them. Without a scaler (the control)
+    the check is their norm."""
+    model = make_model()
+    x, y = whole_batch()
+    opt = optimizer(model.parameters(), lazy_hessian=5, backend="cpu",
+                    **PAPER_SETTINGS[optimizer])
+    grad_scaler = scaler() if use_scaler else None
+    opt.step(lambda: LOSS(model(x), y), scaler=grad_scaler)  # the Hessian step
+    if use_scaler:
+        grad_scaler.update()
+    opt.zero_grad()
+    (grad_scaler.scale(LOSS(model(x), y)) if use_scaler else LOSS(model(x), y)).backward()
+    if optimizer is SASSHA:
+        opt.perturb_weights(zero_grad=True, scaler=grad_scaler)
+        (grad_scaler.scale(LOSS(model(x), y)) if use_scaler else LOSS(model(x), y)).backward()
+    with _OpNames() as seen:
+        opt.step(scaler=grad_scaler)
+    norms = seen.names.count("sassha_fast::global_norm")
+    unscaling = seen.names.count("aten::_amp_foreach_non_finite_check_and_unscale_")
+    assert (norms, unscaling) == ((0, 1) if use_scaler else (1, 0))

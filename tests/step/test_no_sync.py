@@ -445,10 +445,10 @@ def test_an_injected_host_read_fails_the_guard(monkeypatch, read):
 def test_the_old_synchronous_skip_check_fails_the_guard(monkeypatch):
     """Negative control: the periodic check as it was (``check()``, a ``tolist()`` of the
     device counts every ``skip_check_interval`` steps) is caught at the first interval."""
-    def reading_tick(self, explain=None):
+    def reading_tick(self, explain=None, locate=None):
         self._steps_since_check += 1
         if self._steps_since_check >= self.check_interval:
-            self.check(explain)
+            self.check(explain, locate)
 
     monkeypatch.setattr(SkipCounter, "tick", reading_tick)
     with pytest.raises(HostSync, match="tolist"):

@@ -8,6 +8,7 @@ import torch
 
 from sassha_fast import available_backends
 from sassha_fast.backends import BACKEND_MODULES, load_module
+from sassha_fast.functional import resolve
 
 FUSED_BACKENDS = [name for name in BACKEND_MODULES if name != "reference"]
 
@@ -31,3 +32,13 @@ def backend_device_params(names=None, device_types=None) -> list:
                    for device in devices() if load_module(name).supports(device)
                    and (device_types is None or device.type in device_types)]
     return params
+
+
+def ops_for(backend, device, dtype):
+    """The backend's ops for parameters of ``dtype``; a backend that does not run that
+    dtype must refuse it by name (then the test is skipped, saying so)."""
+    if not load_module(backend).supports_dtype(dtype):
+        with pytest.raises(RuntimeError, match=f"{backend!r} does not run with {dtype}"):
+            resolve(backend, device, dtype)
+        pytest.skip(f"backend {backend!r} does not run {dtype} parameters (and refuses them)")
+    return resolve(backend, device, dtype)
