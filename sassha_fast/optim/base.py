@@ -117,8 +117,7 @@ class HessianOptimizer(torch.optim.Optimizer):
     @property
     def device_path(self) -> bool:
         """Whether steps keep their skip decision, counters and norms on the device (no host
-        synchronisation, capturable in a CUDA graph): ``capturable``, or, when None, whether
-        the first parameter was a CUDA tensor when the optimizer was built."""
+        sync, capturable in a CUDA graph): ``capturable``, or, when None, a CUDA parameter."""
         return self._path.on_device
 
     def ops(self, device: torch.device, dtype: torch.dtype):
@@ -202,10 +201,9 @@ class HessianOptimizer(torch.optim.Optimizer):
     def set_hessian(self) -> None:
         """Add this backward pass's Hessian estimate (parameters whose lazy interval is over)
         to the one the next ``step()`` uses, after each micro-batch's
-        ``backward(create_graph=True)``: the estimates are summed (scale the micro-batch
-        losses as for the gradients), each with fresh Rademacher vectors, and the gradients
-        detached. ``step()`` estimates the Hessian itself when no call came before it; a
-        failed or skipped step leaves no trace (docs/production.md)."""
+        ``backward(create_graph=True)``: summed (scale the micro-batch losses as for the
+        gradients), each with fresh Rademacher vectors, the gradients detached. Without a
+        call ``step()`` estimates it itself (docs/production.md)."""
         self._estimator.add(self)
 
     def _before_hessian(self) -> None:
@@ -311,8 +309,7 @@ class HessianOptimizer(torch.optim.Optimizer):
 
     def _apply_update(self, plan: Plan, hessian_power: Optional[float],
                       found_inf: Optional[Tensor], written: UpdateFlags) -> None:
-        """The update; ``found_inf`` (device path) is the skip flag the ops read, ``written``
-        gives each device's ``wrote_nonfinite`` flag."""
+        """The update, given the ops' skip flag (device path) and ``wrote_nonfinite`` flags."""
         raise NotImplementedError
 
     def _update_buckets(self, plan: Plan, entries: List[Entry], beta2: float, power: float,
