@@ -5,7 +5,8 @@
 #   a. build sassha_fast for the GPU present (its compute capability only)
 #   b. the CUDA and Triton backend tests (tests/backends/test_backend_cuda.py,
 #      test_backend_triton.py) and torch.library.opcheck of every dispatcher op on CUDA
-#      (test_dispatcher_ops.py, test_triton_ops.py)
+#      (test_dispatcher_ops.py, test_triton_ops.py), and the updates' wrote_nonfinite flag at
+#      the edge of each dtype's range (test_wrote_nonfinite.py, both backends)
 #   c. compute-sanitizer memcheck and racecheck over every fused op (scripts/sanitizer_ops.py)
 #   d. benchmarks (python -m bench): each op's GB/s against a device copy (ops suite),
 #      SASSHA's step against AdamW(fused=True) at three sizes (step suite), and the
@@ -81,7 +82,7 @@ sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/
 pids=()
 timeout --kill-after=10 "$TESTS_S" "$PY" -m pytest -q -p no:cacheprovider -rs \
   tests/backends/test_backend_cuda.py tests/backends/test_dispatcher_ops.py \
-  > "$out/tests_cuda.log" 2>&1 & pids+=($!)
+  tests/backends/test_wrote_nonfinite.py > "$out/tests_cuda.log" 2>&1 & pids+=($!)
 timeout --kill-after=10 "$TESTS_S" "$PY" -m pytest -q -p no:cacheprovider -rs \
   tests/backends/test_backend_triton.py tests/backends/test_triton_ops.py \
   > "$out/tests_triton.log" 2>&1 & pids+=($!)

@@ -1,6 +1,7 @@
 """Every fused op of the cuda and triton backends once, on small lists that reach their
 special paths (a misaligned view, an empty tensor, a tensor split into several chunks or
-blocks, bf16, found_inf set, scalars read from device memory): the driver that
+blocks, bf16, found_inf set, the updates' wrote_nonfinite flag, scalars read from device
+memory): the driver that
 scripts/gpu_check.sh runs under compute-sanitizer (memcheck, racecheck). Prints what ran;
 exits non-zero if an op raised."""
 import sys
@@ -27,13 +28,14 @@ def run_ops(ops, dtype):
                  bias_correction2=torch.tensor(0.03, device="cuda"), hessian_power=0.7,
                  eps=1e-4)
     for found_inf in (None, torch.zeros((), device="cuda"), torch.ones((), device="cuda")):
+        flags = dict(found_inf=found_inf, wrote_nonfinite=torch.zeros((), device="cuda"))
         norm = ops.global_norm(grads, params)
         ops.perturb(params, grads, 0.05 / (norm + 1e-12), True, found_inf=found_inf)
         ops.sassha_update(params, perturbations, exp_avgs, exp_hessians, grads, **hyper,
-                          found_inf=found_inf)
-        ops.hessian_ema(exp_hessians, perturbations, 0.99, found_inf=found_inf)
+                          **flags)
+        ops.hessian_ema(exp_hessians, perturbations, 0.99, **flags)
         ops.msassha_update(params, grads, exp_avgs, exp_hessians, norm_factor=device_scalar,
-                           **hyper, found_inf=found_inf)
+                           **hyper, **flags)
         ops.add_scaled(params, exp_avgs, -0.1)
     torch.cuda.synchronize()
 

@@ -30,16 +30,18 @@ def variants(dtype):
     for power, mode in (("sqrt", kernels.POW_SQRT), ("one", kernels.POW_ONE),
                         ("pow", kernels.POW_ANY)):
         yield f"sassha_update-{power}", kernels.sassha_update_kernel, \
-            dict(TABLE, **STEP, found_inf="*fp32"), \
-            dict(common, SCALAR_PTRS=(True, False, True), SKIPPABLE=True, POWER=mode,
-                 UNPERTURB=True, P_DTYPE=dtype, G_DTYPE=dtype, E_DTYPE=dtype)
+            dict(TABLE, **STEP, found_inf="*fp32", wrote_nonfinite="*fp32", p_largest="fp32"), \
+            dict(common, SCALAR_PTRS=(True, False, True), SKIPPABLE=True, FLAGGED=True,
+                 POWER=mode, UNPERTURB=True, P_DTYPE=dtype, G_DTYPE=dtype, E_DTYPE=dtype)
     yield "hessian_ema", kernels.hessian_ema_kernel, \
-        dict(TABLE, beta2="fp32", one_minus_beta2="fp32", found_inf="*fp32"), \
-        dict(common, SKIPPABLE=True, H_DTYPE=dtype)
+        dict(TABLE, beta2="fp32", one_minus_beta2="fp32", found_inf="*fp32",
+             wrote_nonfinite="*fp32"), \
+        dict(common, SKIPPABLE=True, FLAGGED=True, H_DTYPE=dtype)
     yield "msassha_update", kernels.msassha_update_kernel, \
-        dict(TABLE, **REDUCTION, norm_factor="fp32", **STEP, found_inf="constexpr"), \
+        dict(TABLE, **REDUCTION, norm_factor="fp32", **STEP, found_inf="constexpr",
+             wrote_nonfinite="*fp32", p_largest="fp32"), \
         dict(common, found_inf=None, SCALAR_PTRS=(False, True, False, True), SKIPPABLE=False,
-             POWER=kernels.POW_ANY, P_DTYPE=dtype, G_DTYPE=dtype)
+             FLAGGED=True, POWER=kernels.POW_ANY, P_DTYPE=dtype, G_DTYPE=dtype)
     yield "add_scaled", kernels.add_scaled_kernel, dict(TABLE, alpha="fp32"), \
         dict(common, ALPHA_IS_PTR=False, P_DTYPE=dtype, T_DTYPE=tl.float32)
 
