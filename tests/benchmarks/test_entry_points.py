@@ -25,8 +25,9 @@ SMOKE_RUNS = {
     "bench.studies.fd_cost": (["--smoke", "--batches", "2"], r"msassha-fd over adamw: ", False),
     "bench.studies.draw_cost": (["--smoke"], r"\| 10,000 \| [\d.]+ \| [\d.]+ \|", False),
     "bench.studies.zero_curvature": (["--smoke"], r"- curvature_floor=0\.01: 0 of 2 seeds", False),
-    "bench.lm_suite": (["--profile", "smoke", "--methods", "adamw,msassha-fd", "--lrs", "1e-3"],
-                       r"\| msassha-fd \| 0\.001 \| \d", False),
+    "bench.lm_suite": (["--profile", "smoke", "--methods", "sam-adamw,msassha-fd", "--lrs",
+                        "1e-3", "--knobs", "rho=0.025"],
+                       r"\| msassha-fd \| 0\.001 rho 0\.025 \| \d", False),
     "bench.quality_suite": (["--profile", "smoke", "--methods", "sassha-fd,msassha-fd",
                              "--out", "{tmp}"], r"\| msassha-fd \|", True),
 }
