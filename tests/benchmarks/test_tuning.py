@@ -145,3 +145,19 @@ def test_lm_suite_knobs_are_name_value_pairs():
     assert parse_knobs("") == ()
     with pytest.raises(SystemExit, match="NAME=VALUE"):
         parse_knobs("rho")
+
+
+def test_a_two_stage_run_trains_for_real_at_smoke_size(tmp_path):
+    # the smoke profile's grid (its middle point) tunes; the chosen point trains with more
+    # iterations, on the corpus reloaded under the tuning profile's cap
+    profile = lm_profile("smoke", CPU)._replace(name="longer", iterations=16, tune_on="smoke")
+    methods = _by_name(LM_METHODS, "sam-adamw", "sophia-h")
+    rows, curves, _ = language_model.run(profile, CPU, methods,
+                                         corpus=load(_fake_stdlib(tmp_path)))
+    for row, method in zip(rows, methods):
+        (point,) = protocol.points(method, full=False)
+        assert row["tuned_on"] == "smoke" and row["chosen"] == point.label()
+        assert list(row["grid_val_bpb"]) == [point.label()]
+        assert row["iterations"] == 16 and row["diverged"] == 0
+        assert all(0 < b < 9 for b in row["test_bpbs"])
+    assert [c["iterations"][-1] for c in curves] == [16, 16]
