@@ -15,7 +15,9 @@ from torch import Tensor
 from sassha_fast import MSASSHA, SASSHA, frozen_batchnorm_stats
 
 from .baselines import authors
+from .baselines.adahessian import AdaHessian
 from .baselines.sam import SAM
+from .baselines.sophia import SophiaH
 from .harness.results import AUTHORS
 
 BETAS = (0.9, 0.999)  # torch's AdamW default, and SASSHA's
@@ -46,40 +48,80 @@ SASSHA_STEP = dict(lr=ADAMW["lr"], betas=BETAS, weight_decay=ADAMW["weight_decay
 AUTOGRAD = "autograd"
 FD = "finite_difference"
 
-# -- the quality and language-model suites: a learning-rate grid per method ------------------
+# -- the quality and language-model suites: a grid per method ---------------------------------
 
 # "plain": one backward then step(); "sam": two passes around perturb()
-# (bench/baselines/sam.py); "closure": step(closure), which runs SASSHA's and M-SASSHA's
-# passes itself.
+# (bench/baselines/sam.py); "closure": step(closure), which runs the optimizer's passes
+# itself (SASSHA's and M-SASSHA's, Sophia-H's and AdaHessian's double backward).
 KINDS = ("plain", "sam", "closure")
 
-Build = Callable[[List[Tensor], float], torch.optim.Optimizer]
+# (parameters, learning rate, **knobs) -> optimizer; a knob left out takes the catalog's
+# default (bench.lm_suite trains at learning rates of one's choice that way).
+Build = Callable[..., torch.optim.Optimizer]
 
 
 class Method(NamedTuple):
     name: str
-    lrs: Tuple[float, ...]   # the grid held-out data chooses from (half a decade apart)
-    build: Build             # (parameters, learning rate) -> optimizer
+    lrs: Tuple[float, ...]   # the learning rates held-out data chooses from
+    build: Build
     kind: str                # one of KINDS
     attention: str = "manual"  # the lm suite's GPTConfig.attention (manual: double backward)
     estimator: str = ""      # the Hessian estimator, "" for first-order methods
+    # Hyper-parameters tuned beside the learning rate, each with its grid: every
+    # combination with every learning rate is a grid point (bench/harness/protocol.py).
+    knobs: Tuple[Tuple[str, Tuple[float, ...]], ...] = ()
 
 
-SMALL_LRS = (1e-3, 3e-3, 1e-2, 3e-2)  # AdamW's and SAM-AdamW's
-LARGE_LRS = (0.03, 0.1, 0.3, 1.0)     # SGD's, SAM-SGD's and the SASSHAs'
+SMALL_LRS = (1e-3, 3e-3, 1e-2, 3e-2)  # AdamW's and SAM-AdamW's (half a decade apart)
+LARGE_LRS = (0.03, 0.1, 0.3, 1.0)     # SGD's, SAM-SGD's and the quality suite's SASSHAs'
+# The SASSHA paper's language-model search space (its appendix): SASSHA's and M-SASSHA's
+# learning rates, the rho of SASSHA, M-SASSHA and SAM, and Sophia-H's learning rates and
+# clipping threshold (gamma, bench/baselines/sophia.py). Its Sophia-H weight-decay grid
+# (1e-1 .. 1e-8) is left out: no method's decay is tuned here (see QUALITY_DECAY).
+PAPER_SASSHA_LRS = (0.0015, 0.0075, 0.015, 0.075, 0.15)
+RHOS = (2.5e-4, 2.5e-3, 2.5e-2, 2.5e-1)
+SOPHIA_LRS = (1e-5, 1e-4, 1e-3, 1e-2)
+SOPHIA_GAMMAS = (1e-4, 1e-3, 1e-2, 1e-1)
+SOPHIA_INTERVAL = 1   # the paper's Sophia-H runs estimate the Hessian every step
+# AdaHessian's (not in the paper's language-model table): half a decade apart around the
+# authors' default 0.15.
+ADAHESSIAN_LRS = (0.015, 0.05, 0.15, 0.5)
 # Decoupled weight decay is passed as decay / lr, as the authors' scripts do, so that every
 # method shrinks its weights by the same factor per step at its chosen learning rate.
 QUALITY_DECAY = 5e-4
 LM_DECAY = 1e-4
-QUALITY_RHO = 0.1  # SAM-SGD's and SASSHA's in the quality suite
+QUALITY_RHO = 0.1  # SAM-SGD's and SASSHA's default in the quality suite (rho is tuned)
+RHO_KNOB = (("rho", RHOS),)
 
 
-def _second_order(name: str, cls, decay: float, estimator: str, attention: str = "manual",
-                  **settings) -> Method:
-    def build(params: List[Tensor], lr: float) -> torch.optim.Optimizer:
+def _second_order(name: str, cls, lrs: Tuple[float, ...], decay: float, estimator: str,
+                  attention: str = "manual", **settings) -> Method:
+    def build(params: List[Tensor], lr: float, **knobs) -> torch.optim.Optimizer:
         return cls(params, lr=lr, weight_decay=decay / lr, hessian_estimator=estimator,
-                   **settings)
-    return Method(name, LARGE_LRS, build, "closure", attention, estimator)
+                   **dict(settings, **knobs))
+    return Method(name, lrs, build, "closure", attention, estimator, RHO_KNOB)
+
+
+def _sam(name: str, base, lrs: Tuple[float, ...], rho: float, attention: str,
+         base_settings: Callable[[float], dict]) -> Method:
+    """SAM around ``base``, whose settings at a learning rate are ``base_settings(lr)``."""
+    def build(params: List[Tensor], lr: float, rho: float = rho) -> torch.optim.Optimizer:
+        return SAM(params, base, rho=rho, lr=lr, **base_settings(lr))
+    return Method(name, lrs, build, "sam", attention, "", RHO_KNOB)
+
+
+def _sophia(decay: float) -> Method:
+    def build(params: List[Tensor], lr: float, gamma: float = 0.01) -> torch.optim.Optimizer:
+        return SophiaH(params, lr=lr, gamma=gamma, weight_decay=decay / lr,
+                       hessian_interval=SOPHIA_INTERVAL)
+    return Method("sophia-h", SOPHIA_LRS, build, "closure", "manual", AUTOGRAD,
+                  (("gamma", SOPHIA_GAMMAS),))
+
+
+def _adahessian(decay: float) -> Method:
+    def build(params: List[Tensor], lr: float) -> torch.optim.Optimizer:
+        return AdaHessian(params, lr=lr, weight_decay=decay / lr)
+    return Method("adahessian", ADAHESSIAN_LRS, build, "closure", "manual", AUTOGRAD)
 
 
 _QUALITY_SASSHA = dict(rho=QUALITY_RHO)
@@ -89,14 +131,15 @@ QUALITY_METHODS = (
         p, lr=lr, momentum=0.9, weight_decay=QUALITY_DECAY), "plain"),
     Method("adamw", SMALL_LRS, lambda p, lr: torch.optim.AdamW(
         p, lr=lr, weight_decay=QUALITY_DECAY / lr), "plain"),
-    Method("sam-sgd", LARGE_LRS, lambda p, lr: SAM(
-        p, torch.optim.SGD, rho=QUALITY_RHO, lr=lr, momentum=0.9,
-        weight_decay=QUALITY_DECAY), "sam"),
-    _second_order("sassha", SASSHA, QUALITY_DECAY, AUTOGRAD, **_QUALITY_SASSHA),
-    _second_order("msassha", MSASSHA, QUALITY_DECAY, AUTOGRAD, **_MSASSHA),
+    _sam("sam-sgd", torch.optim.SGD, LARGE_LRS, QUALITY_RHO, "manual",
+         lambda lr: dict(momentum=0.9, weight_decay=QUALITY_DECAY)),
+    _second_order("sassha", SASSHA, LARGE_LRS, QUALITY_DECAY, AUTOGRAD, **_QUALITY_SASSHA),
+    _second_order("msassha", MSASSHA, LARGE_LRS, QUALITY_DECAY, AUTOGRAD, **_MSASSHA),
     # The finite-difference rows (issue 20): the same settings, hessian_estimator changed.
-    _second_order("sassha-fd", SASSHA, QUALITY_DECAY, FD, **_QUALITY_SASSHA),
-    _second_order("msassha-fd", MSASSHA, QUALITY_DECAY, FD, **_MSASSHA),
+    _second_order("sassha-fd", SASSHA, LARGE_LRS, QUALITY_DECAY, FD, **_QUALITY_SASSHA),
+    _second_order("msassha-fd", MSASSHA, LARGE_LRS, QUALITY_DECAY, FD, **_MSASSHA),
+    _sophia(QUALITY_DECAY),
+    _adahessian(QUALITY_DECAY),
 )
 
 # The double backward needs the GPT with attention written out by hand; the finite
@@ -106,12 +149,16 @@ _LM_SASSHA = dict(hessian_power=HESSIAN_POWER, **PAPER_SETTINGS["SASSHA"])
 LM_METHODS = (
     Method("adamw", SMALL_LRS, lambda p, lr: torch.optim.AdamW(
         p, lr=lr, weight_decay=LM_DECAY / lr), "plain", "sdpa"),
-    Method("sam-adamw", SMALL_LRS, lambda p, lr: SAM(
-        p, torch.optim.AdamW, rho=SAM_RHO, lr=lr, weight_decay=LM_DECAY / lr), "sam", "sdpa"),
-    _second_order("sassha", SASSHA, LM_DECAY, AUTOGRAD, "manual", **_LM_SASSHA),
-    _second_order("sassha-fd", SASSHA, LM_DECAY, FD, "sdpa", **_LM_SASSHA),
-    _second_order("msassha", MSASSHA, LM_DECAY, AUTOGRAD, "manual", **_MSASSHA),
-    _second_order("msassha-fd", MSASSHA, LM_DECAY, FD, "sdpa", **_MSASSHA),
+    _sam("sam-adamw", torch.optim.AdamW, SMALL_LRS, SAM_RHO, "sdpa",
+         lambda lr: dict(weight_decay=LM_DECAY / lr)),
+    _second_order("sassha", SASSHA, PAPER_SASSHA_LRS, LM_DECAY, AUTOGRAD, "manual",
+                  **_LM_SASSHA),
+    _second_order("sassha-fd", SASSHA, PAPER_SASSHA_LRS, LM_DECAY, FD, "sdpa", **_LM_SASSHA),
+    _second_order("msassha", MSASSHA, PAPER_SASSHA_LRS, LM_DECAY, AUTOGRAD, "manual",
+                  **_MSASSHA),
+    _second_order("msassha-fd", MSASSHA, PAPER_SASSHA_LRS, LM_DECAY, FD, "sdpa", **_MSASSHA),
+    _sophia(LM_DECAY),
+    _adahessian(LM_DECAY),
 )
 
 

@@ -219,7 +219,7 @@ def run_lm(profile: LMProfile, device: torch.device, out: pathlib.Path, info: di
         if any(r["diverged"] or any(r["skipped_steps"]) for r in rows):
             print("note: some runs diverged or skipped steps (see the runs column)",
                   file=sys.stderr)
-    run_training_suite("lm", language_model.plan_size(profile),
+    run_training_suite("lm", language_model.plan_size(profile, device=device),
                        lambda show: language_model.run(profile, device, progress=show), report,
                        info, errors)
 
@@ -251,7 +251,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if quality_prof:
             print(f"quality: {quality.plan_size(quality_prof)} training runs ({quality_prof})")
         if lm_prof:
-            print(f"lm: {language_model.plan_size(lm_prof)} training runs ({lm_prof})")
+            print(f"lm: {language_model.plan_size(lm_prof, device=device)} training runs "
+                  f"({lm_prof})")
         return 0
     print(f"sassha_fast benchmarks ({args.profile}) on {info['device_name']} [{device}], "
           f"torch {info['torch']}, backends: {', '.join(names)}", flush=True)

@@ -168,6 +168,10 @@ class LMProfile(NamedTuple):
     threads: int         # torch threads on a CPU
     layers: int = 4
     warmup: float = 0.05  # fraction of the iterations with a linear learning-rate warm-up
+    # The profile whose grid (seed 0) chooses each method's learning rate and knobs, which
+    # this one then trains with every seed: "" for its own grid. The full profile's grid
+    # of eight methods, some with a knob, would take hours on a CPU.
+    tune_on: str = ""
 
     def gpt(self, attention: str) -> GPTConfig:
         return GPTConfig(self.layers, self.width, self.heads, VOCAB, self.context, attention)
@@ -177,9 +181,9 @@ class LMProfile(NamedTuple):
 
 
 def lm_profile(name: str, device: torch.device) -> LMProfile:
-    """CPU sizes for a 2-core machine (--quick <= 10 min, full <= 60 min, measured in
-    bench/README.md); on a GPU the same names give a wider model, longer context and the
-    whole training split."""
+    """CPU sizes for a 2-core machine (bench/README.md has the measured times); on a GPU the
+    same names give a wider model, longer context and the whole training split. The full
+    profile takes its learning rates and knobs from the quick profile's grid."""
     gpu = device.type == "cuda"
     if name == "smoke":
         return LMProfile(name, width=16, heads=2, context=16, batch=4, iterations=12, seeds=2,
@@ -197,8 +201,8 @@ def lm_profile(name: str, device: torch.device) -> LMProfile:
         if gpu:
             return LMProfile(name, width=384, heads=6, context=256, batch=64, iterations=5000,
                              seeds=3, grid=True, eval_windows=4096, curve_windows=256,
-                             curve_points=25, train_bytes=0, threads=1)
+                             curve_points=25, train_bytes=0, threads=1, tune_on="quick")
         return LMProfile(name, width=128, heads=4, context=128, batch=8, iterations=450,
                          seeds=3, grid=True, eval_windows=256, curve_windows=48,
-                         curve_points=10, train_bytes=16 << 20, threads=1)
+                         curve_points=10, train_bytes=16 << 20, threads=1, tune_on="quick")
     raise ValueError(f"unknown profile {name!r}")

@@ -13,7 +13,8 @@ from ..harness.config import EQUAL_TIME_REFERENCE, LMProfile  # noqa: E402
 from .files import META_KEYS, provenance_lines, write_csv  # noqa: E402
 from .plots import draw_curves, save  # noqa: E402
 
-CSV_COLUMNS = ("method", "attention", "estimator", "lr", "test_bpb_mean", "test_bpb_std",
+CSV_COLUMNS = ("method", "attention", "estimator", "lr", "knobs", "chosen", "tuned_on",
+               "test_bpb_mean", "test_bpb_std",
                "test_bpbs", "test_ppl_mean", "test_ppl_std", "val_bpb_mean", "diverged",
                "skipped_steps", "s_per_iter", "train_s_mean", "seeds", "iterations", "tokens",
                "equal_time_iterations", "equal_time_train_s", "equal_time_test_bpb",
@@ -35,11 +36,13 @@ def _health(row: dict) -> str:
         notes.append(f"{row['diverged']} of {row['seeds']} seeds diverged")
     if any(row["skipped_steps"]):
         notes.append("skipped steps per seed: " + ", ".join(map(str, row["skipped_steps"])))
-    chosen = f"{row['lr']:g}"  # its seed-0 run is the first seed above
-    for lr, skipped in row["grid_skipped_steps"].items():
-        if lr != chosen and (skipped or lr in row["grid_stopped"]):
-            state = "diverged" if row["grid_val_bpb"][lr] is None else "finished"
-            notes.append(f"grid lr {lr} {state}, {skipped} skipped steps")
+    # Tuned on this profile, the chosen point's grid run is the first seed above.
+    chosen = row["chosen"] if row["tuned_on"] == row["profile"] else None
+    for point, skipped in row["grid_skipped_steps"].items():
+        if point != chosen and (skipped or point in row["grid_stopped"]):
+            state = "diverged" if row["grid_val_bpb"][point] is None else "finished"
+            where = "" if row["tuned_on"] == row["profile"] else f"{row['tuned_on']} "
+            notes.append(f"{where}grid lr {point} {state}, {skipped} skipped steps")
     return "; ".join(notes) or "ok"
 
 
@@ -55,11 +58,11 @@ def _equal_time(row: dict) -> str:
 
 def table_markdown(rows: List[dict]) -> str:
     """Methods down: test bits per byte and perplexity per byte (mean ± std over the seeds
-    that stayed finite), the chosen learning rate, seconds per iteration and its ratio to
-    AdamW's, the equal-time view, and what went wrong."""
+    that stayed finite), the chosen learning rate and knob, seconds per iteration and its
+    ratio to AdamW's, the equal-time view, and what went wrong."""
     base = next((r["s_per_iter"] for r in rows if r["method"] == "adamw"), None)
     lines = ["| method | attention / Hessian | test bits per byte | test perplexity per byte "
-             "| lr chosen | s / iter | time / adamw | equal time: test bits per byte "
+             "| lr (and knob) chosen | s / iter | time / adamw | equal time: test bits per byte "
              f"(iterations in {EQUAL_TIME_REFERENCE}'s time) | runs |",
              "| :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | :--- |"]
     for row in rows:
@@ -67,9 +70,17 @@ def table_markdown(rows: List[dict]) -> str:
         lines.append(
             f"| {row['method']} | {row['attention']} / {row['estimator']} | "
             f"{_pm(row['test_bpb_mean'], row['test_bpb_std'], 3)} | "
-            f"{_pm(row['test_ppl_mean'], row['test_ppl_std'], 3)} | {row['lr']:g} | "
+            f"{_pm(row['test_ppl_mean'], row['test_ppl_std'], 3)} | {row['chosen']} | "
             f"{row['s_per_iter']:.3f} | {ratio} | {_equal_time(row)} | {_health(row)} |")
     return "\n".join(lines)
+
+
+def _tuning(row: dict, profile: LMProfile) -> str:
+    if row["tuned_on"] == profile.name:
+        return "each method's grid (seed 0) in this profile; `lm.json` has every point's score"
+    return (f"each method's grid ran on the {row['tuned_on']} profile (seed 0, its model and "
+            f"training length); the chosen points train here with {profile.seeds} seeds. "
+            "`lm.json` has every grid point's validation score")
 
 
 def curves_plot(curves: List[dict], path: pathlib.Path, title: str) -> None:
@@ -110,8 +121,9 @@ def write_all(rows: List[dict], curves: List[dict], out: pathlib.Path, meta: dic
              f"{profile.iterations} iterations ({rows[0]['tokens']:,} tokens per run, every "
              f"method), warm-up then cosine learning rate; {profile.seeds} seeds",
              f"- evaluation: {profile.eval_windows} validation and test windows of "
-             f"{profile.context} predicted bytes; the learning rate is chosen on validation, "
-             "the table reports test", "",
+             f"{profile.context} predicted bytes; the learning rate and knob (rho, Sophia-H's "
+             "gamma) are chosen on validation, the table reports test",
+             f"- tuning: {_tuning(rows[0], profile)}", "",
              "Test bits per byte and perplexity per byte (mean ± std over the seeds that "
              "stayed finite):", "", table_markdown(rows), "",
              "![validation loss against iterations and wall-clock time](lm-curves.png)", ""]

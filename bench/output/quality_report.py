@@ -15,7 +15,7 @@ from ..harness.config import QualityProfile  # noqa: E402
 from .files import provenance_lines, write_csv  # noqa: E402
 from .plots import draw_curves, save  # noqa: E402
 
-CSV_COLUMNS = ("noise", "method", "lr", "test_acc_mean", "test_acc_std", "test_accs",
+CSV_COLUMNS = ("noise", "method", "lr", "knobs", "chosen", "test_acc_mean", "test_acc_std", "test_accs",
                "diverged", "epoch_s_median", "seeds", "epochs", "train_size", "val_size",
                "test_size", "flipped", "grid_val_acc")
 
@@ -34,20 +34,21 @@ def mean_std(row: dict) -> str:
 
 def table_markdown(rows: List[dict]) -> str:
     """Methods down, noise levels across: clean test accuracy (%) mean ± std over seeds,
-    the learning rate the held-out slice chose, and the median seconds per epoch."""
+    the learning rate (and knob) the held-out slice chose, and the median seconds per
+    epoch."""
     noises = sorted({r["noise"] for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["method"], r["noise"]): r for r in rows}
     per_epoch = seconds_per_epoch(rows)
     head = (["method"] + [f"{100 * n:.0f}% noise" for n in noises]
-            + ["lr chosen (per noise level)", "s / epoch"])
+            + ["lr (and knob) chosen, per noise level", "s / epoch"])
     lines = ["| " + " | ".join(head) + " |",
              "| :--- | " + " | ".join("---:" for _ in noises) + " | :--- | ---: |"]
     for method in methods:
         accs = [mean_std(cell[method, n]) + ("" if not cell[method, n]["diverged"] else
                                              f" ({cell[method, n]['diverged']} diverged)")
                 for n in noises]
-        lrs = ", ".join(f"{cell[method, n]['lr']:g}" for n in noises)
+        lrs = "; ".join(cell[method, n]["chosen"] for n in noises)
         lines.append(f"| {method} | " + " | ".join(accs)
                      + f" | {lrs} | {per_epoch[method]:.2f} |")
     return "\n".join(lines)
@@ -97,7 +98,8 @@ def write_all(rows: List[dict], curves: List[dict], out: pathlib.Path, meta: dic
     lines = ["# sassha_fast quality suite: label noise on scikit-learn's digits", "",
              *provenance_lines(meta, threads=1),
              f"- data: {first['train_size']} training images (noisy labels), "
-             f"{first['val_size']} held out from them (noisy) to choose the learning rate, "
+             f"{first['val_size']} held out from them (noisy) to choose the learning rate and "
+             "the knob (rho, Sophia-H's gamma) from each method's grid, "
              f"{first['test_size']} clean test images; {profile.epochs} epochs, batch 64, "
              f"cosine learning rate; {profile.seeds} seeds per method and noise level",
              "", "Clean test accuracy (%), mean ± std over seeds:", "", table_markdown(rows), "",

@@ -2,9 +2,12 @@
 Wikitext-2) in small and on a corpus every machine has, the interpreter's standard library
 read as bytes (bench/workloads/corpus.py). A byte-level 4-layer GPT
 (bench/workloads/models.py) trains with each method for the same number of tokens; each
-method's learning rate is chosen from a grid by the validation loss (seed 0), then trained
-with further seeds (initialisation and batch order) and scored by its test loss in bits per
-byte. The protocol is the quality suite's (bench/harness/protocol.py).
+method's learning rate (and knob: rho, Sophia-H's gamma) is chosen from a grid by the
+validation loss (seed 0), then trained with further seeds (initialisation and batch order)
+and scored by its test loss in bits per byte. The protocol is the quality suite's
+(bench/harness/protocol.py), with one budget rule: a profile with ``tune_on`` (the full
+one) takes each method's point from that profile's grid, run first (seed 0 only), and
+trains only the chosen points at its own size, every seed at that point.
 
 SASSHA and M-SASSHA run twice: with the double backward, on the GPT with attention written
 out by hand, and with ``hessian_estimator="finite_difference"`` on the GPT with
@@ -16,6 +19,7 @@ The equal-time view gives every method the training time SASSHA (double backward
 one more run per method (seed 0, its chosen learning rate) with the iterations that its
 own measured time per iteration allows in SASSHA's time, the schedule stretched to them."""
 import math
+import pathlib
 import statistics
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -25,7 +29,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..harness import protocol
-from ..harness.config import EQUAL_TIME_REFERENCE, LMProfile
+from ..harness.config import EQUAL_TIME_REFERENCE, LMProfile, lm_profile
 from ..methods import LM_METHODS, Method, clean_point, make_iteration
 from ..workloads.corpus import Corpus, evaluation_windows, load, random_batch
 from ..workloads.models import GPT
@@ -92,12 +96,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train(method: Method, lr: float, data: LMData, profile: LMProfile, seed: int,
+def train(method: Method, point: protocol.Point, data: LMData, profile: LMProfile, seed: int,
           device: torch.device, iterations: Optional[int] = None) -> LMRun:
     iterations = iterations or profile.iterations
     torch.manual_seed(seed)
     model = GPT(profile.gpt(method.attention)).to(device).train()
-    opt = method.build(list(model.parameters()), lr)
+    opt = method.build(list(model.parameters()), point.lr, **point.settings())
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule(iterations, profile.warmup))
     iteration = make_iteration(
         method.kind, opt,
@@ -141,14 +145,20 @@ def bits(nats: float) -> float:
     return nats / math.log(2)
 
 
-def _grid(method: Method, profile: LMProfile) -> Sequence[float]:
-    return protocol.grid(method.lrs, profile.grid)
+def _grid(method: Method, profile: LMProfile) -> Sequence[protocol.Point]:
+    return protocol.points(method, profile.grid)
 
 
-def plan_size(profile: LMProfile, methods: Sequence[Method] = LM_METHODS) -> int:
-    """Training runs the profile makes: the grids and seeds, then the equal-time runs."""
+def plan_size(profile: LMProfile, methods: Sequence[Method] = LM_METHODS,
+              device: torch.device = torch.device("cpu")) -> int:
+    """Training runs the profile makes: the grids and seeds (the tuning profile's grid and
+    then every seed at the chosen points, with ``tune_on``), then the equal-time runs."""
     has_reference = any(m.name == EQUAL_TIME_REFERENCE for m in methods)
     equal_time = len(methods) - 1 if has_reference else 0
+    if profile.tune_on:
+        tuning = lm_profile(profile.tune_on, device)
+        return (protocol.plan_size(methods, lambda m: _grid(m, tuning), 1)
+                + len(methods) * profile.seeds + equal_time)
     return protocol.plan_size(methods, lambda m: _grid(m, profile), profile.seeds) + equal_time
 
 
@@ -169,14 +179,33 @@ def run(profile: LMProfile, device: torch.device, methods: Sequence[Method] = LM
 
 def _run(profile: LMProfile, device: torch.device, methods: Sequence[Method],
          progress: Callable[[str], None], corpus: Corpus) -> Tuple[List[dict], List[dict]]:
-    data = prepare(corpus, profile, device)
-    tuned = protocol.tune_then_repeat(
-        methods, lambda m: _grid(m, profile),
+    def score(r: LMRun) -> float:
+        return -r.val_loss
+
+    def trainer(data: LMData, size: LMProfile):
         # ``train`` looked up at call time: the tests replace it
-        lambda m, lr, seed: train(m, lr, data, profile, seed, device),
-        score=lambda r: -r.val_loss, seeds=profile.seeds, progress=progress)
+        return lambda m, point, seed: train(m, point, data, size, seed, device)
+
+    data = prepare(corpus, profile, device)
+    if profile.tune_on:
+        tuning = lm_profile(profile.tune_on, device)
+        # The same corpus under the tuning profile's cap on the training split.
+        tuning_data = prepare(load(pathlib.Path(corpus.root), tuning.train_bytes), tuning,
+                              device)
+        grids = protocol.tune_then_repeat(methods, lambda m: _grid(m, tuning),
+                                          trainer(tuning_data, tuning), score, seeds=1,
+                                          progress=progress, prefix=f"{tuning.name} grid: ")
+        tuned = protocol.tune_then_repeat(methods, lambda m: [grids[m.name].point],
+                                          trainer(data, profile), score, profile.seeds,
+                                          progress)
+    else:
+        tuning = profile
+        tuned = grids = protocol.tune_then_repeat(methods, lambda m: _grid(m, profile),
+                                                  trainer(data, profile), score,
+                                                  profile.seeds, progress)
     equal = _equal_time(methods, tuned, data, profile, device, progress)
-    rows = [_row(m, tuned[m.name], equal.get(m.name), profile, corpus) for m in methods]
+    rows = [_row(m, grids[m.name], tuning.name, tuned[m.name], equal.get(m.name), profile,
+                 corpus) for m in methods]
     curves = [c for c in (_curve(m.name, tuned[m.name].runs) for m in methods) if c]
     return rows, curves
 
@@ -205,9 +234,9 @@ def _equal_time(methods: Sequence[Method], tuned: Dict[str, protocol.Tuned], dat
         if not (math.isfinite(own) and math.isfinite(reference)):
             continue
         iterations = max(1, round(profile.iterations * reference / own))
-        lr = tuned[method.name].lr
-        progress(f"{method.name} lr {lr:g} equal time: {iterations} iterations")
-        out[method.name] = train(method, lr, data, profile, 0, device, iterations)
+        point = tuned[method.name].point
+        progress(f"{method.name} lr {point.label()} equal time: {iterations} iterations")
+        out[method.name] = train(method, point, data, profile, 0, device, iterations)
     return out
 
 
@@ -215,8 +244,10 @@ def _finite(runs: Sequence[LMRun]) -> List[LMRun]:
     return [r for r in runs if r.finite]
 
 
-def _row(method: Method, tuned: protocol.Tuned, equal: Optional[LMRun], profile: LMProfile,
-         corpus: Corpus) -> dict:
+def _row(method: Method, grid: protocol.Tuned, tuned_on: str, tuned: protocol.Tuned,
+         equal: Optional[LMRun], profile: LMProfile, corpus: Corpus) -> dict:
+    """``grid``: the tuning grid (on the profile ``tuned_on``) that chose the point;
+    ``tuned``: the runs at that point with every seed, at this profile's size."""
     runs = tuned.runs
     good = _finite(runs)
     # A diverged seed has no score (None); the means are over the seeds that stayed finite.
@@ -226,11 +257,12 @@ def _row(method: Method, tuned: protocol.Tuned, equal: Optional[LMRun], profile:
     ppl_mean, ppl_std = protocol.mean_std([math.exp(r.test_loss) for r in good]) if good else (
         None, None)
     return dict(method=method.name, attention=method.attention,
-                estimator=method.estimator or "-", lr=tuned.lr,
-                grid_val_bpb={f"{k:g}": bits(v.val_loss) if v.finite else None
-                              for k, v in tuned.grid.items()},
-                grid_skipped_steps={f"{k:g}": v.skipped_steps for k, v in tuned.grid.items()},
-                grid_stopped={f"{k:g}": v.stopped for k, v in tuned.grid.items() if v.stopped},
+                estimator=method.estimator or "-", lr=tuned.lr, knobs=tuned.point.settings(),
+                chosen=tuned.point.label(), tuned_on=tuned_on, profile=profile.name,
+                grid_val_bpb={k.label(): bits(v.val_loss) if v.finite else None
+                              for k, v in grid.grid.items()},
+                grid_skipped_steps={k.label(): v.skipped_steps for k, v in grid.grid.items()},
+                grid_stopped={k.label(): v.stopped for k, v in grid.grid.items() if v.stopped},
                 test_bpb_mean=bpb_mean, test_bpb_std=bpb_std, test_bpbs=test_bpb,
                 test_ppl_mean=ppl_mean, test_ppl_std=ppl_std,
                 val_bpb_mean=statistics.fmean(bits(r.val_loss) for r in good) if good else None,

@@ -1,8 +1,8 @@
 """Quality suite: the paper's label-noise experiment in small. A small CNN with BatchNorm
 learns scikit-learn's digits with 0-60% symmetric label noise (bench/workloads/digits.py);
-each method's learning rate is chosen from a grid on a held-out slice of the noisy
-training set (seed 0), then that learning rate is trained with several seeds and scored
-by its accuracy on the clean test set. Every run also records its wall time per epoch and
+each method's learning rate (and its knob, if it has one: rho, Sophia-H's gamma) is chosen
+from a grid on a held-out slice of the noisy training set (seed 0), then that point is
+trained with several seeds and scored by its accuracy on the clean test set. Every run also records its wall time per epoch and
 its test accuracy after every epoch (accuracy against wall-clock time).
 
 Seeds change the initialisation and the batch order; the split and the noise of a noise
@@ -10,7 +10,7 @@ level are the same for every method and seed. Runs of the methods alternate (see
 seed), so that load from other processes falls on all of them alike."""
 import statistics
 import time
-from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -43,11 +43,11 @@ def accuracy(model: nn.Module, opt, x: Tensor, y: Tensor) -> float:
     return correct / len(y)
 
 
-def train(method: Method, lr: float, split: Split, epochs: int, seed: int,
+def train(method: Method, point: protocol.Point, split: Split, epochs: int, seed: int,
           width: int = 16) -> RunResult:
     torch.manual_seed(seed)
     model = SmallCNN(width).train()
-    opt = method.build(list(model.parameters()), lr)
+    opt = method.build(list(model.parameters()), point.lr, **point.settings())
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     iteration = make_iteration(method.kind, opt, lambda x, y: F.cross_entropy(model(x), y))
     order_generator = torch.Generator().manual_seed(seed)
@@ -66,8 +66,8 @@ def train(method: Method, lr: float, split: Split, epochs: int, seed: int,
                      finite)
 
 
-def _grid(method: Method, profile: QualityProfile) -> Sequence[float]:
-    return protocol.grid(method.lrs, profile.grid)
+def _grid(method: Method, profile: QualityProfile) -> Sequence[protocol.Point]:
+    return protocol.points(method, profile.grid)
 
 
 def plan_size(profile: QualityProfile, methods: Sequence[Method] = QUALITY_METHODS) -> int:
@@ -98,23 +98,24 @@ def _run(profile: QualityProfile, methods: Sequence[Method],
         tuned = protocol.tune_then_repeat(
             methods, lambda m: _grid(m, profile),
             # ``train`` looked up at call time: the tests replace it
-            lambda m, lr, seed: train(m, lr, split, profile.epochs, seed, profile.width),
+            lambda m, point, seed: train(m, point, split, profile.epochs, seed,
+                                         profile.width),
             score=lambda r: r.val_acc, seeds=profile.seeds, progress=progress,
             prefix=f"noise {noise:.0%} ")
         for method in methods:
-            best, grid, runs = tuned[method.name]
-            rows.append(_row(method.name, split, best, grid, runs, profile))
-            curves.append(_curve(method.name, noise, runs))
+            rows.append(_row(method.name, split, tuned[method.name], profile))
+            curves.append(_curve(method.name, noise, tuned[method.name].runs))
     return rows, curves
 
 
-def _row(name: str, split: Split, lr: float, grid: Dict[float, RunResult],
-         runs: List[RunResult], profile: QualityProfile) -> dict:
+def _row(name: str, split: Split, tuned: protocol.Tuned, profile: QualityProfile) -> dict:
+    runs = tuned.runs
     accs = [r.test_acc for r in runs]
     epochs = [s for r in runs for s in r.epoch_s]
     acc_mean, acc_std = protocol.mean_std(accs)
-    return dict(noise=split.noise, method=name, lr=lr,
-                grid_val_acc={f"{k:g}": v.val_acc for k, v in grid.items()},
+    return dict(noise=split.noise, method=name, lr=tuned.lr, knobs=tuned.point.settings(),
+                chosen=tuned.point.label(),
+                grid_val_acc={k.label(): v.val_acc for k, v in tuned.grid.items()},
                 test_acc_mean=acc_mean, test_acc_std=acc_std, test_accs=accs,
                 diverged=sum(not r.finite for r in runs),
                 epoch_s_median=statistics.median(epochs), seeds=len(runs),

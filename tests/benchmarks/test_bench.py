@@ -540,8 +540,8 @@ def test_split_keeps_the_test_set_clean_and_the_same_at_every_noise_level():
 def test_quality_grid_picks_the_best_held_out_accuracy_and_never_a_diverged_run(monkeypatch):
     outcome = {0.03: (0.5, True), 0.1: (0.9, False), 0.3: (0.7, True), 1.0: (0.7, True)}
 
-    def fake_train(method, lr, split, epochs, seed, width=16):
-        val, finite = outcome[lr]
+    def fake_train(method, point, split, epochs, seed, width=16):
+        val, finite = outcome[point.lr]
         return quality.RunResult(val, val + seed / 100, [0.1] * epochs, [0.5] * epochs,
                                        finite)
     monkeypatch.setattr(quality, "train", fake_train)

@@ -9,6 +9,7 @@ import torch
 
 from bench import run
 from bench.harness.config import lm_profile
+from bench.harness.protocol import Point
 from bench.methods import LM_METHODS, Method
 from bench.output import lm_report
 from bench.suites import language_model
@@ -116,7 +117,8 @@ def test_lr_is_chosen_on_validation_not_test_and_diverged_runs_are_reported(
     outcome = {0.001: (2.0, 1.0), 0.003: (1.5, 3.0), 0.01: (0.1, 0.1), 0.03: (2.5, 2.5)}
     calls = []
 
-    def fake_train(method, lr, data, profile, seed, device, iterations=None):
+    def fake_train(method, point, data, profile, seed, device, iterations=None):
+        lr = point.lr
         calls.append((method.name, lr, seed, iterations))
         val, test = outcome[lr]
         if lr == 0.01:
@@ -153,7 +155,7 @@ def test_equal_time_gives_each_method_the_reference_methods_training_time(
         monkeypatch, tmp_path):
     speed = {"adamw": 0.5, "sassha": 2.0}   # seconds per iteration
 
-    def fake_train(method, lr, data, profile, seed, device, iterations=None):
+    def fake_train(method, point, data, profile, seed, device, iterations=None):
         return _fake_run(1.0, 1.0, speed[method.name], iterations=iterations or 10)
     monkeypatch.setattr(language_model, "train", fake_train)
     methods = [m for m in LM_METHODS if m.name in speed]
@@ -172,10 +174,10 @@ def test_a_diverging_run_stops_and_says_so(tmp_path):
                     "plain", "sdpa", "")
     profile = lm_profile("smoke", CPU)
     data = language_model.prepare(load(_fake_stdlib(tmp_path)), profile, CPU)
-    result = language_model.train(blowup, 1e30, data, profile, 0, CPU)
+    result = language_model.train(blowup, Point(1e30), data, profile, 0, CPU)
     assert not result.finite and "non-finite" in result.stopped
     assert result.iterations < profile.iterations and math.isnan(result.test_loss)
-    healthy = language_model.train(LM_METHODS[0], 3e-3, data, profile, 0, CPU)
+    healthy = language_model.train(LM_METHODS[0], Point(3e-3), data, profile, 0, CPU)
     assert healthy.finite and not healthy.stopped and healthy.iterations == profile.iterations
 
 

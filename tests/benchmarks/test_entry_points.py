@@ -28,8 +28,9 @@ SMOKE_RUNS = {
     "bench.studies.precheck_cost": (["--smoke"], r"\| 1,000 \| [\d.]+ \| [\d.]+ \| [\d.]+ \|",
                                     False),
     "bench.traffic": (["--numel", "4000"], r"M-SASSHA +skip +GradScaler +[\d.]+ +\d+", False),
-    "bench.lm_suite": (["--profile", "smoke", "--methods", "adamw,msassha-fd", "--lrs", "1e-3"],
-                       r"\| msassha-fd \| 0\.001 \| \d", False),
+    "bench.lm_suite": (["--profile", "smoke", "--methods", "sam-adamw,msassha-fd", "--lrs",
+                        "1e-3", "--knobs", "rho=0.025"],
+                       r"\| msassha-fd \| 0\.001 rho 0\.025 \| \d", False),
     "bench.quality_suite": (["--profile", "smoke", "--methods", "sassha-fd,msassha-fd",
                              "--out", "{tmp}"], r"\| msassha-fd \|", True),
 }
