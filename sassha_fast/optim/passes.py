@@ -78,18 +78,29 @@ def release_graphs(plan: Plan, params: Iterable[Tensor]) -> List[Tensor]:
     return carrying_graph
 
 
-def gradients_for_update(plan: Plan, carrying_graph: List[Tensor], averager,
-                         sync_gradients: bool, needs_graph: bool, scaler
-                         ) -> Tuple[List[Tensor], List[Tensor]]:
-    """The plan's gradients and Hessian estimates as the update takes them: averaged across
-    ranks where DDP could not average them, unscaled."""
-    grads = [p.grad for p in plan.params()]
-    hessians = list(plan.hessians.values())
-    to_average = grads if sync_gradients else [p.grad for p in carrying_graph]
+def average_for_update(plan: Plan, carrying_graph: List[Tensor], averager,
+                       sync_gradients: bool, needs_graph: bool) -> None:
+    """Average across ranks, in place, what the update takes and DDP could not average: the
+    gradients that carried a graph (all of them with ``sync_gradients``) and the Hessian
+    estimates."""
+    to_average = [p.grad for p in plan.params()] if sync_gradients \
+        else [p.grad for p in carrying_graph]
     # An estimate without a graph differences gradients that DDP has averaged (or, with
     # sync_gradients, local ones: then it is averaged here as they are).
     if needs_graph or sync_gradients:
-        to_average = to_average + hessians
+        to_average = to_average + list(plan.hessians.values())
     averager.average_(to_average)
+
+
+def gradients_for_update(plan: Plan, carrying_graph: List[Tensor], averager,
+                         sync_gradients: bool, needs_graph: bool, scaler,
+                         averaged: bool = False) -> Tuple[List[Tensor], List[Tensor]]:
+    """The plan's gradients and Hessian estimates as the update takes them: averaged across
+    ranks where DDP could not average them (unless ``averaged``: ``average_gradients()``
+    did it ahead of the step), unscaled."""
+    grads = [p.grad for p in plan.params()]
+    hessians = list(plan.hessians.values())
+    if not averaged:
+        average_for_update(plan, carrying_graph, averager, sync_gradients, needs_graph)
     amp.unscale_(scaler, grads + hessians)
     return grads, hessians
