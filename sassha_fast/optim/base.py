@@ -26,28 +26,6 @@ from .schedule import LazySchedule
 from .validation import check_dense, check_group, check_hessian_power, check_options
 
 
-class _AveragedAhead:
-    """The plan of the next step, held from ``average_gradients()`` to ``step()``, whose
-    gradients and estimates were averaged then. An object the optimizer holds, not an
-    attribute of it: torch.compile drops attribute writes on an optimizer
-    (pytorch/pytorch#171590), and a compiled step clears this."""
-
-    def __init__(self):
-        self.plan: Optional[Tuple[Plan, List[Tensor]]] = None  # (plan, carrying_graph)
-
-    def take(self, accumulated_since: bool) -> Optional[Tuple[Plan, List[Tensor]]]:
-        """The held plan, now released; refused (and dropped) when a backward pass
-        accumulated gradients since it was averaged."""
-        held, self.plan = self.plan, None
-        if held is not None and accumulated_since:
-            raise RuntimeError(
-                "a backward pass accumulated gradients after average_gradients(), before "
-                "step(): they were not averaged across ranks. Average (or, under "
-                "SasshaLightningMixin, clip with self.clip_gradients()) after the iteration's "
-                "last backward pass and hessian_probes(), just before step()")
-        return held
-
-
 class HessianOptimizer(torch.optim.Optimizer):
     """Base class; subclasses define ``_apply_update(plan, hessian_power, found_inf)``."""
 
@@ -92,7 +70,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         self._rademacher = self._estimator.probe_source(seed)
         self._dispatch = Dispatch(backend)
         self._backward_record = BackwardRecord()
-        self._averaged_ahead = _AveragedAhead()
+        self._averaged_ahead = passes.AveragedAhead()
         super().__init__(params, defaults)
         # Decided once, from the first parameter: where counters and skip flags live.
         self._path = path_for(capturable, self._home_device, skip_check_interval,

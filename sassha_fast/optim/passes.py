@@ -104,3 +104,25 @@ def gradients_for_update(plan: Plan, carrying_graph: List[Tensor], averager,
         average_for_update(plan, carrying_graph, averager, sync_gradients, needs_graph)
     amp.unscale_(scaler, grads + hessians)
     return grads, hessians
+
+
+class AveragedAhead:
+    """The plan of the next step, held from ``average_gradients()`` to ``step()``, whose
+    gradients and estimates were averaged then. An object the optimizer holds, not an
+    attribute of it: torch.compile drops attribute writes on an optimizer
+    (pytorch/pytorch#171590), and a compiled step clears this."""
+
+    def __init__(self):
+        self.plan: Optional[Tuple[Plan, List[Tensor]]] = None  # (plan, carrying_graph)
+
+    def take(self, accumulated_since: bool) -> Optional[Tuple[Plan, List[Tensor]]]:
+        """The held plan, now released; refused (and dropped) when a backward pass
+        accumulated gradients since it was averaged."""
+        held, self.plan = self.plan, None
+        if held is not None and accumulated_since:
+            raise RuntimeError(
+                "a backward pass accumulated gradients after average_gradients(), before "
+                "step(): they were not averaged across ranks. Average (or, under "
+                "SasshaLightningMixin, clip with self.clip_gradients()) after the iteration's "
+                "last backward pass and hessian_probes(), just before step()")
+        return held

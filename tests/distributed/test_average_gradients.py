@@ -15,6 +15,9 @@ from gloo_ranks import rank_results
 from scaled_tolerance import scaled_close
 from tiny import LOSS, PAPER_SETTINGS, assert_identical, make_model, whole_batch
 
+# The spawned pair of processes, with their imports: about 10 s on an idle 2-core machine.
+pytestmark = pytest.mark.timeout(300)
+
 STEPS = 4
 LAZY = 2  # steps 1 and 3 estimate the Hessian
 MAX_NORM = 0.1  # below every step's gradient norm here (0.47-0.69): every step is clipped
@@ -135,7 +138,6 @@ def close(got: dict, want: dict, rel: float, keys=KEYS) -> bool:
                         rel)
 
 
-@pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_two_ranks_clip_and_step_as_one_process_on_the_whole_batch(ranks, single, name):
     want = single[name]
