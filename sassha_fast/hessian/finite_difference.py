@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ..distributed.dtensor import local
+from ..step import errors
 from ..step.batchnorm import frozen_batchnorm_stats
 from .hutchinson import RademacherSource
 
@@ -123,7 +124,7 @@ def _low_precision_advice(fd: FiniteDifferenceSettings, what: str) -> str:
             "fd_scheme='central' (relative error about 4e-2 measured on a GPT by "
             "`python -m bench.studies.hvp_accuracy`; fd_eps must be at least "
             f"{LOW_PRECISION_MIN_EPS:g}), "
-            "or use hessian_estimator='autograd'")
+            "or use " + errors.double_backward_advice())
 
 
 def check_dtypes(fd: FiniteDifferenceSettings, params: List[Tensor]) -> None:

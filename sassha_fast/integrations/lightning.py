@@ -9,17 +9,27 @@ the finite-difference probes on Hessian steps). That needs
 returns its loss to Lightning. Refused, with the reason: ``accumulate_grad_batches > 1`` (the
 earlier micro-batches are back-propagated outside the step, and the closure cannot redo
 them at the perturbed point) and ``gradient_clip_val`` (Lightning would clip every pass,
-the probes too).
+the probes too); in both modes, ``precision="16-mixed"`` (``check_precision``).
 
 Manual optimization: ``self.optimizers()`` returns a handle whose methods are the raw
 optimizer's (``perturb_weights``, ``unperturb``, ``hessian_probes``, ``hessian_due``...) and
 whose ``step()`` steps from the gradients present through Lightning's wrapper, so that
-Lightning counts the step and runs its hooks; either estimator."""
+Lightning counts the step and runs its hooks; either estimator.
+
+``strategy="ddp"``: automatic optimization needs nothing more (every pass, the probes
+included, is an ordinary backward that DDP averages). In manual optimization
+``self.manual_backward(loss, create_graph=True)`` runs outside DDP's reducer (``no_sync()``:
+the reducer fails on a create_graph backward) and the optimizer averages that pass's
+gradients and the Hessian estimate; ``self.clip_gradients(opt, ...)`` has them averaged
+first (``opt.average_gradients()``), so that it clips the global gradient."""
 import contextlib
 from typing import Any, Callable, Optional
 
+from torch.nn.parallel import DistributedDataParallel
+
 from . import raw_optimizer
 from ..optim.base import HessianOptimizer
+from ..step import errors
 
 
 class SasshaLightningMixin:
@@ -38,6 +48,7 @@ class SasshaLightningMixin:
         if not isinstance(raw, HessianOptimizer):
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         check_automatic_optimization(self.trainer, raw)
+        check_precision(self.trainer)
         first_result = []
 
         def closure():
@@ -52,10 +63,28 @@ class SasshaLightningMixin:
                 first_result.append(getattr(optimizer_closure, "_result", None))
             return loss
 
-        optimizer.step(closure=closure)
+        with errors.advising(errors.LIGHTNING_AUTOMATIC):
+            optimizer.step(closure=closure)
         if first_result and first_result[0] is not None:
             optimizer_closure._result = first_result[0]
         return None
+
+    def manual_backward(self, loss: Any, *args: Any, **kwargs: Any) -> None:
+        # Tensor.backward(gradient, retain_graph, create_graph, inputs)
+        create_graph = kwargs.get("create_graph", args[2] if len(args) > 2 else False)
+        model = self.trainer.strategy.model if create_graph else None
+        with model.no_sync() if isinstance(model, DistributedDataParallel) \
+                else contextlib.nullcontext():
+            super().manual_backward(loss, *args, **kwargs)
+
+    def clip_gradients(self, optimizer: Any, gradient_clip_val: Any = None,
+                       gradient_clip_algorithm: Optional[str] = None) -> None:
+        raw = raw_optimizer(optimizer)
+        # Automatic optimization comes here after every closure call (refusing
+        # gradient_clip_val); manual optimization, from the user's loop before opt.step().
+        if not self.automatic_optimization and isinstance(raw, HessianOptimizer):
+            raw.average_gradients()  # what DDP could not average (nothing in one process)
+        super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
         optimizers = super().optimizers(use_pl_optimizer)
@@ -64,6 +93,7 @@ class SasshaLightningMixin:
 
         def handle(optimizer):
             if isinstance(raw_optimizer(optimizer), HessianOptimizer):
+                check_precision(self.trainer)
                 return ManualOptimizer(optimizer)
             return optimizer
         if isinstance(optimizers, list):
@@ -96,6 +126,19 @@ def check_automatic_optimization(trainer: Any, optimizer: HessianOptimizer) -> N
             "Hessian estimate would difference gradients scaled differently. Use manual "
             "optimization and clip the second pass's gradient before opt.step() "
             "(self.clip_gradients(opt, ...); docs/integrations.md)")
+
+
+def check_precision(trainer: Any) -> None:
+    """Refuses a GradScaler (precision="16-mixed" on a GPU), before the step."""
+    if getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is None:
+        return
+    raise RuntimeError(
+        "precision='16-mixed' (a GradScaler): Lightning steps the optimizer through "
+        "scaler.step(), which cannot unscale the Hessian estimate of SASSHA / M-SASSHA (and, "
+        "in automatic optimization, runs the closure outside the optimizer). Use "
+        "precision='bf16-mixed', which needs no scaler (with "
+        "hessian_estimator='finite_difference', pass fd_eps=3e-2 and fd_scheme='central'; "
+        "docs/integrations.md)")
 
 
 class ManualOptimizer:

@@ -14,9 +14,18 @@ does, through its own ``training_step``. So the Trainer's clipping applies to th
 the update uses (SASSHA's second pass, M-SASSHA's pass), after the Hessian estimate was
 taken: it bounds the momentum's input, not the perturbation (a direction of norm rho) nor the
 curvature. The logged loss is the first pass's. Evaluation and prediction of M-SASSHA run at
-the clean point (``opt.evaluation()``)."""
+the clean point (``opt.evaluation()``).
+
+Several processes (DDP, from torchrun or ``accelerate launch``): DDP's reducer cannot run a
+``create_graph`` backward, so those passes run under ``no_sync()`` and, before the Trainer
+clips, ``opt.average_gradients()`` averages their gradients and the Hessian estimate across
+ranks (clipping then sees the global gradient, as in one process over the whole batch).
+Every other pass is an ordinary backward that DDP averages, once per pass over the window
+(the micro-batches before its last run under ``no_sync()``). FSDP is refused
+(``check_no_fsdp``)."""
 import contextlib
 import functools
+import os
 from typing import Any, Optional
 
 import transformers
@@ -30,12 +39,17 @@ from ..step.batchnorm import frozen_batchnorm_stats
 
 class SasshaTrainer(transformers.Trainer):
     """``transformers.Trainer`` for SASSHA / M-SASSHA (either Hessian estimator), with
-    gradient accumulation, ``max_grad_norm``, bf16 mixed precision and checkpoint resume.
-    fp16 (a GradScaler) is refused: its ``scaler.step()`` would skip the optimizer's own
-    unscaling of the Hessian estimate."""
+    gradient accumulation, ``max_grad_norm``, bf16 mixed precision, checkpoint resume and
+    several processes (DDP). fp16 (a GradScaler) is refused: its ``scaler.step()`` would
+    skip the optimizer's own unscaling of the Hessian estimate; so is FSDP
+    (``check_no_fsdp``)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
+        # Before the Trainer's own checks, which under FSDP would send the user to
+        # create_optimizer_and_scheduler instead.
+        check_no_fsdp(kwargs["args"] if "args" in kwargs else (args[1] if len(args) > 1 else None))
         super().__init__(*args, **kwargs)
+        check_no_fsdp(self.args, getattr(self, "is_fsdp_enabled", False))
         self._sassha_window: list = []  # (inputs, num_items_in_batch) of this window
         self._sassha_rng = None  # RNG states before the window's first forward
 
@@ -60,19 +74,22 @@ class SasshaTrainer(transformers.Trainer):
             return loss
         window, self._sassha_window = self._sassha_window, []
         rng = self._sassha_rng
-        if not two_passes:
-            if due and not autograd:
-                self._probes(opt, model, window, rng)
-            return loss
-        opt.perturb_weights(zero_grad=True)
-        try:
-            with frozen_batchnorm_stats():
-                rng = capture_rng_state()
-                self._passes(model, window, create_graph=due and autograd)
-                if due and not autograd:
-                    self._probes(opt, model, window, rng)
-        finally:
-            opt.unperturb()
+        if two_passes:
+            opt.perturb_weights(zero_grad=True)
+            try:
+                with frozen_batchnorm_stats():
+                    rng = capture_rng_state()
+                    self._passes(model, window, create_graph=due and autograd)
+                    if due and not autograd:
+                        self._probes(opt, model, window, rng)
+            finally:
+                opt.unperturb()
+        elif due and not autograd:
+            self._probes(opt, model, window, rng)
+        if due and autograd:
+            # Before the Trainer clips: the create_graph passes ran outside DDP's reducer
+            # (no-op in one process).
+            opt.average_gradients()
         return loss
 
     def _probes(self, opt, model, window: list, rng) -> None:
@@ -81,15 +98,24 @@ class SasshaTrainer(transformers.Trainer):
             self._passes(model, window, create_graph=False)
 
     def _passes(self, model, window: list, create_graph: bool) -> None:
-        for inputs, num_items_in_batch in window:
-            self._pass(model, inputs, num_items_in_batch, create_graph)
+        """One pass over the window; DDP all-reduces the accumulated gradient once, at its
+        last micro-batch, as the Trainer does for the first pass."""
+        last = len(window) - 1
+        for i, (inputs, num_items_in_batch) in enumerate(window):
+            with self._no_sync(model, i < last):
+                self._pass(model, inputs, num_items_in_batch, create_graph)
 
     def _pass(self, model, inputs, num_items_in_batch, create_graph: bool):
-        """The Trainer's own forward, loss scaling and backward, ``create_graph`` added."""
+        """The Trainer's own forward, loss scaling and backward, ``create_graph`` added
+        (outside DDP's reducer, which fails on it: the optimizer averages that pass)."""
         if not create_graph:
             return super().training_step(model, inputs, num_items_in_batch)
-        with _backward_kwargs(self.accelerator, create_graph=True):
+        with self._no_sync(model, True), _backward_kwargs(self.accelerator, create_graph=True):
             return super().training_step(model, inputs, num_items_in_batch)
+
+    def _no_sync(self, model, condition: bool):
+        # accelerate's no_sync does nothing in one process.
+        return self.accelerator.no_sync(model) if condition else contextlib.nullcontext()
 
     def evaluate(self, *args: Any, **kwargs: Any):
         with _clean_point(self.optimizer):
@@ -98,6 +124,24 @@ class SasshaTrainer(transformers.Trainer):
     def predict(self, *args: Any, **kwargs: Any):
         with _clean_point(self.optimizer):
             return super().predict(*args, **kwargs)
+
+
+def check_no_fsdp(args: Optional[Any], fsdp_enabled: bool = False) -> None:
+    """Refuses FSDP, asked for through ``TrainingArguments.fsdp`` or ``accelerate launch
+    --use_fsdp``, before anything is sharded."""
+    asked = fsdp_enabled or (args is not None and bool(getattr(args, "fsdp", None))) or \
+        os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if not asked:
+        return
+    raise RuntimeError(
+        "SasshaTrainer does not run under FSDP (TrainingArguments.fsdp, accelerate launch "
+        "--use_fsdp): FSDP reduces the gradients outside autograd, so the default "
+        "hessian_estimator='autograd' cannot take its double backward through them, and the "
+        "Trainer's FSDP path is untested with this integration (accelerate enables FSDP on "
+        "accelerators only; on CPU it trains with DDP instead). What works: several "
+        "processes without fsdp (torchrun or accelerate launch, DDP), either estimator and "
+        "optimizer; or FSDP2's fully_shard in a loop of your own with "
+        "hessian_estimator='finite_difference' (docs/production.md, FSDP2)")
 
 
 @contextlib.contextmanager

@@ -70,6 +70,7 @@ class HessianOptimizer(torch.optim.Optimizer):
         self._rademacher = self._estimator.probe_source(seed)
         self._dispatch = Dispatch(backend)
         self._backward_record = BackwardRecord()
+        self._averaged_ahead = passes.AveragedAhead()
         super().__init__(params, defaults)
         # Decided once, from the first parameter: where counters and skip flags live.
         self._path = path_for(capturable, self._home_device, skip_check_interval,
@@ -225,27 +226,58 @@ class HessianOptimizer(torch.optim.Optimizer):
         return self.hessian_power_t
 
     @torch.no_grad()
+    @torch.compiler.disable  # the Hessian estimate, as in a Hessian step (estimators)
+    def average_gradients(self) -> None:
+        """Average across ranks now, rather than in ``step()``, what the step would average
+        itself: the gradients DistributedDataParallel could not (a ``create_graph`` pass run
+        under ``model.no_sync()``; with ``sync_gradients=True``, every gradient) and the
+        Hessian estimate, taken now from their graphs as ``step()`` would take it. Call it
+        after the iteration's last backward pass (SASSHA: after ``unperturb()``), before
+        whatever reads the gradients ahead of ``step()``: clipping then sees the global
+        gradient, as one process over the whole batch would, not each rank's own (averaging
+        gradients clipped by different factors is not that). ``step()`` then averages
+        nothing again; a second call before it does nothing. Does nothing in a single
+        process (there ``step()`` is the same either way)."""
+        if self._averaged_ahead.plan is not None:
+            if self._backward_record.accumulated:
+                self._averaged_ahead.take(accumulated_since=True)  # refused
+            return  # averaged already, and nothing accumulated since
+        if not self._averager.active:
+            return
+        plan = self._schedule.plan(self._estimator, self)
+        carrying_graph = passes.release_graphs(plan, self.get_params())
+        passes.average_for_update(plan, carrying_graph, self._averager, self.sync_gradients,
+                                  self._estimator.needs_graph)
+        self._backward_record.accumulated = False  # what is in .grad now is averaged
+        self._averaged_ahead.plan = (plan, carrying_graph)
+
+    @torch.no_grad()
     def _step_from_gradients(self, scaler=None) -> bool:
         """The step from the gradients present: the Hessian estimate (eager, see
         ``estimators``), the update, then the host's bookkeeping. False when the step is
         known on the host to be skipped (on the device path the ops skip it on the device)."""
         amp.refuse_scaler_step(self)
+        ahead = self._averaged_ahead.take(self._backward_record.accumulated)
         self._backward_record.accumulated = False  # what is in .grad now is this step's
-        plan = self._schedule.plan(self._estimator, self)
-        # Not in _update: dynamo cannot read a gradient's autograd graph (a Hessian step's).
-        carrying_graph = passes.release_graphs(plan, self.get_params())
+        if ahead is None:
+            plan = self._schedule.plan(self._estimator, self)
+            # Not in _update: dynamo cannot read a gradient's autograd graph (a Hessian step's).
+            carrying_graph = passes.release_graphs(plan, self.get_params())
+        else:
+            plan, carrying_graph = ahead
         # One call: after a Hessian step's break dynamo runs this frame eagerly, tracing its calls.
-        applied, found_inf = self._update(plan, carrying_graph, scaler)
+        applied, found_inf = self._update(plan, carrying_graph, scaler, ahead is not None)
         if applied:
             self._finish_iteration(plan.params(), found_inf)
         return applied
 
-    def _update(self, plan: Plan, carrying_graph: List[Tensor],
-                scaler) -> Tuple[bool, Optional[Tensor]]:
-        """Averaging, unscaling, the finite check, the update: (applied, device skip flag)."""
+    def _update(self, plan: Plan, carrying_graph: List[Tensor], scaler,
+                averaged: bool = False) -> Tuple[bool, Optional[Tensor]]:
+        """Averaging (unless ``average_gradients()`` did it), unscaling, the finite check,
+        the update: (applied, device skip flag)."""
         grads, hessians, unscaled_found_inf = passes.gradients_for_update(
             plan, carrying_graph, self._averager, self.sync_gradients,
-            self._estimator.needs_graph, scaler)
+            self._estimator.needs_graph, scaler, averaged)
         params = plan.params()
         found_inf = self._checks.found_inf(
             lambda: (self._global_norm(params, grads, False),
@@ -328,6 +360,10 @@ class HessianOptimizer(torch.optim.Optimizer):
         return diagnostics.report(self, self._bias_correction.as_used, self._path.reported)
 
     def _check_closure(self, closure) -> None:
+        if closure is not None and self._averaged_ahead.plan is not None:
+            raise RuntimeError("step(closure) after average_gradients(): the closure's passes "
+                               "would replace the gradients averaged for this step; call "
+                               "step() without a closure")
         passes.check_closure(closure, self._backward_record, self.get_params())
 
     def _closure_pass(self, closure, scaler, create_graph: bool, capture_rng: bool = False):
@@ -397,4 +433,5 @@ class HessianOptimizer(torch.optim.Optimizer):
         self._path.load(checkpointing.saved_states(self.state, self.param_groups, state_dict))
         self._load_extra_state(extra)
         self._estimator.reset()
+        self._averaged_ahead.plan = None
         self._checks.reset()

@@ -89,6 +89,13 @@ class LanguageModelSASSHA(SASSHA):
         authors' script asks after each pass. Does nothing in a single process."""
         self._averager.average_([p.grad for p in self.get_params() if p.grad is not None])
 
+    def average_gradients(self) -> None:
+        """Not for this variant: its step's plan depends on ``step(iter_num)``, and its caller
+        reduces the gradients with ``_sync_gradient()``, as the authors' script does."""
+        raise RuntimeError("the language-model SASSHA does not average ahead of step(iter_num): "
+                           "reduce the gradients with _sync_gradient() after each pass, as the "
+                           "authors' script does")
+
     @torch.no_grad()
     def step(self, iter_num: int, closure: Optional[Callable[[], Tensor]] = None):
         """Update from the gradients present; the Hessian average D is refreshed from the

@@ -78,18 +78,52 @@ def release_graphs(plan: Plan, params: Iterable[Tensor]) -> List[Tensor]:
     return carrying_graph
 
 
-def gradients_for_update(plan: Plan, carrying_graph: List[Tensor], averager,
-                         sync_gradients: bool, needs_graph: bool, scaler
-                         ) -> Tuple[List[Tensor], List[Tensor], Optional[Tensor]]:
-    """The plan's gradients and Hessian estimates as the update takes them: averaged across
-    ranks where DDP could not average them, unscaled; and, with a GradScaler, whether the
-    unscaling pass found inf/NaN in them (a 0-d flag, None without a scaler)."""
-    grads = [p.grad for p in plan.params()]
-    hessians = list(plan.hessians.values())
-    to_average = grads if sync_gradients else [p.grad for p in carrying_graph]
+def average_for_update(plan: Plan, carrying_graph: List[Tensor], averager,
+                       sync_gradients: bool, needs_graph: bool) -> None:
+    """Average across ranks, in place, what the update takes and DDP could not average: the
+    gradients that carried a graph (all of them with ``sync_gradients``) and the Hessian
+    estimates."""
+    to_average = [p.grad for p in plan.params()] if sync_gradients \
+        else [p.grad for p in carrying_graph]
     # An estimate without a graph differences gradients that DDP has averaged (or, with
     # sync_gradients, local ones: then it is averaged here as they are).
     if needs_graph or sync_gradients:
-        to_average = to_average + hessians
+        to_average = to_average + list(plan.hessians.values())
     averager.average_(to_average)
+
+
+def gradients_for_update(plan: Plan, carrying_graph: List[Tensor], averager,
+                         sync_gradients: bool, needs_graph: bool, scaler,
+                         averaged: bool = False
+                         ) -> Tuple[List[Tensor], List[Tensor], Optional[Tensor]]:
+    """The plan's gradients and Hessian estimates as the update takes them: averaged across
+    ranks where DDP could not average them (unless ``averaged``: ``average_gradients()``
+    did it ahead of the step), unscaled; and, with a GradScaler, whether the unscaling pass
+    found inf/NaN in them (a 0-d flag, None without a scaler)."""
+    grads = [p.grad for p in plan.params()]
+    hessians = list(plan.hessians.values())
+    if not averaged:
+        average_for_update(plan, carrying_graph, averager, sync_gradients, needs_graph)
     return grads, hessians, amp.unscale_(scaler, grads + hessians)
+
+
+class AveragedAhead:
+    """The plan of the next step, held from ``average_gradients()`` to ``step()``, whose
+    gradients and estimates were averaged then. An object the optimizer holds, not an
+    attribute of it: torch.compile drops attribute writes on an optimizer
+    (pytorch/pytorch#171590), and a compiled step clears this."""
+
+    def __init__(self):
+        self.plan: Optional[Tuple[Plan, List[Tensor]]] = None  # (plan, carrying_graph)
+
+    def take(self, accumulated_since: bool) -> Optional[Tuple[Plan, List[Tensor]]]:
+        """The held plan, now released; refused (and dropped) when a backward pass
+        accumulated gradients since it was averaged."""
+        held, self.plan = self.plan, None
+        if held is not None and accumulated_since:
+            raise RuntimeError(
+                "a backward pass accumulated gradients after average_gradients(), before "
+                "step(): they were not averaged across ranks. Average (or, under "
+                "SasshaLightningMixin, clip with self.clip_gradients()) after the iteration's "
+                "last backward pass and hessian_probes(), just before step()")
+        return held

@@ -1,4 +1,6 @@
 """Errors from autograd that the optimizer can explain better than autograd can."""
+import contextlib
+import contextvars
 import sys
 from typing import Optional
 
@@ -143,3 +145,28 @@ def accumulated_gradients_error(count: int) -> RuntimeError:
         "micro-batch's loss again (SASSHA at the perturbed point, both optimizers for the "
         "Hessian estimate), and the closure recomputes only its own batch, so the step "
         "would mix micro-batches at different points or silently drop them." + way_out)
+
+
+# Where the optimizer is stepped without a create_graph backward to offer: advice that names
+# the default estimator says how to get one there.
+LIGHTNING_AUTOMATIC = (
+    "hessian_estimator='autograd' in Lightning's manual optimization (automatic optimization "
+    "runs backward() without create_graph=True; docs/integrations.md)")
+_DOUBLE_BACKWARD_ONLY_THROUGH: contextvars.ContextVar = contextvars.ContextVar(
+    "sassha_double_backward_only_through", default=None)
+
+
+@contextlib.contextmanager
+def advising(double_backward_only_through: str):
+    """Within the block, advice to use the default estimator names
+    ``double_backward_only_through`` instead (an integration that cannot run it)."""
+    token = _DOUBLE_BACKWARD_ONLY_THROUGH.set(double_backward_only_through)
+    try:
+        yield
+    finally:
+        _DOUBLE_BACKWARD_ONLY_THROUGH.reset(token)
+
+
+def double_backward_advice() -> str:
+    """How to use the default estimator from where the optimizer was called."""
+    return _DOUBLE_BACKWARD_ONLY_THROUGH.get() or "hessian_estimator='autograd'"

@@ -4,102 +4,14 @@ loss, manual optimization through self.optimizers() equals the raw optimizer's l
 cannot work is refused with the way out, and a checkpoint resumes bit for bit."""
 import pytest
 import torch
-from torch import nn
 
 pl = pytest.importorskip("pytorch_lightning",
                          reason="the integrations extra (pip install -e .[integrations])")
 
 from sassha_fast import MSASSHA, SASSHA  # noqa: E402
-from sassha_fast.integrations.lightning import SasshaLightningMixin  # noqa: E402
 from tiny import assert_identical  # noqa: E402
-
-LOSS = nn.CrossEntropyLoss()
-FD = dict(hessian_estimator="finite_difference")
-SETTINGS = {SASSHA: dict(lr=0.15, rho=0.05, lazy_hessian=2),
-            MSASSHA: dict(lr=0.15, rho=0.05, lazy_hessian=2, hessian_power=0.5)}
-BATCHES = 4  # per epoch
-
-
-def data():
-    generator = torch.Generator().manual_seed(3)
-    x = torch.randn(16 * BATCHES, 5, generator=generator)
-    y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long()
-    return [(x[i:i + 16], y[i:i + 16]) for i in range(0, len(x), 16)]
-
-
-def make_net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3))
-
-
-class Automatic(SasshaLightningMixin, pl.LightningModule):
-    def __init__(self, optimizer=SASSHA, **kwargs):
-        super().__init__()
-        self.net = make_net()
-        self.optimizer_kwargs = (optimizer, {**SETTINGS[optimizer], **kwargs})
-        self.logged = []  # what Lightning recorded for each batch
-        self.training_steps = 0
-
-    def training_step(self, batch, batch_idx):
-        self.training_steps += 1
-        loss = LOSS(self.net(batch[0]), batch[1])
-        self.log("train_loss", loss)
-        return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        self.logged.append((float(self.trainer.callback_metrics["train_loss"]),
-                            float(outputs["loss"])))
-
-    def configure_optimizers(self):
-        optimizer, kwargs = self.optimizer_kwargs
-        return optimizer(self.parameters(), **kwargs)
-
-
-class Manual(Automatic):
-    """The authors' loop on self.optimizers(), either estimator."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.automatic_optimization = False
-
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        x, y = batch
-        self.manual_backward(LOSS(self.net(x), y))
-        opt.perturb_weights(zero_grad=True)
-        if opt.hessian_estimator == "autograd":
-            self.manual_backward(LOSS(self.net(x), y), create_graph=opt.hessian_due)
-        else:
-            self.manual_backward(LOSS(self.net(x), y))
-            for _ in opt.hessian_probes():
-                self.manual_backward(LOSS(self.net(x), y))
-        opt.unperturb()
-        opt.step()
-        opt.zero_grad()
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        pass  # nothing logged
-
-
-class ManualAccumulating(Manual):
-    """The documented manual loop: two micro-batches in both passes, clipping the second
-    pass's gradient with Lightning's clip_gradients."""
-
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        micro = list(zip(batch[0].chunk(2), batch[1].chunk(2)))
-        for x, y in micro:
-            self.manual_backward(LOSS(self.net(x), y) / len(micro))
-        opt.perturb_weights(zero_grad=True)
-        for x, y in micro:
-            self.manual_backward(LOSS(self.net(x), y) / len(micro), create_graph=opt.hessian_due)
-        opt.unperturb()
-        self.clip_gradients(opt, gradient_clip_val=CLIP, gradient_clip_algorithm="norm")
-        opt.step()
-        opt.zero_grad()
-
-
-CLIP = 0.05  # below the gradients' norms (about 0.3-1): every step is clipped
+from tiny_lightning import (BATCHES, CLIP, FD, LOSS, SETTINGS, Automatic, Manual,  # noqa: E402
+                            ManualAccumulating, data, fit, make_net)
 
 
 class ManualWithoutMixin(pl.LightningModule):
@@ -118,16 +30,6 @@ class ManualWithoutMixin(pl.LightningModule):
 
     def configure_optimizers(self):
         return SASSHA(self.parameters(), **SETTINGS[SASSHA])
-
-
-def fit(module, epochs, ckpt_path=None, **trainer_kwargs):
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0,
-                         **trainer_kwargs)
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data(), batch_size=None),
-                ckpt_path=ckpt_path)
-    return trainer
 
 
 def hand_loop(optimizer, epochs, backward_in_closure, **kwargs):
@@ -178,6 +80,36 @@ def test_automatic_optimization_refuses_what_it_cannot_run():
         fit(Automatic(SASSHA, **FD), epochs=1, gradient_clip_val=1.0)
 
 
+@pytest.mark.parametrize("optimization", ["automatic", "manual"])
+def test_bf16_refusal_of_a_small_step_suggests_what_runs_there(optimization):
+    """The default estimator is offered as a way out only as Lightning can run it: in
+    manual optimization (automatic optimization refuses it)."""
+    module = (Automatic(SASSHA, **FD) if optimization == "automatic"
+              else Manual(hessian_estimator="finite_difference"))
+    with pytest.raises(RuntimeError, match="under cpu autocast.*fd_eps=3e-2") as error:
+        fit(module, epochs=1, precision="bf16-mixed")
+    message = str(error.value)
+    if optimization == "automatic":
+        assert message.endswith("or use hessian_estimator='autograd' in Lightning's manual "
+                                "optimization (automatic optimization runs backward() "
+                                "without create_graph=True; docs/integrations.md)")
+    else:
+        assert message.endswith("or use hessian_estimator='autograd'")
+
+
+@pytest.mark.parametrize("optimization", ["automatic", "manual"])
+def test_a_grad_scaler_is_refused_with_bf16_as_the_way_out(optimization):
+    """precision="16-mixed" (a GPU's default; on CPU Lightning turns it into bf16-mixed, so
+    the plugin is given here): Lightning would step through scaler.step(), whose refusal
+    ("call optimizer.step(closure, scaler=scaler)") cannot be followed under Lightning."""
+    from pytorch_lightning.plugins.precision import MixedPrecision
+    module = (Automatic(SASSHA, **FD) if optimization == "automatic"
+              else Manual(hessian_estimator="autograd"))
+    with pytest.raises(RuntimeError, match="16-mixed.*precision='bf16-mixed'") as error:
+        fit(module, epochs=1, plugins=[MixedPrecision("16-mixed", "cpu")])
+    assert "scaler=" not in str(error.value)
+
+
 @pytest.mark.parametrize("estimator", ["autograd", "finite_difference"])
 def test_manual_optimization_through_self_optimizers_equals_the_raw_loop(estimator):
     module = Manual(hessian_estimator=estimator)
@@ -207,14 +139,18 @@ def test_manual_optimization_without_the_mixin_is_refused_with_the_way_out():
         fit(ManualWithoutMixin(), epochs=1)
 
 
-@pytest.mark.parametrize("optimizer", [SASSHA, MSASSHA])
-def test_a_checkpoint_resumes_bit_for_bit(optimizer, tmp_path):
-    straight = Automatic(optimizer, **FD)
+@pytest.mark.parametrize("make", [
+    lambda: Automatic(SASSHA, **FD), lambda: Automatic(MSASSHA, **FD),
+    lambda: Manual(hessian_estimator="autograd")], ids=["automatic-sassha-fd",
+                                                        "automatic-msassha-fd",
+                                                        "manual-sassha-autograd"])
+def test_a_checkpoint_resumes_bit_for_bit(make, tmp_path):
+    straight = make()
     fit(straight, epochs=4)
-    first = Automatic(optimizer, **FD)
+    first = make()
     trainer = fit(first, epochs=2)
     trainer.save_checkpoint(tmp_path / "half.ckpt")
-    resumed = Automatic(optimizer, **FD)
+    resumed = make()
     fit(resumed, epochs=4, ckpt_path=tmp_path / "half.ckpt")
     for p, q in zip(resumed.net.parameters(), straight.net.parameters()):
         assert torch.equal(p, q)

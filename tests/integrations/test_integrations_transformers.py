@@ -10,55 +10,9 @@ transformers = pytest.importorskip("transformers",
                                    reason="the integrations extra (pip install -e .[integrations])")
 
 from sassha_fast import MSASSHA, SASSHA  # noqa: E402
-from sassha_fast.integrations.transformers import SasshaTrainer  # noqa: E402
 from tiny import assert_identical  # noqa: E402
-
-FD = "finite_difference"
-SETTINGS = {SASSHA: dict(lr=0.3, rho=0.05, lazy_hessian=2),
-            MSASSHA: dict(lr=0.3, rho=0.05, lazy_hessian=2, hessian_power=0.5)}
-MICRO, ACCUMULATE, EXAMPLES = 4, 2, 32  # 4 optimizer steps per epoch
-MAX_GRAD_NORM = 0.5
-
-
-def make_model(use_cache=False):
-    """use_cache=False as the Trainer runs it (it sets model.config.use_cache to
-    TrainingArguments.use_cache, False by default). With the cache, GPT-2's eager attention
-    multiplies the query by a contiguous copy of the keys (DynamicCache concatenates them)
-    instead of a strided view, and the logits round differently (3.7e-9 here)."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=16, n_positions=8, n_embd=16, n_layer=1,
-                                     n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
-                                     attn_pdrop=0.0, use_cache=use_cache)
-    # Eager attention: the default estimator's double backward (SDPA's CPU kernel has none).
-    config._attn_implementation = "eager"
-    return transformers.GPT2LMHeadModel(config)
-
-
-def dataset():
-    """Sequences that continue an arithmetic progression mod 16: learnable."""
-    generator = torch.Generator().manual_seed(2)
-    starts = torch.randint(0, 16, (EXAMPLES, 1), generator=generator)
-    steps = torch.randint(1, 3, (EXAMPLES, 1), generator=generator)
-    ids = (starts + steps * torch.arange(8)) % 16
-    return [{"input_ids": row, "labels": row} for row in ids]
-
-
-class InOrder(SasshaTrainer):
-    """Micro-batches in dataset order, so that a hand-written loop sees the same ones."""
-
-    def _get_train_sampler(self, *args, **kwargs):
-        return torch.utils.data.SequentialSampler(self.train_dataset)
-
-
-def trainer_for(model, opt, tmp_path, trainer_class=InOrder, **kwargs):
-    args = dict(output_dir=str(tmp_path), per_device_train_batch_size=MICRO,
-                gradient_accumulation_steps=ACCUMULATE, max_grad_norm=MAX_GRAD_NORM,
-                num_train_epochs=2, lr_scheduler_type="constant", logging_steps=1,
-                save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
-                seed=0, dataloader_num_workers=0)
-    args.update(kwargs)
-    return trainer_class(model=model, args=transformers.TrainingArguments(**args),
-                         train_dataset=dataset(), optimizers=(opt, None))
+from tiny_gpt2 import (ACCUMULATE, EXAMPLES, FD, MAX_GRAD_NORM, MICRO, SETTINGS,  # noqa: E402
+                       dataset, logged, make_model, trainer_for)
 
 
 def hand_loop(optimizer, estimator, epochs=2, use_cache=False):
@@ -95,10 +49,6 @@ def hand_loop(optimizer, estimator, epochs=2, use_cache=False):
     return model
 
 
-def losses(trainer):
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-
-
 @pytest.mark.parametrize("optimizer,estimator", [(SASSHA, "autograd"), (SASSHA, FD),
                                                  (MSASSHA, "autograd"), (MSASSHA, FD)])
 def test_the_trainer_trains_and_matches_the_hand_written_loop(optimizer, estimator, tmp_path):
@@ -106,12 +56,12 @@ def test_the_trainer_trains_and_matches_the_hand_written_loop(optimizer, estimat
     opt = optimizer(model.parameters(), hessian_estimator=estimator, **SETTINGS[optimizer])
     trainer = trainer_for(model, opt, tmp_path)
     trainer.train()
-    logged = losses(trainer)
-    assert len(logged) == 2 * EXAMPLES // (MICRO * ACCUMULATE)
+    losses = logged(trainer)
+    assert len(losses) == 2 * EXAMPLES // (MICRO * ACCUMULATE)
     # It trains: the last loss over the first, finite difference at seeds 0-2 with either
     # Rademacher stream, measured 0.84-0.85 (M-SASSHA) and 0.88-0.91 (SASSHA; the draws
     # move it by a few hundredths, so 0.9 failed on one seed); a stalled run gives 1.
-    assert logged[-1] < 0.95 * logged[0]
+    assert losses[-1] < 0.95 * losses[0]
     # Same process, same operations in the same order: bit for bit (8 steps, clipped).
     assert_identical(model.state_dict(), hand_loop(optimizer, estimator).state_dict())
 
@@ -136,9 +86,9 @@ def test_bf16_mixed_precision_trains(tmp_path):
     opt = SASSHA(model.parameters(), **SETTINGS[SASSHA])
     trainer = trainer_for(model, opt, tmp_path, bf16=True)
     trainer.train()
-    logged = losses(trainer)
-    assert all(torch.isfinite(torch.tensor(logged)))
-    assert sum(logged[-2:]) / 2 < sum(logged[:2]) / 2 - 0.03  # bf16 rounds it to 1e-2
+    losses = logged(trainer)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.03  # bf16 rounds it to 1e-2
 
 
 @pytest.mark.parametrize("optimizer,estimator", [(SASSHA, FD), (MSASSHA, "autograd")])
