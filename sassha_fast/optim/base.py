@@ -1,5 +1,6 @@
-"""What SASSHA and M-SASSHA share: hyper-parameters, per-parameter state, the step around the
-update, and checkpoints. The update rules live in the subclasses. The optimizer owns one of
+"""What SASSHA and M-SASSHA share: hyper-parameters, per-parameter state and the step around
+the update (checkpoints: ``checkpointing.Checkpointable``). The update rules live in the
+subclasses. The optimizer owns one of
 each collaborator and builds it here: the Hessian estimator and schedule, the backend
 dispatch, the host or device path (counters, skip record), the inf/NaN check, the averaging
 across ranks and the bias-correction policy."""
@@ -13,7 +14,7 @@ from ..distributed import dtensor
 from ..distributed.averaging import Averager
 from ..hessian import estimators, finite_difference
 from ..step import amp, diagnostics
-from ..step.authors_format import STATE_TENSOR_KEYS, generator_states_for
+from ..step.authors_format import STATE_TENSOR_KEYS
 from ..step.backward_record import BackwardRecord
 from ..step.capture import capturing
 from ..step.counters import path_for
@@ -26,7 +27,7 @@ from .schedule import LazySchedule
 from .validation import check_dense, check_group, check_hessian_power, check_options
 
 
-class HessianOptimizer(torch.optim.Optimizer):
+class HessianOptimizer(checkpointing.Checkpointable, torch.optim.Optimizer):
     """Base class; subclasses define ``_apply_update(plan, hessian_power, found_inf, written)``."""
 
     # GradScaler.step(opt) then hands the optimizer its scale instead of unscaling .grad
@@ -380,58 +381,3 @@ class HessianOptimizer(torch.optim.Optimizer):
             for _ in self.hessian_probes(rng):
                 self._closure_pass(closure, scaler, False)
         return loss
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state.update(checkpointing.own_attributes(self.__dict__))
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            self._backward_record.watch(group["params"])
-
-    def _extra_state(self) -> dict:
-        """What this package saves beside torch's state dict."""
-        return {"rademacher": self._rademacher.state_dict(),
-                **self._path.skips.state_dict()}
-
-    def _load_extra_state(self, extra: dict) -> None:
-        devices = [p.device for p in self.get_params()]
-        self._rademacher.load_state_dict(
-            generator_states_for(extra.get("rademacher", {}), devices))
-        self._path.skips.load_state_dict(extra)
-
-    def _authors_extra_state(self) -> dict:
-        """What this package saves beside the state, for an authors' checkpoint."""
-        return {}
-
-    def state_dict(self) -> dict:
-        state_dict = super().state_dict()
-        state_dict["sassha_fast"] = self._extra_state()
-        return state_dict
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """This package's checkpoints and the authors' (converted), from any device and
-        backend, with torch's hooks. One that does not fit raises ``CheckpointError`` naming
-        the tensor, and the optimizer stays exactly as it was (``optim.checkpointing``)."""
-        checkpointing.load_with_hooks(self, state_dict, self._load_state_dict)
-
-    def _load_state_dict(self, state_dict: dict) -> None:
-        # Every check runs before anything is replaced: a refused checkpoint changes nothing.
-        checkpointing.check_foreign(state_dict, type(self).__name__)
-        policy = self._bias_correction
-        state_dict, extra = checkpointing.split(
-            state_dict, self, lambda step, group: policy.for_authors_checkpoint(
-                step, group["betas"][1], self.lazy_hessian),
-            self._schedule.authors_dropped_keys, self._authors_extra_state())
-        checkpointing.check_state(state_dict, self.param_groups, self._hyperparameters,
-                                  policy.has_second, allow_nonfinite=self.nonfinite == "ignore")
-        super().load_state_dict(state_dict)
-        checkpointing.restore_compute_dtype(self.state, self.param_groups, state_dict)
-        # Counters in the representation of this optimizer's path, whichever path saved them.
-        self._path.load(checkpointing.saved_states(self.state, self.param_groups, state_dict))
-        self._load_extra_state(extra)
-        self._estimator.reset()
-        self._averaged_ahead.plan = None
-        self._checks.reset()

@@ -11,7 +11,8 @@ from typing import Callable, Iterable, List, Tuple
 import torch
 
 from ..backends.reference import compute_dtype
-from ..step.authors_format import STATE_TENSOR_KEYS, from_authors_format, is_authors_format
+from ..step.authors_format import (STATE_TENSOR_KEYS, from_authors_format,
+                                   generator_states_for, is_authors_format)
 from .validation import GROUP_HYPERPARAMETERS, check_hyperparameters
 
 # What torch.optim.Optimizer keeps in an instance (its own pickling handles these).
@@ -192,3 +193,64 @@ def check_state(state_dict: dict, param_groups: List[dict], hyperparameters: Ite
             if "hessian_step" in saved and \
                     _scalar(saved["hessian_step"], f"{where}: hessian_step") < 0:
                 raise CheckpointError(f"{where}: hessian_step is negative")
+
+
+class Checkpointable:
+    """The checkpoint side of ``HessianOptimizer`` (before ``torch.optim.Optimizer`` in its
+    bases): what it saves beside torch's state dict, how it loads one (every check before
+    anything is replaced), and what a pickle or ``copy.deepcopy`` carries."""
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.update(own_attributes(self.__dict__))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            self._backward_record.watch(group["params"])
+
+    def _extra_state(self) -> dict:
+        """What this package saves beside torch's state dict."""
+        return {"rademacher": self._rademacher.state_dict(),
+                **self._path.skips.state_dict()}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        devices = [p.device for p in self.get_params()]
+        self._rademacher.load_state_dict(
+            generator_states_for(extra.get("rademacher", {}), devices))
+        self._path.skips.load_state_dict(extra)
+
+    def _authors_extra_state(self) -> dict:
+        """What this package saves beside the state, for an authors' checkpoint."""
+        return {}
+
+    def state_dict(self) -> dict:
+        state_dict = super().state_dict()
+        state_dict["sassha_fast"] = self._extra_state()
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """This package's checkpoints and the authors' (converted), from any device and
+        backend, with torch's hooks. One that does not fit raises ``CheckpointError`` naming
+        the tensor, and the optimizer stays exactly as it was (``optim.checkpointing``)."""
+        load_with_hooks(self, state_dict, self._load_state_dict)
+
+    def _load_state_dict(self, state_dict: dict) -> None:
+        # Every check runs before anything is replaced: a refused checkpoint changes nothing.
+        check_foreign(state_dict, type(self).__name__)
+        policy = self._bias_correction
+        state_dict, extra = split(
+            state_dict, self, lambda step, group: policy.for_authors_checkpoint(
+                step, group["betas"][1], self.lazy_hessian),
+            self._schedule.authors_dropped_keys, self._authors_extra_state())
+        check_state(state_dict, self.param_groups, self._hyperparameters,
+                                  policy.has_second, allow_nonfinite=self.nonfinite == "ignore")
+        super().load_state_dict(state_dict)
+        restore_compute_dtype(self.state, self.param_groups, state_dict)
+        # Counters in the representation of this optimizer's path, whichever path saved them.
+        self._path.load(saved_states(self.state, self.param_groups, state_dict))
+        self._load_extra_state(extra)
+        self._estimator.reset()
+        self._averaged_ahead.plan = None
+        self._checks.reset()
