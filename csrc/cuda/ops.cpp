@@ -4,6 +4,9 @@
 // only calls with a CUDA tensor among their arguments, and sends tensor subclasses (DTensor,
 // FakeTensor) and meta tensors elsewhere first. The launcher's plans are exposed in
 // sassha_fast._C for inspection.
+//
+// Compiled for the host (SASSHA_CUDA_HOST_EMULATION, csrc/cuda_emulation/), the same kernels
+// serve the test-only ops torch.ops.sassha_fast_cuda_emulated.<op> on CPU tensors.
 #include "ops.h"
 
 #include <array>
@@ -11,14 +14,20 @@
 #include <optional>
 #include <vector>
 
-#include <c10/cuda/CUDAFunctions.h>
 #include <torch/library.h>
+#ifndef SASSHA_CUDA_HOST_EMULATION
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 #include "../written.h"
 #include "fused_ops.h"
 #include "launch_plan.h"
+#ifdef SASSHA_CUDA_HOST_EMULATION
+#include "host_emulation.h"
+#endif
 
 namespace sassha {
+inline namespace SASSHA_CUDA_BUILD {
 namespace {
 
 namespace py = pybind11;
@@ -29,6 +38,21 @@ using OptionalList = std::optional<TensorList>;
 // Lists as the dispatcher passes them.
 using ListArg = at::TensorList;
 using OptionalListArg = std::optional<at::TensorList>;
+
+// Where the kernels' tensors live, and what the errors call the kernels.
+#ifdef SASSHA_CUDA_HOST_EMULATION
+#define SASSHA_CUDA_OPS_LIBRARY sassha_fast_cuda_emulated
+#define SASSHA_CUDA_OPS_KEY CPU
+#define OP_NAME(name) "cuda_emulated " name " (the CUDA kernels emulated on the host)"
+constexpr c10::DeviceType kKernelDevice = c10::DeviceType::CPU;
+at::Device kernel_device() { return at::kCPU; }
+#else
+#define SASSHA_CUDA_OPS_LIBRARY sassha_fast
+#define SASSHA_CUDA_OPS_KEY CUDA
+#define OP_NAME(name) name
+constexpr c10::DeviceType kKernelDevice = c10::DeviceType::CUDA;
+at::Device kernel_device() { return {at::kCUDA, c10::cuda::current_device()}; }
+#endif
 
 struct NamedList {
   const char* name;
@@ -46,10 +70,10 @@ bool same_layout(const at::Tensor& a, const at::Tensor& b) {
 
 // A tensor off the GPU (a CPU tensor in a call the dispatcher sent here for another of its
 // tensors) is refused before anything touches it.
-void check_on_gpu(const char* op, std::initializer_list<NamedList> lists) {
+void check_on_kernel_device(const char* op, std::initializer_list<NamedList> lists) {
   for (const NamedList& list : lists) {
     for (size_t i = 0; i < list.tensors.size(); ++i) {
-      TORCH_CHECK(list.tensors[i].is_cuda(), op, ": every tensor of one op must be on one "
+      TORCH_CHECK(list.tensors[i].device().type() == kKernelDevice, op, ": every tensor of one op must be on one "
                   "device; ", list.name, "[", i, "] is on ", list.tensors[i].device());
     }
   }
@@ -57,8 +81,7 @@ void check_on_gpu(const char* op, std::initializer_list<NamedList> lists) {
 
 // A zero 0-d fp32 tensor on the current CUDA device: the result of a reduction over nothing.
 at::Tensor device_zero() {
-  return at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA,
-                                                                     c10::cuda::current_device()));
+  return at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(kernel_device()));
 }
 
 // What the kernels rely on: every list as long as the first; tensor i of every list on the
@@ -72,8 +95,8 @@ void check_lists(const char* op, std::initializer_list<NamedList> lists) {
   }
   if (lead.tensors.empty()) return;
   const at::Device device = lead.tensors[0].device();
-  TORCH_CHECK(device.is_cuda(), op, ": the cuda backend takes CUDA tensors, got ", lead.name,
-              " on ", device);
+  TORCH_CHECK(device.type() == kKernelDevice, op, ": its kernels take ", kKernelDevice,
+              " tensors, got ", lead.name, " on ", device);
   for (size_t i = 0; i < lead.tensors.size(); ++i) {
     const at::Tensor& first = lead.tensors[i];
     for (const NamedList& list : lists) {
@@ -143,12 +166,24 @@ at::ScalarType float_dtype(const char* op, const NamedList& list) {
 // tensors' device, read when the kernel runs. A device tensor of another floating dtype (the
 // float64 step counters) is read through an fp32 copy that `keep` holds until the op has
 // queued its kernels: freed earlier, its memory could be handed to a tensor this op writes.
+// Whether a scalar tensor is read on the host rather than by the kernel. Under the host
+// emulation every tensor is on the CPU: the numbers that dispatcher_ops.py passes (float64
+// tensors) stand for host values and every other tensor for a device tensor, so that tests
+// run both paths.
+bool read_on_host(const at::Tensor& t) {
+#ifdef SASSHA_CUDA_HOST_EMULATION
+  return t.scalar_type() == at::kDouble;
+#else
+  return t.is_cpu();
+#endif
+}
+
 DeviceScalar device_scalar(const char* op, const char* name, const at::Tensor& t,
                            const TensorList& like, TensorList& keep) {
   TORCH_CHECK(t.numel() == 1 && t.is_floating_point(), op, ": ", name, " must be a number or "
               "a one-element floating-point tensor, got a ", t.scalar_type(), " tensor of ",
               t.numel(), " elements");
-  if (t.is_cpu()) return {nullptr, static_cast<float>(t.item<double>())};
+  if (read_on_host(t)) return {nullptr, static_cast<float>(t.item<double>())};
   if (like.empty()) return {nullptr, 0.f};  // nothing will be launched
   TORCH_CHECK(t.device() == like[0].device(), op, ": ", name, " is a tensor on ", t.device(),
               "; the op's tensors are on ", like[0].device(), " (a scalar tensor is read on "
@@ -198,10 +233,10 @@ StepHyper step_hyper(const char* op, const TensorList& params, const at::Tensor&
 }
 
 at::Tensor global_norm_op(ListArg tensors_arg, const OptionalListArg& weights_arg) {
-  constexpr const char* op = "global_norm";
+  constexpr const char* op = OP_NAME("global_norm");
   const TensorList tensors = tensors_arg.vec();
   const TensorList weights = weights_arg ? weights_arg->vec() : TensorList{};
-  check_on_gpu(op, {{"tensors", tensors}, {"weights", weights}});
+  check_on_kernel_device(op, {{"tensors", tensors}, {"weights", weights}});
   const TensorList values = dense(tensors);
   const OptionalList weights_in_layout =
       weights_arg ? OptionalList(in_layout_of(values, weights)) : std::nullopt;
@@ -218,11 +253,11 @@ at::Tensor global_norm_op(ListArg tensors_arg, const OptionalListArg& weights_ar
 
 void perturb_op(ListArg params_arg, ListArg grads_arg, const at::Tensor& scale, bool adaptive,
                 const std::optional<at::Tensor>& found_inf) {
-  constexpr const char* op = "perturb";
+  constexpr const char* op = OP_NAME("perturb");
   const TensorList params = params_arg.vec(), grads = grads_arg.vec();
   mark_written(params_arg);
   mark_written(grads_arg);
-  check_on_gpu(op, {{"params", params}, {"grads", grads}});
+  check_on_kernel_device(op, {{"params", params}, {"grads", grads}});
   check_lists(op, {{"params", params}, {"grads", grads}});
   check_dtype(op, {"grads", grads}, float_dtype(op, {"params", params}));
   TensorList keep;
@@ -249,13 +284,13 @@ void sassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_avgs_ar
                       double hessian_power, double eps,
                       const std::optional<at::Tensor>& found_inf,
                       const std::optional<at::Tensor>& wrote_nonfinite) {
-  constexpr const char* op = "sassha_update";
+  constexpr const char* op = OP_NAME("sassha_update");
   const TensorList params = params_arg.vec(), grads = grads_arg.vec(),
                    exp_avgs = exp_avgs_arg.vec(), exp_hessians = exp_hessians_arg.vec(),
                    perturbations = perturbations_arg ? perturbations_arg->vec() : TensorList{};
   mark_written(params_arg);
   mark_written(exp_avgs_arg);
-  check_on_gpu(op, {{"params", params},
+  check_on_kernel_device(op, {{"params", params},
                     {"grads", grads},
                     {"exp_avgs", exp_avgs},
                     {"exp_hessians", exp_hessians},
@@ -281,10 +316,10 @@ void sassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_avgs_ar
 void hessian_ema_op(ListArg exp_hessians_arg, ListArg hessians_arg, double beta2,
                     const std::optional<at::Tensor>& found_inf,
                     const std::optional<at::Tensor>& wrote_nonfinite) {
-  constexpr const char* op = "hessian_ema";
+  constexpr const char* op = OP_NAME("hessian_ema");
   const TensorList exp_hessians = exp_hessians_arg.vec(), hessians = hessians_arg.vec();
   mark_written(exp_hessians_arg);
-  check_on_gpu(op, {{"exp_hessians", exp_hessians}, {"hessians", hessians}});
+  check_on_kernel_device(op, {{"exp_hessians", exp_hessians}, {"hessians", hessians}});
   const TensorList hessians_in_layout = in_layout_of(exp_hessians, hessians);
   check_lists(op, {{"exp_hessians", exp_hessians}, {"hessians", hessians_in_layout}});
   check_dtype(op, {"exp_hessians", exp_hessians}, at::kFloat);
@@ -302,12 +337,12 @@ at::Tensor msassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_
                              const at::Tensor& bias_correction2, double hessian_power,
                              double eps, const std::optional<at::Tensor>& found_inf,
                              const std::optional<at::Tensor>& wrote_nonfinite) {
-  constexpr const char* op = "msassha_update";
+  constexpr const char* op = OP_NAME("msassha_update");
   const TensorList params = params_arg.vec(), grads = grads_arg.vec(),
                    exp_avgs = exp_avgs_arg.vec(), exp_hessians = exp_hessians_arg.vec();
   mark_written(params_arg);
   mark_written(exp_avgs_arg);
-  check_on_gpu(op, {{"params", params},
+  check_on_kernel_device(op, {{"params", params},
                     {"grads", grads},
                     {"exp_avgs", exp_avgs},
                     {"exp_hessians", exp_hessians}});
@@ -325,10 +360,10 @@ at::Tensor msassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_
 }
 
 void add_scaled_op(ListArg params_arg, ListArg tensors_arg, const at::Tensor& alpha) {
-  constexpr const char* op = "add_scaled";
+  constexpr const char* op = OP_NAME("add_scaled");
   const TensorList params = params_arg.vec(), tensors = tensors_arg.vec();
   mark_written(params_arg);
-  check_on_gpu(op, {{"params", params}, {"tensors", tensors}});
+  check_on_kernel_device(op, {{"params", params}, {"tensors", tensors}});
   const TensorList tensors_in_layout = in_layout_of(params, tensors);
   check_lists(op, {{"params", params}, {"tensors", tensors_in_layout}});
   float_dtype(op, {"params", params});
@@ -337,6 +372,7 @@ void add_scaled_op(ListArg params_arg, ListArg tensors_arg, const at::Tensor& al
   cuda::add_scaled(params, tensors_in_layout, device_scalar(op, "alpha", alpha, params, keep));
 }
 
+#ifndef SASSHA_CUDA_HOST_EMULATION
 // The launcher's plan for tensors of these sizes over Depth lists with ArgBytes of kernel
 // arguments. Tensor t of list d gets the fake address t * Depth + d + 1, which the plan's
 // address tables are decoded from.
@@ -390,9 +426,11 @@ py::dict launch_plan_op(const std::vector<int64_t>& numels, int depth, int arg_b
   return launch_plan_for_depth<cuda::kSmallArgBytes>(numels, depth);
 }
 
+#endif  // SASSHA_CUDA_HOST_EMULATION
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sassha_fast, CUDA, m) {
+TORCH_LIBRARY_IMPL(SASSHA_CUDA_OPS_LIBRARY, SASSHA_CUDA_OPS_KEY, m) {
   m.impl("global_norm", &global_norm_op);
   m.impl("perturb", &perturb_op);
   m.impl("sassha_update", &sassha_update_op);
@@ -401,6 +439,20 @@ TORCH_LIBRARY_IMPL(sassha_fast, CUDA, m) {
   m.impl("add_scaled", &add_scaled_op);
 }
 
+#ifdef SASSHA_CUDA_HOST_EMULATION
+// Tests choose the argument layout that the emulated launches take: a real device has one.
+TORCH_LIBRARY_FRAGMENT(sassha_fast_cuda_emulated, m) {
+  m.def("set_kernel_arg_bytes(int arg_bytes) -> int", [](int64_t arg_bytes) -> int64_t {
+    TORCH_CHECK(arg_bytes == cuda::kSmallArgBytes || arg_bytes == cuda::kLargeArgBytes,
+                "cuda_emulated: kernel arguments take ", cuda::kSmallArgBytes, " or ",
+                cuda::kLargeArgBytes, " bytes, not ", arg_bytes);
+    const int64_t previous = cuda::emulation::arg_bytes;
+    cuda::emulation::arg_bytes = static_cast<int>(arg_bytes);
+    return previous;
+  });
+  m.def("launches() -> int", []() -> int64_t { return cuda::emulation::launches; });
+}
+#else
 void register_cuda_helpers(py::module_& m) {
   using py::arg;
   // The GIL stays held: the plan is built into Python objects.
@@ -412,5 +464,7 @@ void register_cuda_helpers(py::module_& m) {
         "Bytes of kernel arguments the launches use here: 32764 with a CUDA 12.1+ toolkit and "
         "driver, else 4096");
 }
+#endif  // SASSHA_CUDA_HOST_EMULATION
 
+}  // namespace SASSHA_CUDA_BUILD
 }  // namespace sassha
