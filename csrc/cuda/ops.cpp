@@ -73,8 +73,9 @@ bool same_layout(const at::Tensor& a, const at::Tensor& b) {
 void check_on_kernel_device(const char* op, std::initializer_list<NamedList> lists) {
   for (const NamedList& list : lists) {
     for (size_t i = 0; i < list.tensors.size(); ++i) {
-      TORCH_CHECK(list.tensors[i].device().type() == kKernelDevice, op, ": every tensor of one op must be on one "
-                  "device; ", list.name, "[", i, "] is on ", list.tensors[i].device());
+      TORCH_CHECK(list.tensors[i].device().type() == kKernelDevice, op, ": every tensor of "
+                  "one op must be on one device; ", list.name, "[", i, "] is on ",
+                  list.tensors[i].device());
     }
   }
 }
@@ -161,11 +162,6 @@ at::ScalarType float_dtype(const char* op, const NamedList& list) {
   return dtype;
 }
 
-// A per-step scalar as the kernels read it: the value of a CPU tensor (a number arrives as
-// one; reading it costs no synchronisation), or the address of a one-element tensor on the
-// tensors' device, read when the kernel runs. A device tensor of another floating dtype (the
-// float64 step counters) is read through an fp32 copy that `keep` holds until the op has
-// queued its kernels: freed earlier, its memory could be handed to a tensor this op writes.
 // Whether a scalar tensor is read on the host rather than by the kernel. Under the host
 // emulation every tensor is on the CPU: the numbers that dispatcher_ops.py passes (float64
 // tensors) stand for host values and every other tensor for a device tensor, so that tests
@@ -178,6 +174,11 @@ bool read_on_host(const at::Tensor& t) {
 #endif
 }
 
+// A per-step scalar as the kernels read it: the value of a CPU tensor (a number arrives as
+// one; reading it costs no synchronisation), or the address of a one-element tensor on the
+// tensors' device, read when the kernel runs. A device tensor of another floating dtype (the
+// float64 step counters) is read through an fp32 copy that `keep` holds until the op has
+// queued its kernels: freed earlier, its memory could be handed to a tensor this op writes.
 DeviceScalar device_scalar(const char* op, const char* name, const at::Tensor& t,
                            const TensorList& like, TensorList& keep) {
   TORCH_CHECK(t.numel() == 1 && t.is_floating_point(), op, ": ", name, " must be a number or "

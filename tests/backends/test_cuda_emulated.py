@@ -148,3 +148,23 @@ def test_the_emulation_is_never_offered_and_names_itself():
     with pytest.raises(RuntimeError, match="cuda_emulated: kernel arguments take 4096 or 32764"):
         with cuda_emulated.kernel_arg_bytes(1000):
             pass
+
+
+def test_inputs_that_the_op_converts_before_its_kernels():
+    """A gradient laid out otherwise than its parameter is copied into the parameter's layout,
+    and a scalar tensor that is not fp32 (a device tensor, under the emulation) is read
+    through an fp32 copy: the same step as with its value as a number."""
+    x = make_inputs([(5, 7), (3,)], torch.float32)
+    x["grads"][0] = x["grads"][0].t().contiguous().t()  # dense, column-major
+    assert not x["grads"][0].is_contiguous()
+    lr = torch.tensor(0.05, dtype=torch.bfloat16)
+    steps = {}
+    for name, ops, hyper in (("reference", reference, dict(HYPER, lr=lr.item())),
+                             ("number", cuda_emulated, dict(HYPER, lr=lr.item())),
+                             ("bf16 tensor", cuda_emulated, dict(HYPER, lr=lr))):
+        steps[name] = clone(x["params"])
+        ops.sassha_update(steps[name], x["grads"], clone(x["exp_avgs"]), x["exp_hessians"],
+                          None, **hyper)
+    for got, number, want in zip(steps["bf16 tensor"], steps["number"], steps["reference"]):
+        torch.testing.assert_close(number, want, **STORED_TOLERANCE[torch.float32])
+        assert torch.equal(got, number)
