@@ -125,9 +125,9 @@ def test_lists_cut_into_several_launches(arg_bytes, dtype, found_inf):
 
 
 def test_a_tensor_continued_in_the_next_launch():
-    """The 4 KiB layout holds 320 blocks: the last tensor's third chunk goes to a second
-    launch, in its slot 0."""
-    x = [torch.zeros(2 * CHUNK) for _ in range(159)] + [torch.zeros(3 * CHUNK)]
+    """The 4 KiB layout holds 320 blocks (and 97 tensors over two lists, 145 over one): the
+    last tensor's chunks from its 21st on go to a second launch, in its slot 0."""
+    x = [torch.zeros(100 * CHUNK) for _ in range(3)] + [torch.zeros(30 * CHUNK)]
     t = [torch.full_like(p, 0.5) for p in x]
     with cuda_emulated.kernel_arg_bytes(4096):
         before = launches()
@@ -135,7 +135,7 @@ def test_a_tensor_continued_in_the_next_launch():
         assert launches() - before == 2
         norm = cuda_emulated.global_norm(x)
     assert all(bool((p == 1.0).all()) for p in x)
-    assert norm.item() == pytest.approx((159 * 2 * CHUNK + 3 * CHUNK) ** 0.5, rel=1e-6)
+    assert norm.item() == pytest.approx((330 * CHUNK) ** 0.5, rel=1e-6)
 
 
 def test_the_emulation_is_never_offered_and_names_itself():
