@@ -17,9 +17,8 @@
 namespace {
 constexpr const char* kOps[] = {"global_norm",    "perturb",       "sassha_update",
                                 "hessian_ema",    "msassha_update", "add_scaled"};
-}  // namespace
 
-TORCH_LIBRARY(sassha_fast, m) {
+void define_ops(torch::Library& m) {
   m.def("global_norm(Tensor[] tensors, Tensor[]? weights) -> Tensor");
   m.def("perturb(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor scale, bool adaptive, "
         "Tensor? found_inf) -> ()");
@@ -38,8 +37,18 @@ TORCH_LIBRARY(sassha_fast, m) {
 
 // The ops have no derivative: autograd says so when asked for one, instead of returning a
 // wrong gradient. (Version counters are bumped by the kernels: csrc/written.h.)
-TORCH_LIBRARY_IMPL(sassha_fast, Autograd, m) {
+void refuse_derivatives(torch::Library& m) {
   for (const char* op : kOps) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }
+}  // namespace
+
+TORCH_LIBRARY(sassha_fast, m) { define_ops(m); }
+TORCH_LIBRARY_IMPL(sassha_fast, Autograd, m) { refuse_derivatives(m); }
+
+// The same ops under a test-only name, for the CUDA kernels compiled for the host
+// (csrc/cuda/host_emulation.h, backend cuda_emulated): under sassha_fast, CPU tensors belong
+// to the CPU kernels.
+TORCH_LIBRARY(sassha_fast_cuda_emulated, m) { define_ops(m); }
+TORCH_LIBRARY_IMPL(sassha_fast_cuda_emulated, Autograd, m) { refuse_derivatives(m); }

@@ -5,7 +5,10 @@
 // never travels to the host.
 #pragma once
 
+#include "build_namespace.h"
+
 namespace sassha {
+inline namespace SASSHA_CUDA_BUILD {
 namespace cuda {
 
 struct DeviceScalar {
@@ -14,4 +17,5 @@ struct DeviceScalar {
 };
 
 }  // namespace cuda
+}  // namespace SASSHA_CUDA_BUILD
 }  // namespace sassha

@@ -6,6 +6,7 @@
 #include "multi_tensor.cuh"
 
 namespace sassha {
+inline namespace SASSHA_CUDA_BUILD {
 namespace cuda {
 namespace {
 
@@ -355,4 +356,5 @@ void add_scaled(const TensorList& params, const TensorList& tensors, DeviceScala
 }
 
 }  // namespace cuda
+}  // namespace SASSHA_CUDA_BUILD
 }  // namespace sassha

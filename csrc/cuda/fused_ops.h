@@ -16,6 +16,7 @@
 #include "device_scalar.h"
 
 namespace sassha {
+inline namespace SASSHA_CUDA_BUILD {
 namespace cuda {
 
 using TensorList = std::vector<at::Tensor>;
@@ -47,4 +48,5 @@ at::Tensor msassha_update(const TensorList& params, const TensorList& grads,
 void add_scaled(const TensorList& params, const TensorList& tensors, DeviceScalar alpha);
 
 }  // namespace cuda
+}  // namespace SASSHA_CUDA_BUILD
 }  // namespace sassha

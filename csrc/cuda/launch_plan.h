@@ -10,6 +10,8 @@
 // do not all fit goes on, from the next chunk, in the next launch.
 #pragma once
 
+#include "build_namespace.h"
+
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -18,6 +20,7 @@
 #include <vector>
 
 namespace sassha {
+inline namespace SASSHA_CUDA_BUILD {
 namespace cuda {
 
 constexpr int64_t kChunk = 65536;  // elements per block
@@ -111,4 +114,5 @@ void plan_launches(const std::vector<std::array<void*, Depth>>& addresses,
 }
 
 }  // namespace cuda
+}  // namespace SASSHA_CUDA_BUILD
 }  // namespace sassha

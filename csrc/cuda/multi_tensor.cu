@@ -3,6 +3,7 @@
 #include "multi_tensor.cuh"
 
 namespace sassha {
+inline namespace SASSHA_CUDA_BUILD {
 namespace cuda {
 namespace {
 
@@ -17,7 +18,9 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 int kernel_arg_bytes() {
-#if SASSHA_LARGE_KERNEL_ARGS
+#if defined(SASSHA_CUDA_HOST_EMULATION)
+  return emulation::arg_bytes;
+#elif SASSHA_LARGE_KERNEL_ARGS
   static const int bytes = [] {
     int driver = 0;
     return cudaDriverGetVersion(&driver) == cudaSuccess && driver >= 12010 ? kLargeArgBytes
@@ -30,10 +33,9 @@ int kernel_arg_bytes() {
 }
 
 void finish_sum(const float* partial_sums, int64_t count, bool take_sqrt, float* result) {
-  finish_sum_kernel<<<1, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(partial_sums, count,
-                                                                          take_sqrt, result);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel(finish_sum_kernel, 1, current_stream(), partial_sums, count, take_sqrt, result);
 }
 
 }  // namespace cuda
+}  // namespace SASSHA_CUDA_BUILD
 }  // namespace sassha

@@ -13,24 +13,53 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#ifdef SASSHA_CUDA_HOST_EMULATION
+#include "host_emulation.h"
+#else
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#endif
 
 #include <algorithm>
 #include <array>
 #include <cstdint>
 #include <vector>
 
+#include "build_namespace.h"
 #include "device_scalar.h"
 #include "launch_plan.h"
 
 namespace sassha {
+inline namespace SASSHA_CUDA_BUILD {
 namespace cuda {
 
 constexpr int kThreads = 512;
 constexpr int kAccessBytes = 16;
 static_assert(kThreads % 32 == 0 && kThreads / 32 <= 32, "block_sum reduces whole warps");
+
+#ifndef SASSHA_CUDA_HOST_EMULATION  // host_emulation.h has its own
+using Stream = cudaStream_t;
+inline Stream current_stream() { return at::cuda::getCurrentCUDAStream(); }
+using DeviceGuard = c10::cuda::CUDAGuard;
+// A misaligned vector access faults on the GPU (misaligned address); the emulation checks.
+#define SASSHA_CHECK_ALIGNED(address, bytes)
+// A kernel parameter read in place from the launch's constant bank.
+#define SASSHA_GRID_CONSTANT(...) const __grid_constant__ __VA_ARGS__
+#endif
+
+// Launches kernel(args...) over `blocks` blocks of kThreads threads on stream; the host
+// emulation runs them in turn instead. One launch site for both compilers.
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), int blocks, Stream stream, const Args&... args) {
+#ifdef SASSHA_CUDA_HOST_EMULATION
+  (void)stream;
+  emulation::run_grid(blocks, kThreads, [&] { kernel(args...); });
+#else
+  kernel<<<blocks, kThreads, 0, stream>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+}
 
 template <typename... Ts>
 struct Lists {
@@ -78,8 +107,9 @@ __device__ __forceinline__ void load(const void* base, int64_t i, float (&out)[W
   static_assert(W % P == 0, "whole accesses only");
 #pragma unroll
   for (int j = 0; j < W; j += P) {
-    const Pack<T, P> pack =
-        *reinterpret_cast<const Pack<T, P>*>(static_cast<const T*>(base) + i + j);
+    const T* address = static_cast<const T*>(base) + i + j;
+    SASSHA_CHECK_ALIGNED(address, alignof(Pack<T, P>));
+    const Pack<T, P> pack = *reinterpret_cast<const Pack<T, P>*>(address);
 #pragma unroll
     for (int k = 0; k < P; ++k) out[j + k] = static_cast<float>(pack.v[k]);
   }
@@ -93,7 +123,9 @@ __device__ __forceinline__ void store(void* base, int64_t i, const float (&in)[W
     Pack<T, P> pack;
 #pragma unroll
     for (int k = 0; k < P; ++k) pack.v[k] = static_cast<T>(in[j + k]);
-    *reinterpret_cast<Pack<T, P>*>(static_cast<T*>(base) + i + j) = pack;
+    T* address = static_cast<T*>(base) + i + j;
+    SASSHA_CHECK_ALIGNED(address, alignof(Pack<T, P>));
+    *reinterpret_cast<Pack<T, P>*>(address) = pack;
   }
 }
 
@@ -131,7 +163,7 @@ __device__ __forceinline__ float block_sum(float v) {
 
 template <int Depth, int ArgBytes, typename Op>
 __global__ void __launch_bounds__(kThreads)
-    multi_tensor_kernel(const __grid_constant__ LaunchArgs<Depth, ArgBytes> args, const Op op,
+    multi_tensor_kernel(SASSHA_GRID_CONSTANT(LaunchArgs<Depth, ArgBytes>) args, const Op op,
                         float* partial_sums) {
   static_assert(Op::Lists::kDepth == Depth, "the op's lists and the launch disagree");
   constexpr int kVec = vec_width<typename Op::Lists>();
@@ -166,8 +198,9 @@ __global__ void __launch_bounds__(kThreads)
 void finish_sum(const float* partial_sums, int64_t count, bool take_sqrt, float* result);
 
 // 32 KiB kernel arguments need a CUDA 12.1+ toolkit (checked when compiling) and driver
-// (checked once at run time); otherwise every launch takes 4 KiB.
-#if defined(CUDART_VERSION) && CUDART_VERSION >= 12010
+// (checked once at run time); otherwise every launch takes 4 KiB. The host emulation runs
+// either layout, as tests ask.
+#if defined(SASSHA_CUDA_HOST_EMULATION) || (defined(CUDART_VERSION) && CUDART_VERSION >= 12010)
 #define SASSHA_LARGE_KERNEL_ARGS 1
 #else
 #define SASSHA_LARGE_KERNEL_ARGS 0
@@ -176,15 +209,14 @@ void finish_sum(const float* partial_sums, int64_t count, bool take_sqrt, float*
 template <int Depth, int ArgBytes, typename Op>
 void launch_planned(const std::vector<std::array<void*, Depth>>& addresses,
                     const std::vector<int64_t>& numels, const Op& op, float* partial_sums,
-                    cudaStream_t stream) {
+                    Stream stream) {
   using Args = LaunchArgs<Depth, ArgBytes>;
   static_assert(sizeof(Args) + sizeof(Op) + sizeof(float*) <= ArgBytes,
                 "kernel arguments too large: lower max_tensors_per_launch or the op's size");
   static_assert(sizeof(Op) + sizeof(float*) <= kOpBytes, "the op outgrew its share of arguments");
   plan_launches<Depth, ArgBytes>(addresses, numels, [&](const Args& args, int blocks) {
-    multi_tensor_kernel<Depth, ArgBytes, Op><<<blocks, kThreads, 0, stream>>>(args, op,
-                                                                             partial_sums);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(multi_tensor_kernel<Depth, ArgBytes, Op>, blocks, stream, args, op,
+                  partial_sums);
   });
 }
 
@@ -201,8 +233,8 @@ void launch_multi_tensor(const ListRefs<Depth>& lists, const Op& op,
     numels[t] = first[t].numel();
     for (int d = 0; d < Depth; ++d) addresses[t][d] = (*lists[d])[t].data_ptr();
   }
-  const c10::cuda::CUDAGuard guard(first[0].device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const DeviceGuard guard(first[0].device());
+  const Stream stream = current_stream();
 #if SASSHA_LARGE_KERNEL_ARGS
   if (kernel_arg_bytes() == kLargeArgBytes) {
     launch_planned<Depth, kLargeArgBytes>(addresses, numels, op, partial_sums, stream);
@@ -219,7 +251,7 @@ template <int Depth, typename Op>
 at::Tensor launch_multi_tensor_sum(const ListRefs<Depth>& lists, const Op& op, bool take_sqrt) {
   static_assert(Op::kReduces, "the op computes no sum");
   const std::vector<at::Tensor>& first = *lists[0];
-  const c10::cuda::CUDAGuard guard(first.at(0).device());
+  const DeviceGuard guard(first.at(0).device());
   std::vector<int64_t> numels;
   for (const at::Tensor& t : first) numels.push_back(t.numel());
   const int64_t blocks = total_blocks(numels);
@@ -232,4 +264,5 @@ at::Tensor launch_multi_tensor_sum(const ListRefs<Depth>& lists, const Op& op, b
 }
 
 }  // namespace cuda
+}  // namespace SASSHA_CUDA_BUILD
 }  // namespace sassha

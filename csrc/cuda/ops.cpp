@@ -3,25 +3,32 @@
 // tensors into DeviceScalars and runs the fused op (fused_ops.cu). The dispatcher sends here
 // only calls with a CUDA tensor among their arguments, and sends tensor subclasses (DTensor,
 // FakeTensor) and meta tensors elsewhere first. The launcher's plans are exposed in
-// sassha_fast._C for inspection.
+// sassha_fast._C for inspection (helpers.cpp).
+//
+// Compiled for the host (SASSHA_CUDA_HOST_EMULATION, csrc/cuda_emulation/), the same kernels
+// serve the test-only ops torch.ops.sassha_fast_cuda_emulated.<op> on CPU tensors.
 #include "ops.h"
 
-#include <array>
 #include <cstdint>
 #include <optional>
 #include <vector>
 
-#include <c10/cuda/CUDAFunctions.h>
 #include <torch/library.h>
+#ifndef SASSHA_CUDA_HOST_EMULATION
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 #include "../written.h"
 #include "fused_ops.h"
 #include "launch_plan.h"
+#ifdef SASSHA_CUDA_HOST_EMULATION
+#include "host_emulation.h"
+#endif
 
 namespace sassha {
+inline namespace SASSHA_CUDA_BUILD {
 namespace {
 
-namespace py = pybind11;
 using cuda::DeviceScalar;
 using cuda::StepHyper;
 using cuda::TensorList;
@@ -29,6 +36,21 @@ using OptionalList = std::optional<TensorList>;
 // Lists as the dispatcher passes them.
 using ListArg = at::TensorList;
 using OptionalListArg = std::optional<at::TensorList>;
+
+// Where the kernels' tensors live, and what the errors call the kernels.
+#ifdef SASSHA_CUDA_HOST_EMULATION
+#define SASSHA_CUDA_OPS_LIBRARY sassha_fast_cuda_emulated
+#define SASSHA_CUDA_OPS_KEY CPU
+#define OP_NAME(name) "cuda_emulated " name " (the CUDA kernels emulated on the host)"
+constexpr c10::DeviceType kKernelDevice = c10::DeviceType::CPU;
+at::Device kernel_device() { return at::kCPU; }
+#else
+#define SASSHA_CUDA_OPS_LIBRARY sassha_fast
+#define SASSHA_CUDA_OPS_KEY CUDA
+#define OP_NAME(name) name
+constexpr c10::DeviceType kKernelDevice = c10::DeviceType::CUDA;
+at::Device kernel_device() { return {at::kCUDA, c10::cuda::current_device()}; }
+#endif
 
 struct NamedList {
   const char* name;
@@ -46,19 +68,19 @@ bool same_layout(const at::Tensor& a, const at::Tensor& b) {
 
 // A tensor off the GPU (a CPU tensor in a call the dispatcher sent here for another of its
 // tensors) is refused before anything touches it.
-void check_on_gpu(const char* op, std::initializer_list<NamedList> lists) {
+void check_on_kernel_device(const char* op, std::initializer_list<NamedList> lists) {
   for (const NamedList& list : lists) {
     for (size_t i = 0; i < list.tensors.size(); ++i) {
-      TORCH_CHECK(list.tensors[i].is_cuda(), op, ": every tensor of one op must be on one "
-                  "device; ", list.name, "[", i, "] is on ", list.tensors[i].device());
+      TORCH_CHECK(list.tensors[i].device().type() == kKernelDevice, op, ": every tensor of "
+                  "one op must be on one device; ", list.name, "[", i, "] is on ",
+                  list.tensors[i].device());
     }
   }
 }
 
 // A zero 0-d fp32 tensor on the current CUDA device: the result of a reduction over nothing.
 at::Tensor device_zero() {
-  return at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA,
-                                                                     c10::cuda::current_device()));
+  return at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(kernel_device()));
 }
 
 // What the kernels rely on: every list as long as the first; tensor i of every list on the
@@ -72,8 +94,8 @@ void check_lists(const char* op, std::initializer_list<NamedList> lists) {
   }
   if (lead.tensors.empty()) return;
   const at::Device device = lead.tensors[0].device();
-  TORCH_CHECK(device.is_cuda(), op, ": the cuda backend takes CUDA tensors, got ", lead.name,
-              " on ", device);
+  TORCH_CHECK(device.type() == kKernelDevice, op, ": its kernels take ", kKernelDevice,
+              " tensors, got ", lead.name, " on ", device);
   for (size_t i = 0; i < lead.tensors.size(); ++i) {
     const at::Tensor& first = lead.tensors[i];
     for (const NamedList& list : lists) {
@@ -138,6 +160,18 @@ at::ScalarType float_dtype(const char* op, const NamedList& list) {
   return dtype;
 }
 
+// Whether a scalar tensor is read on the host rather than by the kernel. Under the host
+// emulation every tensor is on the CPU: the numbers that dispatcher_ops.py passes (float64
+// tensors) stand for host values and every other tensor for a device tensor, so that tests
+// run both paths.
+bool read_on_host(const at::Tensor& t) {
+#ifdef SASSHA_CUDA_HOST_EMULATION
+  return t.scalar_type() == at::kDouble;
+#else
+  return t.is_cpu();
+#endif
+}
+
 // A per-step scalar as the kernels read it: the value of a CPU tensor (a number arrives as
 // one; reading it costs no synchronisation), or the address of a one-element tensor on the
 // tensors' device, read when the kernel runs. A device tensor of another floating dtype (the
@@ -148,7 +182,7 @@ DeviceScalar device_scalar(const char* op, const char* name, const at::Tensor& t
   TORCH_CHECK(t.numel() == 1 && t.is_floating_point(), op, ": ", name, " must be a number or "
               "a one-element floating-point tensor, got a ", t.scalar_type(), " tensor of ",
               t.numel(), " elements");
-  if (t.is_cpu()) return {nullptr, static_cast<float>(t.item<double>())};
+  if (read_on_host(t)) return {nullptr, static_cast<float>(t.item<double>())};
   if (like.empty()) return {nullptr, 0.f};  // nothing will be launched
   TORCH_CHECK(t.device() == like[0].device(), op, ": ", name, " is a tensor on ", t.device(),
               "; the op's tensors are on ", like[0].device(), " (a scalar tensor is read on "
@@ -198,10 +232,10 @@ StepHyper step_hyper(const char* op, const TensorList& params, const at::Tensor&
 }
 
 at::Tensor global_norm_op(ListArg tensors_arg, const OptionalListArg& weights_arg) {
-  constexpr const char* op = "global_norm";
+  constexpr const char* op = OP_NAME("global_norm");
   const TensorList tensors = tensors_arg.vec();
   const TensorList weights = weights_arg ? weights_arg->vec() : TensorList{};
-  check_on_gpu(op, {{"tensors", tensors}, {"weights", weights}});
+  check_on_kernel_device(op, {{"tensors", tensors}, {"weights", weights}});
   const TensorList values = dense(tensors);
   const OptionalList weights_in_layout =
       weights_arg ? OptionalList(in_layout_of(values, weights)) : std::nullopt;
@@ -218,11 +252,11 @@ at::Tensor global_norm_op(ListArg tensors_arg, const OptionalListArg& weights_ar
 
 void perturb_op(ListArg params_arg, ListArg grads_arg, const at::Tensor& scale, bool adaptive,
                 const std::optional<at::Tensor>& found_inf) {
-  constexpr const char* op = "perturb";
+  constexpr const char* op = OP_NAME("perturb");
   const TensorList params = params_arg.vec(), grads = grads_arg.vec();
   mark_written(params_arg);
   mark_written(grads_arg);
-  check_on_gpu(op, {{"params", params}, {"grads", grads}});
+  check_on_kernel_device(op, {{"params", params}, {"grads", grads}});
   check_lists(op, {{"params", params}, {"grads", grads}});
   check_dtype(op, {"grads", grads}, float_dtype(op, {"params", params}));
   TensorList keep;
@@ -249,13 +283,13 @@ void sassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_avgs_ar
                       double hessian_power, double eps,
                       const std::optional<at::Tensor>& found_inf,
                       const std::optional<at::Tensor>& wrote_nonfinite) {
-  constexpr const char* op = "sassha_update";
+  constexpr const char* op = OP_NAME("sassha_update");
   const TensorList params = params_arg.vec(), grads = grads_arg.vec(),
                    exp_avgs = exp_avgs_arg.vec(), exp_hessians = exp_hessians_arg.vec(),
                    perturbations = perturbations_arg ? perturbations_arg->vec() : TensorList{};
   mark_written(params_arg);
   mark_written(exp_avgs_arg);
-  check_on_gpu(op, {{"params", params},
+  check_on_kernel_device(op, {{"params", params},
                     {"grads", grads},
                     {"exp_avgs", exp_avgs},
                     {"exp_hessians", exp_hessians},
@@ -281,10 +315,10 @@ void sassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_avgs_ar
 void hessian_ema_op(ListArg exp_hessians_arg, ListArg hessians_arg, double beta2,
                     const std::optional<at::Tensor>& found_inf,
                     const std::optional<at::Tensor>& wrote_nonfinite) {
-  constexpr const char* op = "hessian_ema";
+  constexpr const char* op = OP_NAME("hessian_ema");
   const TensorList exp_hessians = exp_hessians_arg.vec(), hessians = hessians_arg.vec();
   mark_written(exp_hessians_arg);
-  check_on_gpu(op, {{"exp_hessians", exp_hessians}, {"hessians", hessians}});
+  check_on_kernel_device(op, {{"exp_hessians", exp_hessians}, {"hessians", hessians}});
   const TensorList hessians_in_layout = in_layout_of(exp_hessians, hessians);
   check_lists(op, {{"exp_hessians", exp_hessians}, {"hessians", hessians_in_layout}});
   check_dtype(op, {"exp_hessians", exp_hessians}, at::kFloat);
@@ -302,12 +336,12 @@ at::Tensor msassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_
                              const at::Tensor& bias_correction2, double hessian_power,
                              double eps, const std::optional<at::Tensor>& found_inf,
                              const std::optional<at::Tensor>& wrote_nonfinite) {
-  constexpr const char* op = "msassha_update";
+  constexpr const char* op = OP_NAME("msassha_update");
   const TensorList params = params_arg.vec(), grads = grads_arg.vec(),
                    exp_avgs = exp_avgs_arg.vec(), exp_hessians = exp_hessians_arg.vec();
   mark_written(params_arg);
   mark_written(exp_avgs_arg);
-  check_on_gpu(op, {{"params", params},
+  check_on_kernel_device(op, {{"params", params},
                     {"grads", grads},
                     {"exp_avgs", exp_avgs},
                     {"exp_hessians", exp_hessians}});
@@ -325,10 +359,10 @@ at::Tensor msassha_update_op(ListArg params_arg, ListArg grads_arg, ListArg exp_
 }
 
 void add_scaled_op(ListArg params_arg, ListArg tensors_arg, const at::Tensor& alpha) {
-  constexpr const char* op = "add_scaled";
+  constexpr const char* op = OP_NAME("add_scaled");
   const TensorList params = params_arg.vec(), tensors = tensors_arg.vec();
   mark_written(params_arg);
-  check_on_gpu(op, {{"params", params}, {"tensors", tensors}});
+  check_on_kernel_device(op, {{"params", params}, {"tensors", tensors}});
   const TensorList tensors_in_layout = in_layout_of(params, tensors);
   check_lists(op, {{"params", params}, {"tensors", tensors_in_layout}});
   float_dtype(op, {"params", params});
@@ -337,62 +371,9 @@ void add_scaled_op(ListArg params_arg, ListArg tensors_arg, const at::Tensor& al
   cuda::add_scaled(params, tensors_in_layout, device_scalar(op, "alpha", alpha, params, keep));
 }
 
-// The launcher's plan for tensors of these sizes over Depth lists with ArgBytes of kernel
-// arguments. Tensor t of list d gets the fake address t * Depth + d + 1, which the plan's
-// address tables are decoded from.
-template <int Depth, int ArgBytes>
-py::dict launch_plan(const std::vector<int64_t>& numels) {
-  using Args = cuda::LaunchArgs<Depth, ArgBytes>;
-  std::vector<std::array<void*, Depth>> addresses(numels.size());
-  for (size_t t = 0; t < numels.size(); ++t) {
-    for (int d = 0; d < Depth; ++d) {
-      addresses[t][d] = reinterpret_cast<void*>(static_cast<uintptr_t>(t * Depth + d + 1));
-    }
-  }
-  py::list launches;
-  cuda::plan_launches<Depth, ArgBytes>(
-      addresses, numels, [&](const Args& args, int blocks) {
-        py::list block_list;
-        for (int b = 0; b < blocks; ++b) {
-          const int slot = args.block_tensor[b];
-          py::list tensor_of_list;
-          for (int d = 0; d < Depth; ++d) {
-            const auto code = reinterpret_cast<uintptr_t>(args.address[d][slot]);
-            tensor_of_list.append(code == 0 ? -1 : static_cast<int64_t>((code - 1) / Depth));
-          }
-          block_list.append(py::dict(py::arg("slot") = slot, py::arg("tensors") = tensor_of_list,
-                                     py::arg("chunk") = args.block_chunk[b],
-                                     py::arg("numel") = args.numel[slot]));
-        }
-        launches.append(py::dict(py::arg("first_block") = args.first_block,
-                                 py::arg("blocks") = block_list));
-      });
-  return py::dict(py::arg("chunk") = cuda::kChunk, py::arg("max_blocks") = Args::kMaxBlocks,
-                  py::arg("max_tensors") = Args::kMaxTensors,
-                  py::arg("args_bytes") = sizeof(Args), py::arg("launches") = launches);
-}
-
-template <int ArgBytes>
-py::dict launch_plan_for_depth(const std::vector<int64_t>& numels, int depth) {
-  switch (depth) {
-    case 1: return launch_plan<1, ArgBytes>(numels);
-    case 2: return launch_plan<2, ArgBytes>(numels);
-    case 4: return launch_plan<4, ArgBytes>(numels);
-    case 5: return launch_plan<5, ArgBytes>(numels);
-    default: TORCH_CHECK(false, "cuda_launch_plan: the ops use 1, 2, 4 or 5 lists, not ", depth);
-  }
-}
-
-py::dict launch_plan_op(const std::vector<int64_t>& numels, int depth, int arg_bytes) {
-  if (arg_bytes == cuda::kLargeArgBytes) return launch_plan_for_depth<cuda::kLargeArgBytes>(numels, depth);
-  TORCH_CHECK(arg_bytes == cuda::kSmallArgBytes, "cuda_launch_plan: arg_bytes is ",
-              cuda::kSmallArgBytes, " or ", cuda::kLargeArgBytes, ", not ", arg_bytes);
-  return launch_plan_for_depth<cuda::kSmallArgBytes>(numels, depth);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sassha_fast, CUDA, m) {
+TORCH_LIBRARY_IMPL(SASSHA_CUDA_OPS_LIBRARY, SASSHA_CUDA_OPS_KEY, m) {
   m.impl("global_norm", &global_norm_op);
   m.impl("perturb", &perturb_op);
   m.impl("sassha_update", &sassha_update_op);
@@ -401,16 +382,20 @@ TORCH_LIBRARY_IMPL(sassha_fast, CUDA, m) {
   m.impl("add_scaled", &add_scaled_op);
 }
 
-void register_cuda_helpers(py::module_& m) {
-  using py::arg;
-  // The GIL stays held: the plan is built into Python objects.
-  m.def("cuda_launch_plan", &launch_plan_op, arg("numels"), arg("depth"),
-        arg("arg_bytes") = cuda::kSmallArgBytes,
-        "How the multi-tensor launcher would cut tensors of these sizes into launches with "
-        "4096 or 32764 bytes of kernel arguments");
-  m.def("cuda_kernel_arg_bytes", &cuda::kernel_arg_bytes,
-        "Bytes of kernel arguments the launches use here: 32764 with a CUDA 12.1+ toolkit and "
-        "driver, else 4096");
+#ifdef SASSHA_CUDA_HOST_EMULATION
+// Tests choose the argument layout that the emulated launches take: a real device has one.
+TORCH_LIBRARY_FRAGMENT(sassha_fast_cuda_emulated, m) {
+  m.def("set_kernel_arg_bytes(int arg_bytes) -> int", [](int64_t arg_bytes) -> int64_t {
+    TORCH_CHECK(arg_bytes == cuda::kSmallArgBytes || arg_bytes == cuda::kLargeArgBytes,
+                "cuda_emulated: kernel arguments take ", cuda::kSmallArgBytes, " or ",
+                cuda::kLargeArgBytes, " bytes, not ", arg_bytes);
+    const int64_t previous = cuda::emulation::arg_bytes;
+    cuda::emulation::arg_bytes = static_cast<int>(arg_bytes);
+    return previous;
+  });
+  m.def("launches() -> int", []() -> int64_t { return cuda::emulation::launches; });
 }
+#endif  // SASSHA_CUDA_HOST_EMULATION
 
+}  // namespace SASSHA_CUDA_BUILD
 }  // namespace sassha

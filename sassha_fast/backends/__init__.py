@@ -28,6 +28,12 @@ BACKEND_MODULES: Dict[str, str] = {
     "reference": "sassha_fast.backends.reference",
 }
 
+# Backends for tests only, loaded by name: never listed by ``available_backends()``, offered
+# in an error message or picked by "auto".
+TEST_ONLY_MODULES: Dict[str, str] = {
+    "cuda_emulated": "sassha_fast.backends.cuda_emulated",
+}
+
 
 # What "auto" picks: the first backend of the device type's list that can run here.
 AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
@@ -46,17 +52,18 @@ class Availability(NamedTuple):
 
 
 def load_module(name: str) -> ModuleType:
-    if name not in BACKEND_MODULES:
+    path = BACKEND_MODULES.get(name) or TEST_ONLY_MODULES.get(name)
+    if path is None:
         raise ValueError(f"Invalid backend: {name!r} (choose from 'auto', "
                          + ", ".join(repr(b) for b in BACKEND_MODULES) + ")")
-    return importlib.import_module(BACKEND_MODULES[name])
+    return importlib.import_module(path)
 
 
 def unavailable_reason(name: str) -> Optional[str]:
     try:
         module = load_module(name)
     except ImportError as exc:
-        return f"cannot import {BACKEND_MODULES[name]}: {exc}"
+        return f"cannot import backend {name!r}: {exc}"
     reason = getattr(module, "unavailable_reason", lambda: None)()
     if reason is None:
         missing = [attr for attr in OPS + ("supports", "supports_dtype")
@@ -66,10 +73,11 @@ def unavailable_reason(name: str) -> Optional[str]:
     return reason
 
 
-def available_backends() -> Dict[str, Availability]:
-    """Every backend name, with whether it can run in this process and, if not, why."""
+def available_backends(test_only: bool = False) -> Dict[str, Availability]:
+    """Every backend name, with whether it can run in this process and, if not, why (with
+    ``test_only``, the test-only backends too)."""
     report = {}
-    for name in BACKEND_MODULES:
+    for name in list(BACKEND_MODULES) + (list(TEST_ONLY_MODULES) if test_only else []):
         reason = unavailable_reason(name)
         report[name] = Availability(reason is None, reason or "available")
     return report
@@ -108,6 +116,9 @@ class Ops(NamedTuple):
 
 
 def ops_of(name: str) -> Ops:
+    if name in TEST_ONLY_MODULES:
+        module = load_module(name)
+        return Ops(name, *(getattr(module, op) for op in OPS))
     table = op_table()
     return Ops(name, *(table[op][name] for op in OPS))
 

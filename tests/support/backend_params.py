@@ -1,16 +1,17 @@
 """Which (backend, device) pairs the parametrized tests run: every fused backend usable in
-this process, on every device it supports. An unusable backend is one skip whose reason is the backend's
-own explanation."""
+this process, on every device it supports, the test-only cuda_emulated (the CUDA kernels run
+on the host) among them. An unusable backend is one skip whose reason is the backend's own
+explanation."""
 from typing import List
 
 import pytest
 import torch
 
 from sassha_fast import available_backends
-from sassha_fast.backends import BACKEND_MODULES, load_module
+from sassha_fast.backends import BACKEND_MODULES, TEST_ONLY_MODULES, load_module
 from sassha_fast.functional import resolve
 
-FUSED_BACKENDS = [name for name in BACKEND_MODULES if name != "reference"]
+FUSED_BACKENDS = [name for name in BACKEND_MODULES if name != "reference"] + list(TEST_ONLY_MODULES)
 
 
 def devices() -> List[torch.device]:
@@ -21,7 +22,7 @@ def devices() -> List[torch.device]:
 
 
 def backend_device_params(names=None, device_types=None) -> list:
-    report = available_backends()
+    report = available_backends(test_only=True)
     params = []
     for name in names or FUSED_BACKENDS:
         if not report[name].available:

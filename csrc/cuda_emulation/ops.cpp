@@ -1,0 +1,3 @@
+// The CUDA kernels' own source, compiled for the host: csrc/cuda/host_emulation.h.
+#define SASSHA_CUDA_HOST_EMULATION
+#include "../cuda/ops.cpp"
