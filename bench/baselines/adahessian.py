@@ -23,7 +23,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .hutchinson import ProbeSource, gradients, trainable
+from .hutchinson import ProbeSource, each_parameter, gradients, trainable
 
 # Weights of at least this many dimensions are convolution kernels (out, in, *spatial):
 # Conv2d's are 4-d. A Linear weight (2-d) or a bias (1-d) is not averaged.
@@ -58,24 +58,15 @@ class AdaHessian(torch.optim.Optimizer):
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Tensor:
         params = trainable(self.param_groups)
         loss, grads, estimates = gradients(closure, params, self.probes)
-        found = dict(zip(params, zip(grads, estimates)))
         self.steps += 1
         t = self.steps
-        for group in self.param_groups:
+        for group, p, grad, estimate, (m, v) in each_parameter(self, params, grads, estimates,
+                                                                ("m", "v")):
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p not in found:
-                    continue
-                grad, estimate = found[p]
-                state = self.state[p]
-                if not state:
-                    state["m"] = torch.zeros_like(p)
-                    state["v"] = torch.zeros_like(p)
-                m, v = state["m"], state["v"]
-                diagonal = spatial_average(estimate)
-                m.lerp_(grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(diagonal, diagonal, value=1 - beta2)
-                root = (v / (1 - beta2 ** t)).sqrt_().pow_(group["hessian_power"])
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.addcdiv_(m, root.add_(group["eps"]), value=-group["lr"] / (1 - beta1 ** t))
+            diagonal = spatial_average(estimate)
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(diagonal, diagonal, value=1 - beta2)
+            root = (v / (1 - beta2 ** t)).sqrt_().pow_(group["hessian_power"])
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.addcdiv_(m, root.add_(group["eps"]), value=-group["lr"] / (1 - beta1 ** t))
         return loss

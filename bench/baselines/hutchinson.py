@@ -5,7 +5,7 @@ the Hessian-vector product taken by differentiating the gradients a second time.
 Sophia's paper draws Gaussian probes, AdaHessian's Rademacher ones (for which u * u = 1:
 the estimate is exact on a diagonal Hessian). Probes come from a generator the optimizer
 owns, one draw per parameter in group order, so a run repeats with its seed."""
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -35,6 +35,26 @@ class ProbeSource:
 
 def trainable(param_groups) -> List[Tensor]:
     return [p for group in param_groups for p in group["params"] if p.requires_grad]
+
+
+def each_parameter(optimizer: torch.optim.Optimizer, params: Sequence[Tensor],
+                   grads: List[Tensor], estimates: Optional[List[Tensor]],
+                   state_keys: Sequence[str]
+                   ) -> Iterator[Tuple[dict, Tensor, Tensor, Optional[Tensor], List[Tensor]]]:
+    """(group, parameter, gradient, estimate, its state tensors) of every parameter of
+    ``params`` (what ``gradients`` was given), group by group: ``estimate`` is None on a step
+    without one, and the state tensors named ``state_keys`` start at zeros."""
+    found = dict(zip(params, zip(grads, estimates or [None] * len(params))))
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p not in found:
+                continue
+            state = optimizer.state[p]
+            if not state:
+                for key in state_keys:
+                    state[key] = torch.zeros_like(p)
+            grad, estimate = found[p]
+            yield group, p, grad, estimate, [state[key] for key in state_keys]
 
 
 def gradients(closure: Callable[[], Tensor], params: Sequence[Tensor],

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .hutchinson import ProbeSource, gradients, trainable
+from .hutchinson import ProbeSource, each_parameter, gradients, trainable
 
 
 class SophiaH(torch.optim.Optimizer):
@@ -52,23 +52,14 @@ class SophiaH(torch.optim.Optimizer):
         params = trainable(self.param_groups)
         due = self.hessian_due()
         loss, grads, estimates = gradients(closure, params, self.probes if due else None)
-        found = dict(zip(params, zip(grads, estimates or [None] * len(params))))
         self.steps += 1
-        for group in self.param_groups:
+        for group, p, grad, estimate, (m, h) in each_parameter(self, params, grads, estimates,
+                                                                ("m", "h")):
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p not in found:
-                    continue
-                grad, estimate = found[p]
-                state = self.state[p]
-                if not state:
-                    state["m"] = torch.zeros_like(p)
-                    state["h"] = torch.zeros_like(p)
-                m, h = state["m"], state["h"]
-                m.lerp_(grad, 1 - beta1)
-                if estimate is not None:
-                    h.lerp_(estimate, 1 - beta2)
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                ratio = m / (group["gamma"] * h).clamp(min=group["eps"])
-                p.add_(ratio.clamp_(-1.0, 1.0), alpha=-group["lr"])
+            m.lerp_(grad, 1 - beta1)
+            if estimate is not None:
+                h.lerp_(estimate, 1 - beta2)
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            ratio = m / (group["gamma"] * h).clamp(min=group["eps"])
+            p.add_(ratio.clamp_(-1.0, 1.0), alpha=-group["lr"])
         return loss
