@@ -44,16 +44,20 @@ bool skipped(const char* op, const std::optional<at::Tensor>& found_inf) {
   return found_inf && value_of(op, "found_inf", *found_inf) != 0.0;
 }
 
-// An update that stored inf or NaN sets its wrote_nonfinite flag (a one-element fp32 tensor
-// the caller zeroes); the op never clears it.
-void report_nonfinite(const char* op, const std::optional<at::Tensor>& wrote_nonfinite,
-                      bool nonfinite) {
-  if (!wrote_nonfinite) return;
+// An update's wrote_nonfinite flag (a one-element fp32 tensor the caller zeroes; the op sets
+// it when it stores inf or NaN and never clears it), checked before the op writes anything.
+const at::Tensor* nonfinite_flag(const char* op,
+                                 const std::optional<at::Tensor>& wrote_nonfinite) {
+  if (!wrote_nonfinite) return nullptr;
   const at::Tensor& flag = *wrote_nonfinite;
   TORCH_CHECK(flag.device().is_cpu() && flag.numel() == 1 && flag.scalar_type() == at::kFloat,
               op, ": wrote_nonfinite must be None or a one-element fp32 tensor on cpu, got a ",
               flag.scalar_type(), " tensor of ", flag.numel(), " elements on ", flag.device());
-  if (nonfinite) flag.fill_(1);
+  return &flag;
+}
+
+void report_nonfinite(const at::Tensor* flag, bool nonfinite) {
+  if (flag != nullptr && nonfinite) flag->fill_(1);
 }
 
 const OpKernels& kernels_for(const TensorBatch& batch) {
@@ -150,6 +154,7 @@ void sassha_update(TensorList params, TensorList grads, TensorList exp_avgs,
                    const at::Tensor& bias_correction1, const at::Tensor& bias_correction2,
                    double hessian_power, double eps, const std::optional<at::Tensor>& found_inf,
                    const std::optional<at::Tensor>& wrote_nonfinite) {
+  const at::Tensor* flag = nonfinite_flag("sassha_update", wrote_nonfinite);
   mark_written(params);
   mark_written(exp_avgs);
   TensorBatch batch("sassha_update", params.size());
@@ -158,7 +163,6 @@ void sassha_update(TensorList params, TensorList grads, TensorList exp_avgs,
   if (skipped("sassha_update", found_inf)) {
     // m and D stay; p only leaves the perturbed point (p - e, as the step would start).
     if (perturbations) run_add_scaled(params, *perturbations, -1.0);
-    report_nonfinite("sassha_update", wrote_nonfinite, false);
     return;
   }
   Scalars s = step_scalars("sassha_update", lr, weight_decay, beta1, bias_correction1,
@@ -166,12 +170,13 @@ void sassha_update(TensorList params, TensorList grads, TensorList exp_avgs,
   s.leave_perturbation = perturbations.has_value();
   const Partial result = run(kernels_for(batch).sassha_update, s, batch.spans());
   batch.finish();
-  report_nonfinite("sassha_update", wrote_nonfinite, result.nonfinite);
+  report_nonfinite(flag, result.nonfinite);
 }
 
 void hessian_ema(TensorList exp_hessians, TensorList hessians, double beta2,
                  const std::optional<at::Tensor>& found_inf,
                  const std::optional<at::Tensor>& wrote_nonfinite) {
+  const at::Tensor* flag = nonfinite_flag("hessian_ema", wrote_nonfinite);
   mark_written(exp_hessians);
   Scalars s;
   s.beta2 = beta2;
@@ -179,7 +184,7 @@ void hessian_ema(TensorList exp_hessians, TensorList hessians, double beta2,
   const Partial result =
       update_from("hessian_ema", "exp_hessians", exp_hessians, Kind::kState, "hessians",
                   hessians, skipped("hessian_ema", found_inf), &OpKernels::hessian_ema, s);
-  report_nonfinite("hessian_ema", wrote_nonfinite, result.nonfinite);
+  report_nonfinite(flag, result.nonfinite);
 }
 
 at::Tensor msassha_update(TensorList params, TensorList grads,
@@ -189,6 +194,7 @@ at::Tensor msassha_update(TensorList params, TensorList grads,
                           const at::Tensor& bias_correction2, double hessian_power, double eps,
                           const std::optional<at::Tensor>& found_inf,
                           const std::optional<at::Tensor>& wrote_nonfinite) {
+  const at::Tensor* flag = nonfinite_flag("msassha_update", wrote_nonfinite);
   mark_written(params);
   mark_written(exp_avgs);
   TensorBatch batch("msassha_update", params.size());
@@ -197,7 +203,6 @@ at::Tensor msassha_update(TensorList params, TensorList grads,
     // p, m and D stay; the sum of squares is that of the unchanged m.
     TensorBatch momenta("msassha_update", exp_avgs.size());
     momenta.add("exp_avgs", exp_avgs, Kind::kState, Access::kRead);
-    report_nonfinite("msassha_update", wrote_nonfinite, false);
     return result_scalar(
         run(kernels_for(momenta).global_norm, Scalars{}, momenta.spans()).squares, batch);
   }
@@ -206,7 +211,7 @@ at::Tensor msassha_update(TensorList params, TensorList grads,
   s.norm_factor = value_of("msassha_update", "norm_factor", norm_factor);
   const Partial result = run(kernels_for(batch).msassha_update, s, batch.spans());
   batch.finish();
-  report_nonfinite("msassha_update", wrote_nonfinite, result.nonfinite);
+  report_nonfinite(flag, result.nonfinite);
   return result_scalar(result.squares, batch);
 }
 

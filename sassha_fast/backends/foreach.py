@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .reference import Scalar, compute_dtype, flag_nonfinite_
+from .reference import Scalar, check_wrote_nonfinite, compute_dtype, flag_nonfinite_
 from .reference import supports_dtype  # noqa: F401 (backend API)
 from .tensor_checks import check_plain_tensors
 
@@ -123,6 +123,7 @@ def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tens
                   bias_correction2: Scalar, hessian_power: float, eps: float,
                   found_inf: Optional[Tensor] = None,
                   wrote_nonfinite: Optional[Tensor] = None) -> None:
+    check_wrote_nonfinite(wrote_nonfinite, params)
     if not params:
         return
     check_plain_tensors("sassha_update", params=params, grads=grads, exp_avgs=exp_avgs,
@@ -150,6 +151,7 @@ def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tens
 def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float, *,
                 found_inf: Optional[Tensor] = None,
                 wrote_nonfinite: Optional[Tensor] = None) -> None:
+    check_wrote_nonfinite(wrote_nonfinite, exp_hessians)
     if not exp_hessians:
         return
     check_plain_tensors("hessian_ema", exp_hessians=exp_hessians, hessians=hessians)
@@ -168,6 +170,7 @@ def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Ten
                    bias_correction2: Scalar, hessian_power: float, eps: float,
                    found_inf: Optional[Tensor] = None,
                    wrote_nonfinite: Optional[Tensor] = None) -> Tensor:
+    check_wrote_nonfinite(wrote_nonfinite, params)
     if not params:
         return torch.zeros((), dtype=torch.float32)
     check_plain_tensors("msassha_update", params=params, grads=grads, exp_avgs=exp_avgs,

@@ -61,20 +61,26 @@ def _unless_skipped(skip: Optional[Tensor], old: Tensor, new: Tensor) -> Tensor:
     return new if skip is None else torch.where(skip, old, new)
 
 
-def flag_nonfinite_(wrote_nonfinite: Optional[Tensor], skip: Optional[Tensor],
-                    written: List[Tensor]) -> None:
-    """Set ``wrote_nonfinite`` when a tensor the op wrote holds inf or NaN (not when the op
-    was skipped), read on the device: the largest magnitude of each is inf or NaN then."""
+def check_wrote_nonfinite(wrote_nonfinite: Optional[Tensor], like: List[Tensor]) -> None:
+    """Refuses, before the op writes anything, a flag it could not set: the flag must be
+    None or a one-element float32 tensor on the device of the lists (``like``)."""
     if wrote_nonfinite is None:
         return
-    device = written[0].device if written else wrote_nonfinite.device
+    device = like[0].device if like else wrote_nonfinite.device
     if (wrote_nonfinite.numel() != 1 or wrote_nonfinite.dtype != torch.float32
             or wrote_nonfinite.device != device):
         raise ValueError(f"wrote_nonfinite must be None or a one-element float32 tensor on "
                          f"{device}, got a {wrote_nonfinite.dtype} tensor of "
                          f"{wrote_nonfinite.numel()} elements on {wrote_nonfinite.device}")
+
+
+def flag_nonfinite_(wrote_nonfinite: Optional[Tensor], skip: Optional[Tensor],
+                    written: List[Tensor]) -> None:
+    """Set ``wrote_nonfinite`` (checked by ``check_wrote_nonfinite``) when a tensor the op
+    wrote holds inf or NaN (not when the op was skipped), read on the device: the largest
+    magnitude of each is inf or NaN then."""
     written = [t for t in written if t.numel()]  # an empty tensor has no largest value
-    if not written:
+    if wrote_nonfinite is None or not written:
         return
     found = ~torch.stack([torch.isfinite(n) for n in
                           torch._foreach_norm(written, float("inf"))]).all()
@@ -126,6 +132,7 @@ def sassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tens
     Skipped (``found_inf`` nonzero): m and D are untouched and p only leaves the perturbed
     point (p = p - e, rounded as usual) when ``perturbations`` is given.
     ``wrote_nonfinite``: see the module's docstring."""
+    check_wrote_nonfinite(wrote_nonfinite, params)
     skip = _skipped(found_inf)
     step_size = lr / bias_correction1
     for i, (p, g, m, d) in enumerate(zip(params, grads, exp_avgs, exp_hessians)):
@@ -147,6 +154,7 @@ def hessian_ema(exp_hessians: List[Tensor], hessians: List[Tensor], beta2: float
                 wrote_nonfinite: Optional[Tensor] = None) -> None:
     """D = b2*D + (1-b2)*|h| (h: the Hutchinson estimate, any supported dtype).
     Skipped (``found_inf`` nonzero): D is untouched."""
+    check_wrote_nonfinite(wrote_nonfinite, exp_hessians)
     skip = _skipped(found_inf)
     for d, h in zip(exp_hessians, hessians):
         d.copy_(_unless_skipped(skip, d, torch.add(d * beta2, _wide(h).abs(), alpha=1 - beta2)))
@@ -164,6 +172,7 @@ def msassha_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Ten
     sum_i ||m_i||^2 of the momenta as stored (for the next perturbation's norm) as a 0-d
     tensor of the compute dtype. Skipped (``found_inf`` nonzero): p, m and D are
     untouched and the sum is that of the unchanged m."""
+    check_wrote_nonfinite(wrote_nonfinite, params)
     skip = _skipped(found_inf)
     step_size = lr / bias_correction1
     dtype = compute_dtype(params[0].dtype) if params else torch.float32

@@ -147,10 +147,13 @@ def test_a_step_that_overflows_the_parameters_dtype_sets_the_flag(backend, devic
 
 
 def test_a_flag_that_is_not_a_one_element_fp32_tensor_is_refused(backend, device):
+    """Refused by name, and before the op writes anything."""
     ops = ops_for(backend, device, torch.float32)
     values = inputs(torch.float32, device)
     for bad in (torch.zeros(2, device=device), torch.zeros((), dtype=torch.float64,
                                                            device=device)):
+        exp_hessians = clone(values["exp_hessians"])
         with pytest.raises((RuntimeError, ValueError), match="wrote_nonfinite"):
-            ops.hessian_ema(clone(values["exp_hessians"]), values["hessians"], 0.99,
-                            wrote_nonfinite=bad)
+            ops.hessian_ema(exp_hessians, values["hessians"], 0.99, wrote_nonfinite=bad)
+        # Refused before anything was written.
+        assert all(torch.equal(a, b) for a, b in zip(exp_hessians, values["exp_hessians"]))
