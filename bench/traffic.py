@@ -49,9 +49,10 @@ class ByteCounter(TorchDispatchMode):
             return out
         read = written = 0
         schema = func._schema
-        given = list(args) + [kwargs[a.name] for a in schema.arguments[len(args):]
-                              if a.name in kwargs]
-        for argument, value in zip(schema.arguments, given):
+        given = [(argument, args[i] if i < len(args) else kwargs[argument.name])
+                 for i, argument in enumerate(schema.arguments)
+                 if i < len(args) or argument.name in kwargs]
+        for argument, value in given:
             size = _bytes(value)
             read += size
             if argument.alias_info is not None and argument.alias_info.is_write:
