@@ -7,7 +7,7 @@ from typing import List, Optional
 import torch
 
 from .harness.config import lm_profile
-from .harness.protocol import Point, select
+from .harness.protocol import Point, mean_std, select
 from .methods import LM_METHODS
 from .suites.language_model import bits, prepare, train
 from .workloads.corpus import load
@@ -23,11 +23,13 @@ def parse_knobs(text: str) -> tuple:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """``python -m bench.lm_suite --profile full --methods adamw,sam-adamw --lrs 1e-4,3e-4
-    [--knobs rho=0.025]``: seed-0 runs at learning rates of one's choice, trained and scored
-    as the grid's runs (to see whether a point chosen at the grid's edge, or carried from
-    the quick profile's grid into the full one, hides a better one); prints each run's
-    validation and test bits per byte, its seconds per training iteration and the run's
-    wall time (evaluations included: what a grid point costs)."""
+    [--knobs rho=0.025] [--seeds 3]``: runs at learning rates of one's choice, trained and
+    scored as the grid's runs (seed 0; to see whether a point chosen at the grid's edge, or
+    carried from the quick profile's grid into the full one, hides a better one), and with
+    ``--seeds`` as the chosen points' (seeds 0, 1, ...); prints each run's validation and
+    test bits per byte, its seconds per training iteration and the run's wall time
+    (evaluations included: what a grid point costs), then with several seeds each point's
+    mean ± std of the test bits per byte over the seeds that stayed finite."""
     parser = argparse.ArgumentParser(description=main.__doc__.split(":")[0])
     parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "full"))
     parser.add_argument("--methods", default=",".join(m.name for m in LM_METHODS))
@@ -36,7 +38,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="NAME=VALUE pairs for every method named (rho for SAM and the "
                              "SASSHAs, gamma for Sophia-H); a knob left out takes the "
                              "catalog's default")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="seeds 0 .. N-1 at every point (default 1: seed 0, as the grid)")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds takes a count of at least 1, not {args.seeds}")
     methods = select(LM_METHODS, args.methods)
     knobs = parse_knobs(args.knobs)
     for method in methods:
@@ -47,20 +53,32 @@ def main(argv: Optional[List[str]] = None) -> None:
     profile = lm_profile(args.profile, device)
     torch.set_num_threads(profile.threads)
     data = prepare(load(train_bytes=profile.train_bytes), profile, device)
-    print("| method | point | validation bits per byte | test bits per byte | skipped steps "
-          "| s / iter | run s |")
-    print("| :--- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| method | point | seed | validation bits per byte | test bits per byte "
+          "| skipped steps | s / iter | run s |")
+    print("| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    means = []
     for method in methods:
         for lr in (float(v) for v in args.lrs.split(",")):
             point = Point(lr, knobs)
-            start = time.perf_counter()
-            run = train(method, point, data, profile, 0, device)
-            wall = time.perf_counter() - start
-            scores = (f"{bits(run.val_loss):.3f} | {bits(run.test_loss):.3f}" if run.finite
-                      else f"diverged ({run.stopped or 'non-finite weights'}) | -")
-            per_iteration = run.train_s / max(1, run.iterations)
-            print(f"| {method.name} | {point.label()} | {scores} | {run.skipped_steps} | "
-                  f"{per_iteration:.4f} | {wall:.1f} |", flush=True)
+            tests = []
+            for seed in range(args.seeds):
+                start = time.perf_counter()
+                run = train(method, point, data, profile, seed, device)
+                wall = time.perf_counter() - start
+                if run.finite:
+                    tests.append(bits(run.test_loss))
+                scores = (f"{bits(run.val_loss):.3f} | {bits(run.test_loss):.3f}" if run.finite
+                          else f"diverged ({run.stopped or 'non-finite weights'}) | -")
+                per_iteration = run.train_s / max(1, run.iterations)
+                print(f"| {method.name} | {point.label()} | {seed} | {scores} | "
+                      f"{run.skipped_steps} | {per_iteration:.4f} | {wall:.1f} |", flush=True)
+            means.append((method.name, point.label(), tests))
+    if args.seeds > 1:
+        print("\n| method | point | test bits per byte, mean ± std | finite seeds |")
+        print("| :--- | ---: | ---: | ---: |")
+        for name, label, tests in means:
+            spread = "{:.3f} ± {:.3f}".format(*mean_std(tests)) if tests else "-"
+            print(f"| {name} | {label} | {spread} | {len(tests)} of {args.seeds} |")
 
 
 if __name__ == "__main__":

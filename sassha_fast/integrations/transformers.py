@@ -22,25 +22,31 @@ clips, ``opt.average_gradients()`` averages their gradients and the Hessian esti
 ranks (clipping then sees the global gradient, as in one process over the whole batch).
 Every other pass is an ordinary backward that DDP averages, once per pass over the window
 (the micro-batches before its last run under ``no_sync()``). FSDP is refused
-(``check_no_fsdp``)."""
+(``check_no_fsdp``).
+
+``torch_compile=True``: the compiled backward cannot be differentiated again, so the
+``create_graph`` passes run through the module the Trainer compiled (same parameters); every
+other pass runs compiled."""
 import contextlib
 import functools
 import os
 from typing import Any, Optional
 
 import transformers
+from accelerate.utils import is_compiled_module
 
 from . import raw_optimizer
 from ..hessian.finite_difference import capture_rng_state
 from ..optim.base import HessianOptimizer
 from ..optim.sassha import SASSHA
 from ..step.batchnorm import frozen_batchnorm_stats
+from ..step.errors import compiled_double_backward_error
 
 
 class SasshaTrainer(transformers.Trainer):
     """``transformers.Trainer`` for SASSHA / M-SASSHA (either Hessian estimator), with
-    gradient accumulation, ``max_grad_norm``, bf16 mixed precision, checkpoint resume and
-    several processes (DDP). fp16 (a GradScaler) is refused: its ``scaler.step()`` would
+    gradient accumulation, ``max_grad_norm``, bf16 mixed precision, checkpoint resume,
+    ``torch_compile`` and several processes (DDP). fp16 (a GradScaler) is refused: its ``scaler.step()`` would
     skip the optimizer's own unscaling of the Hessian estimate; so is FSDP
     (``check_no_fsdp``)."""
 
@@ -110,8 +116,17 @@ class SasshaTrainer(transformers.Trainer):
         (outside DDP's reducer, which fails on it: the optimizer averages that pass)."""
         if not create_graph:
             return super().training_step(model, inputs, num_items_in_batch)
+        # torch.compile's backward cannot be differentiated again: this pass runs the module
+        # that torch_compile=True wrapped, which shares its parameters.
+        if is_compiled_module(model):
+            model = model._orig_mod
         with self._no_sync(model, True), _backward_kwargs(self.accelerator, create_graph=True):
-            return super().training_step(model, inputs, num_items_in_batch)
+            try:
+                return super().training_step(model, inputs, num_items_in_batch)
+            except RuntimeError as exc:
+                if compiled_double_backward_error(exc) is None:
+                    raise
+                raise compiled_regions_error(exc) from exc
 
     def _no_sync(self, model, condition: bool):
         # accelerate's no_sync does nothing in one process.
@@ -142,6 +157,19 @@ def check_no_fsdp(args: Optional[Any], fsdp_enabled: bool = False) -> None:
         "processes without fsdp (torchrun or accelerate launch, DDP), either estimator and "
         "optimizer; or FSDP2's fully_shard in a loop of your own with "
         "hessian_estimator='finite_difference' (docs/production.md, FSDP2)")
+
+
+def compiled_regions_error(exc: RuntimeError) -> RuntimeError:
+    """A create_graph pass that reached a region compiled inside the model."""
+    return RuntimeError(
+        "SasshaTrainer's create_graph pass (hessian_estimator='autograd', on Hessian-due "
+        "steps) reached a part of the model compiled on its own (accelerate's regional "
+        "compilation, or torch.compile applied inside the model), whose backward cannot be "
+        "differentiated again. SasshaTrainer runs that pass through the uncompiled model only "
+        "when the whole model is compiled (TrainingArguments(torch_compile=True)). Either "
+        "compile the whole model that way, or construct the optimizer with "
+        "hessian_estimator='finite_difference', which needs first-order gradients only and "
+        "trains compiled throughout. Original error: " + str(exc))
 
 
 @contextlib.contextmanager

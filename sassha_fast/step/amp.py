@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torch.amp.grad_scaler import OptState
 
+from .skips import any_set
+
 
 def enabled(scaler) -> bool:
     return scaler is not None and scaler.is_enabled()
@@ -48,8 +50,8 @@ def unscale_(scaler, tensors: List[Tensor]) -> Optional[Tensor]:
     for (device, _), group in by_kind.items():
         found_here = torch.zeros(1, dtype=torch.float32, device=device)
         torch._amp_foreach_non_finite_check_and_unscale_(group, found_here, inv_scale.to(device))
-        found.append(found_here.to(home))
-    return (found[0] if len(found) == 1 else torch.stack(found).amax()).reshape(())
+        found.append(found_here)
+    return any_set(found, home)
 
 
 def record_found_inf(scaler, optimizer, found_inf: Tensor) -> None:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import amp
 from .authors_format import STATE_TENSOR_KEYS
-from .skips import UPDATE_WROTE_NONFINITE
+from .skips import UPDATE_WROTE_NONFINITE, any_set
 
 NONFINITE_POLICIES = ("skip", "raise", "ignore")
 
@@ -124,10 +124,9 @@ class UpdateFlags:
 
     def combined(self, home: torch.device) -> Optional[Tensor]:
         """Whether any op set its flag, on ``home`` (None when no op was given one)."""
-        flags = [flag.to(home) for flag in self.by_device.values()]
-        if not flags:
+        if not self.by_device:
             return None
-        return flags[0] if len(flags) == 1 else torch.stack(flags).amax()
+        return any_set(list(self.by_device.values()), home)
 
 
 def nonfinite_state_message(param_groups: List[dict], state: dict) -> str:

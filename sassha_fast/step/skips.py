@@ -39,6 +39,13 @@ Explain = Optional[Callable[[bool], str]]
 Locate = Optional[Callable[[], str]]
 
 
+def any_set(flags: List[Tensor], home: torch.device) -> Tensor:
+    """Whether any of the per-device flags (0-d or one-element float32 tensors, one per
+    device) is nonzero, as one 0-d tensor on ``home``; no host synchronisation."""
+    on_home = [flag.reshape(()).to(home) for flag in flags]
+    return on_home[0] if len(on_home) == 1 else torch.stack(on_home).amax()
+
+
 class SkippedStepWarning(UserWarning):
     """Steps were skipped because gradients or Hessian estimates held inf or NaN."""
 

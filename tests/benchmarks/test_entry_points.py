@@ -29,8 +29,9 @@ SMOKE_RUNS = {
                                     False),
     "bench.traffic": (["--numel", "4000"], r"M-SASSHA +skip +GradScaler +[\d.]+ +\d+", False),
     "bench.lm_suite": (["--profile", "smoke", "--methods", "sam-adamw,msassha-fd", "--lrs",
-                        "1e-3", "--knobs", "rho=0.025"],
-                       r"\| msassha-fd \| 0\.001 rho 0\.025 \| \d", False),
+                        "1e-3", "--knobs", "rho=0.025", "--seeds", "2"],
+                       r"\| msassha-fd \| 0\.001 rho 0\.025 \| \d\.\d{3} ± \d\.\d{3} \| 2 of 2 \|",
+                       False),
     "bench.quality_suite": (["--profile", "smoke", "--methods", "sassha-fd,msassha-fd",
                              "--out", "{tmp}"], r"\| msassha-fd \|", True),
 }
