@@ -56,7 +56,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print("| method | point | seed | validation bits per byte | test bits per byte "
           "| skipped steps | s / iter | run s |")
     print("| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    means = []
+    per_point = []
     for method in methods:
         for lr in (float(v) for v in args.lrs.split(",")):
             point = Point(lr, knobs)
@@ -72,11 +72,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                 per_iteration = run.train_s / max(1, run.iterations)
                 print(f"| {method.name} | {point.label()} | {seed} | {scores} | "
                       f"{run.skipped_steps} | {per_iteration:.4f} | {wall:.1f} |", flush=True)
-            means.append((method.name, point.label(), tests))
+            per_point.append((method.name, point.label(), tests))
     if args.seeds > 1:
         print("\n| method | point | test bits per byte, mean ± std | finite seeds |")
         print("| :--- | ---: | ---: | ---: |")
-        for name, label, tests in means:
+        for name, label, tests in per_point:
             spread = "{:.3f} ± {:.3f}".format(*mean_std(tests)) if tests else "-"
             print(f"| {name} | {label} | {spread} | {len(tests)} of {args.seeds} |")
 

@@ -46,9 +46,9 @@ from ..step.errors import compiled_double_backward_error
 class SasshaTrainer(transformers.Trainer):
     """``transformers.Trainer`` for SASSHA / M-SASSHA (either Hessian estimator), with
     gradient accumulation, ``max_grad_norm``, bf16 mixed precision, checkpoint resume,
-    ``torch_compile`` and several processes (DDP). fp16 (a GradScaler) is refused: its ``scaler.step()`` would
-    skip the optimizer's own unscaling of the Hessian estimate; so is FSDP
-    (``check_no_fsdp``)."""
+    ``torch_compile`` and several processes (DDP). fp16 (a GradScaler) is refused: its
+    ``scaler.step()`` would skip the optimizer's own unscaling of the Hessian estimate; so is
+    FSDP (``check_no_fsdp``)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         # Before the Trainer's own checks, which under FSDP would send the user to

@@ -49,13 +49,19 @@ def hand_loop(optimizer, estimator, epochs=2, use_cache=False):
     return model
 
 
+def trained(optimizer, estimator, tmp_path, **kwargs):
+    """A tiny GPT-2 trained by ``SasshaTrainer`` (``kwargs`` over the TrainingArguments)."""
+    model = make_model()
+    opt = optimizer(model.parameters(), hessian_estimator=estimator, **SETTINGS[optimizer])
+    trainer = trainer_for(model, opt, tmp_path, **kwargs)
+    trainer.train()
+    return model, trainer
+
+
 @pytest.mark.parametrize("optimizer,estimator", [(SASSHA, "autograd"), (SASSHA, FD),
                                                  (MSASSHA, "autograd"), (MSASSHA, FD)])
 def test_the_trainer_trains_and_matches_the_hand_written_loop(optimizer, estimator, tmp_path):
-    model = make_model()
-    opt = optimizer(model.parameters(), hessian_estimator=estimator, **SETTINGS[optimizer])
-    trainer = trainer_for(model, opt, tmp_path)
-    trainer.train()
+    model, trainer = trained(optimizer, estimator, tmp_path)
     losses = logged(trainer)
     assert len(losses) == 2 * EXAMPLES // (MICRO * ACCUMULATE)
     # It trains: the last loss over the first, finite difference at seeds 0-2 with either
@@ -73,19 +79,14 @@ def test_the_trainer_trains_and_matches_the_hand_written_loop(optimizer, estimat
 def test_the_comparison_tells_a_different_loop_apart(trainer_kwargs, loop_kwargs, tmp_path):
     """Negative controls: the bit-for-bit comparison above fails on a change of what is
     clipped and on a rounding difference in the forward pass alone."""
-    model = make_model()
-    opt = SASSHA(model.parameters(), **SETTINGS[SASSHA])
-    trainer_for(model, opt, tmp_path, **trainer_kwargs).train()
+    model, _ = trained(SASSHA, "autograd", tmp_path, **trainer_kwargs)
     want = hand_loop(SASSHA, "autograd", **loop_kwargs)
     with pytest.raises(AssertionError):
         assert_identical(model.state_dict(), want.state_dict())
 
 
 def test_bf16_mixed_precision_trains(tmp_path):
-    model = make_model()
-    opt = SASSHA(model.parameters(), **SETTINGS[SASSHA])
-    trainer = trainer_for(model, opt, tmp_path, bf16=True)
-    trainer.train()
+    _, trainer = trained(SASSHA, "autograd", tmp_path, bf16=True)
     losses = logged(trainer)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.03  # bf16 rounds it to 1e-2
@@ -123,18 +124,15 @@ def test_the_plain_trainer_is_refused_with_the_integration_named(estimator, mess
     assert "step(closure)" not in str(error.value)  # advice the Trainer cannot follow
 
 
-def trained(optimizer, estimator, tmp_path, **kwargs):
-    model = make_model()
-    opt = optimizer(model.parameters(), hessian_estimator=estimator, **SETTINGS[optimizer])
-    trainer = trainer_for(model, opt, tmp_path, **kwargs)
-    trainer.train()
-    return model, trainer
-
-
 COMPILED = dict(torch_compile=True, torch_compile_backend="aot_eager")
 # Compiled against eager after 8 steps: measured 0.0 (aot_eager runs the same ATen kernels);
 # the control below, a run that clips nothing, is 0.11 away.
 TOLERANCE = 1e-6
+
+
+def assert_close_to_tolerance(model, other):
+    for p, q in zip(model.parameters(), other.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=TOLERANCE)
 
 
 @pytest.mark.parametrize("optimizer,estimator", [(SASSHA, "autograd"), (MSASSHA, "autograd"),
@@ -148,8 +146,7 @@ def test_torch_compile_trains_as_the_eager_trainer_does(optimizer, estimator, tm
     compiled, _ = trained(optimizer, estimator, tmp_path / "compiled", **COMPILED)
     assert torch._dynamo.utils.counters["aot_autograd"]["ok"] > 0  # the compiled passes ran
     eager, _ = trained(optimizer, estimator, tmp_path / "eager")
-    for p, q in zip(compiled.parameters(), eager.parameters()):
-        torch.testing.assert_close(p, q, rtol=0, atol=TOLERANCE)
+    assert_close_to_tolerance(compiled, eager)
 
 
 def test_the_compiled_comparison_tells_another_run_apart(tmp_path):
@@ -158,8 +155,7 @@ def test_the_compiled_comparison_tells_another_run_apart(tmp_path):
     compiled, _ = trained(SASSHA, "autograd", tmp_path / "compiled", **COMPILED)
     other, _ = trained(SASSHA, "autograd", tmp_path / "other", max_grad_norm=0.0)
     with pytest.raises(AssertionError):
-        for p, q in zip(compiled.parameters(), other.parameters()):
-            torch.testing.assert_close(p, q, rtol=0, atol=TOLERANCE)
+        assert_close_to_tolerance(compiled, other)
 
 
 def test_a_block_compiled_on_its_own_is_explained(tmp_path):
